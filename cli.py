@@ -1,0 +1,158 @@
+"""Command-line plumbing shared by train.py, sample.py and bench.py.
+
+Two jobs:
+  * `parse_config(cls, argv)`: build a typed dataclass from TOML files and `--key=value` overrides.
+    Configs are data: TOML is parsed, never executed. Unknown keys are errors that name the closest
+    valid key; values are converted by the field's type (`--learning_rate=1`, `--compile=False`).
+  * `run_main(fn)`: run a script's main so that a `UserError` prints one line and exits non-zero,
+    with no traceback (set GPT_DEBUG=1 or pass --debug to see it).
+
+A dataclass field documents itself through `field(metadata={"help": ..., "choices": [...]})`;
+`--help` lists every key with its type, default and that line.
+"""
+
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, without a traceback."""
+
+
+def option(default, help: str, choices=None):
+    """A dataclass field with its help text (and allowed values) for `--help` and validation."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _field_types(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def convert_value(key: str, raw, tp, choices=None):
+    """Convert a TOML value or command-line string to the field's type, or raise UserError."""
+    value = raw
+    if isinstance(raw, str) and tp is not str:
+        text = raw.strip()
+        try:
+            if tp is bool:
+                if text.lower() in _TRUE:
+                    value = True
+                elif text.lower() in _FALSE:
+                    value = False
+                else:
+                    raise ValueError
+            elif tp is int:
+                value = int(text)
+            elif tp is float:
+                value = float(text)
+        except ValueError:
+            raise UserError(f"bad value for {key}: {raw!r} is not a {_type_name(tp)}") from None
+    # TOML already gives typed values; check them (bool is an int subclass, so test it first)
+    if tp is bool and not isinstance(value, bool):
+        raise UserError(f"bad value for {key}: {raw!r} is not a bool (use true or false)")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise UserError(f"bad value for {key}: {raw!r} is not an int")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"bad value for {key}: {raw!r} is not a float")
+        value = float(value)
+    if tp is str and not isinstance(value, str):
+        raise UserError(f"bad value for {key}: {raw!r} is not a string (quote it in TOML)")
+    if choices is not None and value not in choices:
+        raise UserError(f"bad value for {key}: {value!r}; choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else "; see --help for the valid keys"
+    return UserError(f"unknown config key {key!r} {where}{hint}")
+
+
+def read_toml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path} (check the path; configs live in config/)")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"invalid TOML in {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"invalid TOML in {path}: the file is not UTF-8 text") from None
+
+
+def help_text(cls, prog: str, description: str) -> str:
+    lines = [description.strip().splitlines()[0], "", f"usage: python {prog} [config.toml ...] [--key=value ...]", ""]
+    types = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata or {}
+        choices = meta.get("choices")
+        tp = "|".join(map(str, choices)) if choices else _type_name(types[f.name])
+        lines.append(f"  --{f.name}={f.default!r}  ({tp})  {meta.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_config(cls, argv: list[str], description: str = ""):
+    """Return `cls(...)` built from defaults, then each TOML file in argv, then each --key=value."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    types = _field_types(cls)
+    choices = {f.name: (f.metadata or {}).get("choices") for f in dataclasses.fields(cls)}
+    values: dict = {}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(help_text(cls, Path(sys.argv[0]).name, description or (cls.__doc__ or "")))
+            raise SystemExit(0)
+        if arg == "--debug":
+            continue  # handled by run_main
+        if arg.startswith("--"):
+            key, eq, raw = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if key not in valid:
+                raise _unknown_key(key, valid, "on the command line")
+            if not eq:
+                if types[key] is not bool:
+                    raise UserError(f"missing value for --{key}: write --{key}=VALUE")
+                raw = "true"
+            values[key] = convert_value(key, raw, types[key], choices[key])
+        elif arg.startswith("-"):
+            raise UserError(f"unrecognised argument {arg!r}: options are written --key=value")
+        else:
+            for key, raw in read_toml(arg).items():
+                if key not in valid:
+                    raise _unknown_key(key, valid, f"in {arg}")
+                values[key] = convert_value(key, raw, types[key], choices[key])
+    return cls(**values)
+
+
+def run_main(main, *args, **kwargs):
+    """Call main(); a UserError becomes one line on stderr and exit status 1 (traceback with --debug)."""
+    debug = "--debug" in sys.argv or os.environ.get("GPT_DEBUG", "") not in ("", "0")
+    try:
+        return main(*args, **kwargs)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
