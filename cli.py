@@ -146,6 +146,32 @@ def parse_config(cls, argv: list[str], description: str = ""):
     return cls(**values)
 
 
+def resolve_device(name: str):
+    """torch.device for auto|cpu|cuda|cuda:N|mps, or UserError when that device is not here."""
+    import torch  # imported here so that parsing a config stays cheap
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} is not available (no CUDA GPU found): use --device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name} is not there: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device mps is not available on this machine: use --device=cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
 def run_main(main, *args, **kwargs):
     """Call main(); a UserError becomes one line on stderr and exit status 1 (traceback with --debug)."""
     debug = "--debug" in sys.argv or os.environ.get("GPT_DEBUG", "") not in ("", "0")

@@ -1,0 +1,352 @@
+"""A GPT language model in one file: config, blocks, model, init, optimizer groups, generation.
+
+GPT-2's architecture by default (pre-norm blocks, learned positions, GELU MLP, LayerNorm, tied
+input/output embeddings, optional biases, dropout). Modern options sit behind `GPTConfig` switches:
+rotary positions, RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs, untied embeddings, logit soft-capping.
+Attention is one `F.scaled_dot_product_attention` call (flash kernels where the device has them).
+Generation keeps a key/value cache, so each new token costs one position, not the whole context.
+
+This file imports nothing from the project: copy it alone into another codebase.
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))
+    logits, loss = model(idx, targets)           # idx, targets: (B, T) int64
+    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=50)
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest sequence the model sees (number of learned positions)
+    vocab_size: int = 50304  # token ids 0..vocab_size-1; GPT-2's 50257 padded to a multiple of 64
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # attention heads per block; must divide n_embd
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout on attention weights, residual branches and embeddings (training)
+    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has them
+    pos_embedding: str = "learned"  # "learned" absolute positions (GPT-2) or "rope" (rotary)
+    rope_base: float = 10000.0  # rotary frequency base, used when pos_embedding == "rope"
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
+    qk_norm: bool = False  # normalise queries and keys per head before attention
+    mlp: str = "gelu"  # "gelu" (GPT-2), "relu2" (ReLU squared) or "swiglu"
+    mlp_ratio: float = 4.0  # hidden width of the MLP / n_embd (SwiGLU uses 2/3 of it, same params)
+    tie_embeddings: bool = True  # share the token embedding with the output head (GPT-2)
+    logit_softcap: float = 0.0  # if > 0, logits = softcap * tanh(logits / softcap)
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        choices = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
+                   "mlp": ("gelu", "relu2", "swiglu")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must be >= 0, got {self.logit_softcap}")
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, ndim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight, 1e-6)
+
+
+def make_norm(config: GPTConfig, ndim: int) -> nn.Module:
+    return RMSNorm(ndim) if config.norm == "rmsnorm" else LayerNorm(ndim, config.bias)
+
+
+def rotary_tables(head_dim: int, length: int, base: float):
+    """cos/sin tables of shape (length, head_dim // 2) for rotary position embeddings."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate pairs (first half, second half) of each head's channels; x: (B, n_head, T, head_dim)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, head_dim // 2), broadcast over B and heads
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for positions [0, pos), preallocated to block_size.
+
+    `pos` is the number of positions already filled; the next forward writes at [pos, pos + T).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.layer_idx = layer_idx
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.q_norm = RMSNorm(self.head_dim) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim) if config.qk_norm else None
+
+    def forward(self, x, rotary=None, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            start, end = cache.pos, cache.pos + T
+            cache.k[self.layer_idx, :, :, start:end] = k
+            cache.v[self.layer_idx, :, :, start:end] = v
+            k = cache.k[self.layer_idx, :, :, :end]  # (B, n_head, end, head_dim)
+            v = cache.v[self.layer_idx, :, :, :end]
+            if T == 1:  # one new query sees every cached position: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # query i (at absolute position start + i) sees keys 0 .. start + i
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, n_head * head_dim)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.kind = config.mlp
+        hidden = int(config.mlp_ratio * config.n_embd)
+        if self.kind == "swiglu":  # two input matrices: keep the parameter count of the plain MLP
+            hidden = int(2 * hidden / 3)
+            self.c_gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.silu(self.c_gate(x)) * h
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = make_norm(config, config.n_embd)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = make_norm(config, config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rotary=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rotary, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=make_norm(config, config.n_embd),
+        ))
+        if config.pos_embedding == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rotary_tables(config.n_embd // config.n_head, config.block_size, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # scaled init of the projections that write into the residual stream (GPT-2 paper)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        """Linear and Embedding weights ~ N(0, 0.02), biases 0; norm gains 1 (set by the norms)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; position embeddings (and untied input embeddings) excluded by default."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        """idx: (B, T) token ids. Returns (logits, loss).
+
+        With targets: logits for every position (B, T, vocab) and the mean cross-entropy (targets of
+        -1 are ignored). Without: logits of the last position only (B, 1, vocab), loss None.
+        With a cache, idx holds the positions [cache.pos, cache.pos + T) and the cache advances.
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        rotary = None
+        if "wpe" in self.transformer:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+            x = x + self.transformer.wpe(pos)
+        else:
+            rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, rotary, cache)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.pos += T
+        if targets is None:
+            x = x[:, -1:, :]  # only the last position is needed to pick the next token
+        logits = self.lm_head(x)
+        if self.config.logit_softcap > 0:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ------------------------------------------------------------------------- training helpers
+
+    def optimizer_groups(self, weight_decay: float):
+        """Two AdamW groups: matrices (Linear and Embedding weights) decay; biases and gains do not."""
+        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with decay on 2-D weights only; the fused kernel where this torch has one."""
+        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        kwargs = dict(lr=learning_rate, betas=betas)
+        if fused:
+            kwargs["fused"] = True
+        return torch.optim.AdamW(self.optimizer_groups(weight_decay), **kwargs)
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 per weight plus attention scores."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        n_params = self.num_params(non_embedding=True)  # lookups are free; the head matmul is not
+        # attention: QK^T and AV, each 2*T*head_dim per head per token, times 3 for fwd+bwd
+        return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T
+
+    # ------------------------------------------------------------------------- generation
+
+    @staticmethod
+    def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Pick one token per row from logits (B, vocab); temperature 0 means argmax (greedy)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.size(-1):
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        if top_p is not None and top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            # drop a token when the tokens more likely than it already cover top_p
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, num_samples=1, generator=generator)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 generator=None, use_cache=True, on_token=None):
+        """Extend idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
+
+        With the cache, the prompt is run once and then one position per token. When the window is
+        full (block_size positions), the context is cut to its last block_size // 2 tokens and run
+        again as a fresh prompt, so no position beyond block_size is ever used and memory stays flat.
+        Without the cache, every step reruns the last block_size tokens (reference behaviour).
+        `on_token(tokens)` is called with each new (B, 1) tensor, for streaming.
+        """
+        block_size = self.config.block_size
+        cache = None
+        if use_cache:
+            dtype = next(self.parameters()).dtype
+            cache = KVCache(self.config, idx.size(0), idx.device, dtype)
+        pending = idx  # tokens not yet in the cache
+        for _ in range(max_new_tokens):
+            if cache is None:
+                logits, _ = self(idx[:, -block_size:])
+            else:
+                if cache.pos + pending.size(1) > block_size:  # window full: restart on recent context
+                    cache.reset()
+                    pending = idx[:, -max(1, block_size // 2):]
+                logits, _ = self(pending, cache=cache)
+            next_token = self.sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, next_token), dim=1)
+            pending = next_token
+            if on_token is not None:
+                on_token(next_token)
+        return idx

@@ -1,0 +1,389 @@
+"""Train a GPT on a prepared dataset, on CPU or GPU, in one process or many (DDP via torchrun).
+
+    python train.py config/shakespeare_char.toml
+    python train.py config/shakespeare_char.toml --max_iters=2000 --compile=false
+    torchrun --standalone --nproc_per_node=8 train.py config/gpt2.toml
+    python train.py --help                       # every key with its type, default and meaning
+
+Configs are TOML files whose keys are the fields of `TrainConfig` below; `--key=value` overrides
+them. Writes out_dir/ckpt.pt (model, optimizer, config, iteration, RNG and sampler state),
+out_dir/metrics.jsonl (one line per evaluation) and out_dir/config.json (the resolved config).
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from cli import UserError, option, parse_config, resolve_device, run_main
+from data import BatchSampler, load_dataset
+from model import GPT, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = option("out", "folder for ckpt.pt, metrics.jsonl and config.json")
+    dataset: str = option("shakespeare_char", "folder with train.bin/val.bin/meta.json, or a name under data/")
+    init_from: str = option("scratch", "scratch: new weights; resume: continue from out_dir/ckpt.pt")
+    eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations")
+    eval_iters: int = option(200, "batches per split in each evaluation")
+    eval_only: bool = option(False, "evaluate once and exit")
+    log_interval: int = option(10, "print a training line every this many iterations")
+    always_save_checkpoint: bool = option(True, "save at every evaluation, not only when val loss improves")
+    # data
+    batch_size: int = option(12, "sequences per micro-batch (per process)")
+    block_size: int = option(1024, "context length in tokens")
+    gradient_accumulation_steps: int = option(1, "micro-batches per update, summed over all processes")
+    # model (see model.GPTConfig for each option)
+    n_layer: int = option(12, "transformer blocks")
+    n_head: int = option(12, "attention heads per block")
+    n_embd: int = option(768, "residual stream width")
+    dropout: float = option(0.0, "dropout probability while training")
+    bias: bool = option(True, "biases in Linear layers and LayerNorms")
+    pos_embedding: str = option("learned", "position encoding", ["learned", "rope"])
+    norm: str = option("layernorm", "normalisation layer", ["layernorm", "rmsnorm"])
+    qk_norm: bool = option(False, "normalise queries and keys per head")
+    mlp: str = option("gelu", "MLP activation", ["gelu", "relu2", "swiglu"])
+    tie_embeddings: bool = option(True, "share the token embedding with the output head")
+    logit_softcap: float = option(0.0, "if > 0, cap logits smoothly at +-this value")
+    # optimizer
+    learning_rate: float = option(6e-4, "peak learning rate")
+    max_iters: int = option(5000, "total optimizer updates")
+    weight_decay: float = option(0.1, "AdamW weight decay on 2-D weights")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
+    # learning-rate schedule
+    decay_lr: bool = option(True, "linear warmup then cosine decay; false keeps learning_rate constant")
+    warmup_iters: int = option(100, "iterations of linear warmup")
+    lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters")
+    min_lr: float = option(6e-5, "learning rate at the end of the decay")
+    # system
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "compute precision", ["auto", "float32", "bfloat16", "float16"])
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(1337, "random seed for weights, dropout and batches")
+    # logging
+    wandb_log: bool = option(False, "log to Weights & Biases (works with WANDB_MODE=offline)")
+    wandb_project: str = option("gpt", "wandb project")
+    wandb_run_name: str = option("run", "wandb run name")
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig these keys describe (every GPTConfig field except vocab_size is a key here)."""
+        keys = {f.name for f in dataclasses.fields(GPTConfig)} & {f.name for f in dataclasses.fields(self)}
+        try:
+            return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in keys})
+        except ValueError as e:
+            raise UserError(f"invalid model shape: {e}") from None
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+def print0(*args, **kwargs):
+    """Print from the first process only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Dense bf16/fp16 tensor-core peak of known GPUs (FLOP/s); None where unknown (MFU omitted)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
+             "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+    for key, peak in table.items():
+        if key in name:
+            if "H100" in name and "PCIe" in name:
+                peak = 756e12
+            return peak if dtype != torch.float32 else peak / 2  # float32 runs as TF32
+    return None
+
+
+def learning_rate_at(it: int, cfg: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+class NullLogger:
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger:
+    def __init__(self, cfg: TrainConfig):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=true needs wandb: pip install wandb (or set --wandb_log=false)") from None
+        self.run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=dataclasses.asdict(cfg))
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_resume_compatible(saved: dict, model_config: GPTConfig, ckpt_path: Path) -> None:
+    """Resuming may change schedule keys, never the model's shape."""
+    current = dataclasses.asdict(model_config)
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+        raise UserError(f"cannot resume from {ckpt_path}: the model differs from the checkpoint's "
+                        f"({'; '.join(changed)}); use the checkpoint's values or start a new out_dir")
+
+
+# ----------------------------------------------------------------------------- training
+
+def main(argv: list[str]) -> None:
+    cfg = parse_config(TrainConfig, argv, __doc__)
+    if cfg.init_from not in ("scratch", "resume"):
+        raise UserError(f"bad value for init_from: {cfg.init_from!r}; choose scratch or resume")
+    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"bad value for {key}: {getattr(cfg, key)} (must be at least 1)")
+
+    # --- processes and device
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, world_size = 0, 1
+    device = resolve_device(cfg.device)
+    if ddp:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if cfg.gradient_accumulation_steps % world_size:
+            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a "
+                            f"multiple of the number of processes ({world_size})")
+    master = rank == 0
+    local_accum = cfg.gradient_accumulation_steps // world_size
+    dtype = resolve_dtype(cfg.dtype, device)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bfloat16 support: use --dtype=float16")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (contextlib.nullcontext() if dtype == torch.float32
+                else torch.autocast(device_type=device.type, dtype=dtype))
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    print0(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {world_size} process(es); "
+           f"tokens per iteration: {cfg.gradient_accumulation_steps} accumulation x {cfg.batch_size} "
+           f"batch x {cfg.block_size} block = {tokens_per_iter:,}")
+
+    # --- data
+    data_dir, meta = load_dataset(cfg.dataset)
+    train_data = BatchSampler(data_dir / "train.bin", meta["dtype"], cfg.block_size, cfg.seed, device)
+    val_data = BatchSampler(data_dir / "val.bin", meta["dtype"], cfg.block_size, cfg.seed + 1, device)
+
+    # --- model, optimizer, state
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    model_config = cfg.model_config(meta["vocab_size"])
+    torch.manual_seed(cfg.seed)
+    iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    if cfg.init_from == "resume":
+        if not ckpt_path.is_file():
+            raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}: "
+                            f"train with --init_from=scratch first or point --out_dir at the run")
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        check_resume_compatible(ckpt["model_config"], model_config, ckpt_path)
+        if ckpt.get("meta", {}).get("vocab_size") not in (None, meta["vocab_size"]):
+            raise UserError(f"cannot resume: the checkpoint was trained on a vocabulary of "
+                            f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    model = GPT(model_config).to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    print0(f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding), vocab {meta['vocab_size']} "
+           f"({meta['tokenizer']})")
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        train_data.load_state_dict(ckpt["sampler"])
+        if master and "rng" in ckpt:
+            set_rng_state(ckpt["rng"], device)
+        elif "rng" in ckpt:
+            torch.manual_seed(cfg.seed + rank + iter_num)
+        print0(f"resumed from {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+        del ckpt
+    elif ddp:
+        torch.manual_seed(cfg.seed + rank)  # same weights were made above; dropout differs per rank
+
+    raw_model = model  # the uncompiled, unwrapped module: its state dict is what we save
+    if cfg.compile:
+        print0("compiling the model (takes a minute)...")
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if master:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            probe = out_dir / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to out_dir {out_dir}: {e.strerror or e}; choose another --out_dir") from None
+        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    logger = WandbLogger(cfg) if (cfg.wandb_log and master) else NullLogger()
+    peak = peak_flops(device, dtype)
+    flops_per_iter = raw_model.flops_per_token(cfg.block_size) * tokens_per_iter
+
+    @torch.no_grad()
+    def estimate_loss() -> dict:
+        """Mean loss over eval_iters fixed batches per split, shared out over the processes."""
+        model.eval()
+        losses = {}
+        for split, sampler in (("train", train_data), ("val", val_data)):
+            eval_rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))  # same batches every time
+            offsets = eval_rng.integers(0, sampler.num_tokens - cfg.block_size, size=(cfg.eval_iters, cfg.batch_size))
+            total = torch.zeros((), device=device)
+            for k in tqdm(range(rank, cfg.eval_iters, world_size), desc=f"eval {split}", leave=False,
+                          disable=not master or not sys.stderr.isatty()):
+                x, y = sampler.batch(offsets[k])
+                with autocast:
+                    _, loss = raw_model(x, y)
+                total += loss.float()
+            if ddp:
+                torch.distributed.all_reduce(total)
+            losses[split] = total.item() / cfg.eval_iters
+        model.train()
+        return losses
+
+    def checkpoint_state() -> dict:
+        return {"format_version": 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "model_config": dataclasses.asdict(model_config),
+                "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
+                "best_val_loss": best_val_loss, "rng": rng_state(device), "sampler": sampler_state}
+
+    def next_batches():
+        """This process's micro-batches for one update, cut from the global batch every rank draws."""
+        offsets = train_data.draw_offsets(cfg.gradient_accumulation_steps * cfg.batch_size)
+        mine = offsets.reshape(world_size, local_accum, cfg.batch_size)[rank]  # (local_accum, B)
+        return [train_data.batch(row) for row in mine]
+
+    # --- the loop
+    metrics_path = out_dir / "metrics.jsonl"
+    if master and cfg.init_from == "scratch" and metrics_path.exists():
+        metrics_path.unlink()
+    start_time = time.time()
+    evaluated_at = iter_num if cfg.init_from == "resume" else -1  # a resumed iteration was evaluated
+    sampler_state = train_data.state_dict()  # as of before the pending batches were drawn
+    batches = next_batches()
+    last_log_time, last_log_iter, loss_sum = time.time(), iter_num, torch.zeros((), device=device)
+    while True:
+        lr = learning_rate_at(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and iter_num != evaluated_at:
+            losses = estimate_loss()
+            evaluated_at = iter_num
+            elapsed = time.time() - start_time
+            print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                   f"{elapsed:.1f}s")
+            if master:
+                record = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                          "lr": lr, "elapsed_s": round(elapsed, 3)}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                logger.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num)
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if master and iter_num > 0 and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
+                save_checkpoint(checkpoint_state(), ckpt_path)
+                print0(f"saved checkpoint to {ckpt_path}")
+            last_log_time = time.time()  # evaluation time is not training time
+        if iter_num >= cfg.max_iters or cfg.eval_only:
+            break
+
+        # one update: forward/backward over the micro-batches, then clip and step
+        for micro_step, (x, y) in enumerate(batches):
+            sync = micro_step == local_accum - 1
+            no_sync = model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with autocast:
+                    _, loss = model(x, y)
+                    loss = loss / local_accum
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        sampler_state = train_data.state_dict()
+        batches = next_batches()  # read the next batch while the device finishes this one
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+
+        if iter_num % cfg.log_interval == 0 and master:
+            loss_value = loss_sum.item() / (iter_num - last_log_iter)  # .item() waits for the device
+            now = time.time()
+            dt = (now - last_log_time) / (iter_num - last_log_iter)
+            line = (f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                    f"{tokens_per_iter / dt:,.0f} tok/s")
+            if peak:
+                line += f", mfu {100 * flops_per_iter / dt / peak:.1f}%"
+            print0(line)
+            logger.log({"train/loss_step": loss_value, "ms_per_iter": dt * 1000}, step=iter_num)
+            last_log_time, last_log_iter, loss_sum = now, iter_num, torch.zeros((), device=device)
+
+    logger.finish()
+    if ddp:
+        destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
