@@ -1,0 +1,67 @@
+"""Shared test fixtures: paths, a character-level Shakespeare dataset, and a script runner.
+
+The corpus and the GPT-2 vocabulary come from ../shared beside the checkout (as in CI); nothing is
+downloaded. Datasets are written with the same format the prepare scripts produce.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
+
+
+def write_char_dataset(out_dir: Path, text: str, val_fraction: float = 0.1) -> dict:
+    """train.bin / val.bin / meta.json for a character vocabulary, split at the tail like nanoGPT."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(vocab)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n_train = int(len(ids) * (1 - val_fraction))
+    ids[:n_train].tofile(out_dir / "train.bin")
+    ids[n_train:].tofile(out_dir / "val.bin")
+    meta = {"format_version": 1, "tokenizer": "char", "vocab_size": len(vocab), "dtype": "uint16",
+            "train_tokens": int(n_train), "val_tokens": int(len(ids) - n_train), "vocab": vocab,
+            "eot_token": None, "documents": {"train": 1, "val": 1}, "source": "test"}
+    (out_dir / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"corpus not found at {SHAKESPEARE} (expected ../shared beside the checkout)")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def char_dataset(tmp_path_factory, shakespeare_text) -> Path:
+    """Character-level tiny Shakespeare (65 symbols), written once per test session."""
+    out = tmp_path_factory.mktemp("shakespeare_char")
+    write_char_dataset(out, shakespeare_text)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_char_dataset(tmp_path_factory, shakespeare_text) -> Path:
+    """The first 100k characters only: quick to read, enough for tiny models."""
+    out = tmp_path_factory.mktemp("shakespeare_char_small")
+    write_char_dataset(out, shakespeare_text[:100_000])
+    return out
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd=None):
+    """Run a repo script with this Python; returns the CompletedProcess (text mode, output captured)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", TIKTOKEN_CACHE_DIR=str(TIKTOKEN_CACHE))
+    full_env.pop("GPT_DEBUG", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd or REPO_ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
