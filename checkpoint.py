@@ -10,6 +10,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -20,12 +21,18 @@ CHECKPOINT_NAME = "ckpt.pt"
 
 
 def save_checkpoint(state: dict, path) -> None:
-    """Write state to path atomically; on failure the old file is kept and UserError says why."""
+    """Write state to path atomically; on failure the old file is kept and UserError says why.
+
+    The dict goes to a hidden temporary file beside `path` (`.ckpt.pt.XXXX.tmp`), is fsynced, and
+    is renamed over `path`. A process killed mid-save leaves its temporary file behind; the next
+    successful save removes such leftovers.
+    """
     path = Path(path)
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600); use the usual mode
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -37,12 +44,52 @@ def save_checkpoint(state: dict, path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as e:
-        raise UserError(f"could not save checkpoint {path}: {e.strerror or e} (the previous checkpoint, "
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write (disk full) as RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
+        raise UserError(f"could not save checkpoint {path}: {reason} (the previous checkpoint, "
                         f"if any, is kept; free disk space or choose another --out_dir)") from None
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
+    remove_stale_temporaries(path)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete `.ckpt.pt.*.tmp` files that killed saves left beside `path`; returns what was removed."""
+    path = Path(path)
+    removed = []
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            leftover.unlink()
+            removed.append(leftover)
+        except OSError:  # another process's save in progress, or not ours to delete: leave it
+            pass
+    return removed
+
+
+def damaged_member(path) -> str | None:
+    """Name of the first archive member whose bytes do not match their stored CRC-32, else None.
+
+    torch.load does not check the CRCs, so a flipped bit in a tensor would load silently. Reading the
+    whole file costs about a second per GB (mostly from the page cache, where it then helps torch.load).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:  # ZipExtFile raises BadZipFile on a CRC mismatch at EOF
+                    while member.read(1 << 24):
+                        pass
+    except zipfile.BadZipFile as e:
+        return str(e).replace("Bad CRC-32 for file ", "").strip("'") or "the archive"
+    except (OSError, EOFError, zlib.error) as e:
+        return f"the archive ({type(e).__name__})"
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -53,15 +100,28 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path} (train one first, or point --out_dir at a folder "
                         f"holding {CHECKPOINT_NAME})")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+        size = path.stat().st_size
+        what = "is empty" if size == 0 else "is truncated or corrupt, or not a checkpoint (not a zip archive)"
+        raise UserError(f"checkpoint {path} {what}; restore it from a backup or retrain")
+    damaged = damaged_member(path)
+    if damaged:
+        raise UserError(f"checkpoint {path} is corrupt ({damaged} fails its CRC check); "
+                        f"restore it from a backup or retrain")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise UserError(f"refused to load {path}: it holds objects other than tensors and plain data "
-                        f"({first[:160]}); only load checkpoints you trust, written by train.py") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0][:120]}); "
-                        f"restore it or retrain") from None
+        # torch's message is a paragraph; keep its line naming the refused object
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        named = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
+        detail = (named or lines or ["unsupported content"])[0]
+        raise UserError(f"refused to load {path}: it holds pickled code or objects, not only tensors and "
+                        f"plain data ({detail[:160]}); only load checkpoints written by train.py") from None
+    except Exception as e:  # a damaged archive fails in many ways (RuntimeError, EOFError, KeyError, ...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first.split(". This is an internal")[0]  # drop miniz's boilerplate
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); "
+                        f"restore it from a backup or retrain") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise UserError(f"{path} is not a checkpoint written by train.py (no model or model_config)")
     return state

@@ -173,7 +173,12 @@ def resolve_device(name: str):
 
 
 def run_main(main, *args, **kwargs):
-    """Call main(); a UserError becomes one line on stderr and exit status 1 (traceback with --debug)."""
+    """Call main(); problems become one line on stderr and a non-zero exit (traceback with --debug).
+
+    UserError: exit 1 with its message. Environment failures that are not bugs get one line too:
+    an OSError (disk full, permission denied) or MemoryError exits 1, Ctrl-C exits 130, and a closed
+    stdout (`python sample.py | head`) ends quietly.
+    """
     debug = "--debug" in sys.argv or os.environ.get("GPT_DEBUG", "") not in ("", "0")
     try:
         return main(*args, **kwargs)
@@ -181,4 +186,28 @@ def run_main(main, *args, **kwargs):
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # the reader of stdout went away: not an error worth a traceback
+        try:
+            sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush stays quiet
+        except OSError:
+            pass
+        raise SystemExit(1) from None
+    except MemoryError:
+        if debug:
+            raise
+        print("error: out of memory; lower --batch_size or --block_size, or use a smaller model "
+              "(--debug shows where)", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (check the path, free disk space or fix permissions; "
+              f"--debug shows where)", file=sys.stderr)
         raise SystemExit(1) from None
