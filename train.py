@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from model import GPT, GPTConfig
 class TrainConfig:
     # I/O
     out_dir: str = option("out", "folder for ckpt.pt, metrics.jsonl and config.json")
+    overwrite: bool = option(False, "let init_from=scratch replace a checkpoint already in out_dir")
     dataset: str = option("shakespeare_char", "folder with train.bin/val.bin/meta.json, or a name under data/")
     init_from: str = option("scratch", "scratch: new weights; resume: continue from out_dir/ckpt.pt")
     eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations")
@@ -66,6 +68,7 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
+    max_nonfinite_steps: int = option(5, "skip updates whose loss is inf/nan; stop after this many in a row")
     # learning-rate schedule
     decay_lr: bool = option(True, "linear warmup then cosine decay; false keeps learning_rate constant")
     warmup_iters: int = option(100, "iterations of linear warmup")
@@ -170,6 +173,52 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def gather_rng_states(device: torch.device, ddp: bool) -> list[dict]:
+    """Every process's RNG state, in rank order (a collective under DDP: call it on all ranks)."""
+    if not ddp:
+        return [rng_state(device)]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, rng_state(device))
+    return states
+
+
+class StopRequest:
+    """SIGTERM or a first Ctrl-C asks the loop to stop after the current step; a second Ctrl-C quits.
+
+    The handler only records the request (and writes a note with os.write, which is safe inside a
+    signal handler); the loop checks `requested` once per step, saves a checkpoint and returns.
+    """
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: leave now (a save in progress removes its temp file)
+            return
+        self.signal_name = signal.Signals(signum).name
+        if int(os.environ.get("RANK", "0")) == 0:
+            again = " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
+                        f"and exiting{again}\n".encode())
+
+
 def check_resume_compatible(saved: dict, model_config: GPTConfig, ckpt_path: Path) -> None:
     """Resuming may change schedule keys, never the model's shape."""
     current = dataclasses.asdict(model_config)
@@ -179,15 +228,42 @@ def check_resume_compatible(saved: dict, model_config: GPTConfig, ckpt_path: Pat
                         f"({'; '.join(changed)}); use the checkpoint's values or start a new out_dir")
 
 
+def trim_metrics(path: Path, last_iter: int) -> None:
+    """Drop metrics.jsonl records after `last_iter` (written by a run that went on past its last
+    checkpoint), so that a resumed run's records continue the file without repeats or gaps."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line)["iter"] <= last_iter:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+            pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 # ----------------------------------------------------------------------------- training
 
 def main(argv: list[str]) -> None:
     cfg = parse_config(TrainConfig, argv, __doc__)
     if cfg.init_from not in ("scratch", "resume"):
         raise UserError(f"bad value for init_from: {cfg.init_from!r}; choose scratch or resume")
-    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval"):
+    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
+                "log_interval", "max_nonfinite_steps"):
         if getattr(cfg, key) < 1:
             raise UserError(f"bad value for {key}: {getattr(cfg, key)} (must be at least 1)")
+    if cfg.max_iters < 0:
+        raise UserError(f"bad value for max_iters: {cfg.max_iters} (must be >= 0)")
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if cfg.init_from == "scratch" and ckpt_path.exists() and not cfg.overwrite:
+        raise UserError(f"{ckpt_path} already exists: continue that run with --init_from=resume, train into "
+                        f"a new --out_dir, or pass --overwrite=true to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir {out_dir} is a file, not a folder; choose another --out_dir")
 
     # --- processes and device
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -224,11 +300,10 @@ def main(argv: list[str]) -> None:
     val_data = BatchSampler(data_dir / "val.bin", meta["dtype"], cfg.block_size, cfg.seed + 1, device)
 
     # --- model, optimizer, state
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
     model_config = cfg.model_config(meta["vocab_size"])
     torch.manual_seed(cfg.seed)
     iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    evaluated_at = -1  # the last iteration whose evaluation is in metrics.jsonl
     if cfg.init_from == "resume":
         if not ckpt_path.is_file():
             raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}: "
@@ -239,6 +314,7 @@ def main(argv: list[str]) -> None:
             raise UserError(f"cannot resume: the checkpoint was trained on a vocabulary of "
                             f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        evaluated_at = ckpt.get("evaluated_at", iter_num)  # a preempted run saves before evaluating
     model = GPT(model_config).to(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -251,9 +327,11 @@ def main(argv: list[str]) -> None:
         if "scaler" in ckpt and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])
         train_data.load_state_dict(ckpt["sampler"])
-        if master and "rng" in ckpt:
+        if len(ckpt.get("rng_per_rank", [])) == world_size:  # each process continues its own dropout stream
+            set_rng_state(ckpt["rng_per_rank"][rank], device)
+        elif master and "rng" in ckpt:
             set_rng_state(ckpt["rng"], device)
-        elif "rng" in ckpt:
+        else:  # a different number of processes than the run saved: fresh streams
             torch.manual_seed(cfg.seed + rank + iter_num)
         print0(f"resumed from {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
         del ckpt
@@ -301,11 +379,24 @@ def main(argv: list[str]) -> None:
         model.train()
         return losses
 
-    def checkpoint_state() -> dict:
+    def checkpoint_state(rng_states: list[dict]) -> dict:
         return {"format_version": 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "model_config": dataclasses.asdict(model_config),
                 "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
-                "best_val_loss": best_val_loss, "rng": rng_state(device), "sampler": sampler_state}
+                "evaluated_at": evaluated_at, "best_val_loss": best_val_loss, "rng": rng_states[0],
+                "rng_per_rank": rng_states, "sampler": sampler_state}
+
+    def save(why: str) -> bool:
+        """Checkpoint the current state (call on every rank); refuses non-finite weights."""
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):  # same weights on every rank
+            print0(f"not saving a checkpoint at iteration {iter_num} ({why}): the weights are not finite; "
+                   f"{ckpt_path} is kept")
+            return False
+        rng_states = gather_rng_states(device, ddp)  # collective under DDP
+        if master:
+            save_checkpoint(checkpoint_state(rng_states), ckpt_path)
+            print0(f"saved checkpoint to {ckpt_path} (iteration {iter_num}, {why})")
+        return True
 
     def next_batches():
         """This process's micro-batches for one update, cut from the global batch every rank draws."""
@@ -317,68 +408,115 @@ def main(argv: list[str]) -> None:
     metrics_path = out_dir / "metrics.jsonl"
     if master and cfg.init_from == "scratch" and metrics_path.exists():
         metrics_path.unlink()
+    if master and cfg.init_from == "resume":
+        trim_metrics(metrics_path, evaluated_at)
     start_time = time.time()
-    evaluated_at = iter_num if cfg.init_from == "resume" else -1  # a resumed iteration was evaluated
     sampler_state = train_data.state_dict()  # as of before the pending batches were drawn
     batches = next_batches()
-    last_log_time, last_log_iter, loss_sum = time.time(), iter_num, torch.zeros((), device=device)
-    while True:
-        lr = learning_rate_at(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    last_log_time, last_log_iter = time.time(), iter_num
+    loss_sum, finite_steps = torch.zeros((), device=device), 0  # over the updates since the last log line
+    nonfinite_run = 0  # consecutive updates skipped because the loss was not finite
+    stop = StopRequest()
+    with stop:
+        while True:
+            lr = learning_rate_at(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        if (iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only) and iter_num != evaluated_at:
-            losses = estimate_loss()
-            evaluated_at = iter_num
-            elapsed = time.time() - start_time
-            print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                   f"{elapsed:.1f}s")
-            if master:
-                record = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                          "lr": lr, "elapsed_s": round(elapsed, 3)}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                logger.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num)
-            improved = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
-            if master and iter_num > 0 and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
-                save_checkpoint(checkpoint_state(), ckpt_path)
-                print0(f"saved checkpoint to {ckpt_path}")
-            last_log_time = time.time()  # evaluation time is not training time
-        if iter_num >= cfg.max_iters or cfg.eval_only:
-            break
+            due = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only
+            if due and iter_num != evaluated_at:
+                losses = estimate_loss()
+                evaluated_at = iter_num
+                elapsed = time.time() - start_time
+                print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                       f"{elapsed:.1f}s")
+                if master:
+                    record = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                              "lr": lr, "elapsed_s": round(elapsed, 3)}
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    logger.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num)
+                improved = losses["val"] < best_val_loss
+                best_val_loss = min(best_val_loss, losses["val"])
+                if iter_num > 0 and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
+                    if math.isfinite(losses["val"]):
+                        save("evaluation")
+                    else:
+                        print0(f"not saving a checkpoint: the val loss is {losses['val']}; {ckpt_path} is kept")
+                last_log_time = time.time()  # evaluation time is not training time
+            if iter_num >= cfg.max_iters or cfg.eval_only:
+                break
 
-        # one update: forward/backward over the micro-batches, then clip and step
-        for micro_step, (x, y) in enumerate(batches):
-            sync = micro_step == local_accum - 1
-            no_sync = model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
-            with no_sync:
-                with autocast:
-                    _, loss = model(x, y)
-                    loss = loss / local_accum
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        sampler_state = train_data.state_dict()
-        batches = next_batches()  # read the next batch while the device finishes this one
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
+            # one update: forward/backward over the micro-batches, then clip and step
+            step_loss = torch.zeros((), device=device)
+            for micro_step, (x, y) in enumerate(batches):
+                sync = micro_step == local_accum - 1
+                no_sync = model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
+                with no_sync:
+                    with autocast:
+                        _, loss = model(x, y)
+                        loss = loss / local_accum
+                    scaler.scale(loss).backward()
+                step_loss += loss.detach().float()
+            sampler_state = train_data.state_dict()
+            batches = next_batches()  # read the next batch while the device finishes this one
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # One device sync per update decides whether to step. A non-finite loss skips the update;
+            # in fp16 an inf gradient is the GradScaler's business (it skips and lowers its scale), in
+            # other precisions a non-finite gradient norm is skipped like a non-finite loss.
+            bad = ~torch.isfinite(step_loss)
+            if grad_norm is not None and not scaler.is_enabled():
+                bad = bad | ~torch.isfinite(grad_norm)
+            if ddp:  # every rank must agree to skip and to stop: one tiny all_reduce per update
+                flags = torch.stack([bad.float(), torch.tensor(float(stop.requested), device=device)])
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                skip, stop_now = (v > 0 for v in flags.tolist())
+            else:
+                skip, stop_now = bool(bad), stop.requested
+            if skip:
+                nonfinite_run += 1
+                what = f"the loss is {step_loss.item()}"
+                if math.isfinite(step_loss.item()):  # the loss was fine, the gradient was not (or another rank's)
+                    what = "the gradient is not finite" if not ddp else "the loss or gradient is not finite on a process"
+                print0(f"iter {iter_num + 1}: {what}; skipped this update ({nonfinite_run} in a row, "
+                       f"stopping at {cfg.max_nonfinite_steps})")
+                optimizer.zero_grad(set_to_none=True)
+                if grad_norm is not None and scaler.is_enabled():
+                    scaler.update()  # unscale_ ran; update() resets the scaler for the next step
+                if nonfinite_run >= cfg.max_nonfinite_steps:
+                    raise UserError(f"the loss was not finite for {nonfinite_run} updates in a row (up to "
+                                    f"iteration {iter_num + 1}); stopped without saving, so the last good "
+                                    f"checkpoint stays in {ckpt_path}; lower --learning_rate or check the data")
+            else:
+                nonfinite_run = 0
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += step_loss
+                finite_steps += 1
+            iter_num += 1
 
-        if iter_num % cfg.log_interval == 0 and master:
-            loss_value = loss_sum.item() / (iter_num - last_log_iter)  # .item() waits for the device
-            now = time.time()
-            dt = (now - last_log_time) / (iter_num - last_log_iter)
-            line = (f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                    f"{tokens_per_iter / dt:,.0f} tok/s")
-            if peak:
-                line += f", mfu {100 * flops_per_iter / dt / peak:.1f}%"
-            print0(line)
-            logger.log({"train/loss_step": loss_value, "ms_per_iter": dt * 1000}, step=iter_num)
-            last_log_time, last_log_iter, loss_sum = now, iter_num, torch.zeros((), device=device)
+            if iter_num % cfg.log_interval == 0 and master:
+                loss_value = loss_sum.item() / finite_steps if finite_steps else math.nan  # .item() waits for the device
+                now = time.time()
+                dt = (now - last_log_time) / (iter_num - last_log_iter)
+                line = (f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                        f"{tokens_per_iter / dt:,.0f} tok/s")
+                if peak:
+                    line += f", mfu {100 * flops_per_iter / dt / peak:.1f}%"
+                print0(line)
+                logger.log({"train/loss_step": loss_value, "ms_per_iter": dt * 1000}, step=iter_num)
+                last_log_time, last_log_iter = now, iter_num
+                loss_sum, finite_steps = torch.zeros((), device=device), 0
+
+            if stop_now:  # SIGTERM or Ctrl-C: keep this step's work and leave cleanly
+                save("stop requested")
+                print0(f"stopped by {stop.signal_name or 'a stop signal'} at iteration {iter_num}; "
+                       f"continue with --init_from=resume --out_dir={out_dir}")
+                break
 
     logger.finish()
     if ddp:
