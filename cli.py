@@ -11,6 +11,7 @@ A dataclass field documents itself through `field(metadata={"help": ..., "choice
 `--help` lists every key with its type, default and that line.
 """
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -144,6 +145,13 @@ def parse_config(cls, argv: list[str], description: str = ""):
                     raise _unknown_key(key, valid, f"in {arg}")
                 values[key] = convert_value(key, raw, types[key], choices[key])
     return cls(**values)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for scripts that take flags (prepare/): a bad flag is a one-line UserError, not usage + exit 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog.removeprefix('python ')} --help)")
 
 
 def resolve_device(name: str):

@@ -199,7 +199,8 @@ class StopRequest:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup / background jobs ignore SIGINT: keep that
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc):

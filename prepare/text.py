@@ -551,7 +551,7 @@ def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, to
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(  # bad flags: one line, not usage
         prog="python prepare/text.py",
         description="Tokenize text files into train.bin, val.bin and meta.json (see the module docstring).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
