@@ -1,0 +1,155 @@
+"""Exact resume: N iterations in one run equal the same N split over a stop and `init_from=resume`.
+
+Bitwise on CPU in float32: the losses in metrics.jsonl and every tensor of the final checkpoint
+(weights, optimizer moments, RNG and sampler state). Dropout is on, so the dropout RNG must be
+restored too. Runs call train.main in this process (a tiny model, ~1 s each); the real-signal path
+(SIGTERM to a subprocess) is tested in test_robustness.py.
+
+    python -m pytest tests/test_resume.py -q
+"""
+
+import json
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from cli import UserError
+
+MAX_ITERS = 20
+
+
+def tiny_args(dataset, out_dir, **overrides) -> list[str]:
+    """A 2-layer, 32-wide model with dropout, evaluated every 5 iterations; the schedule is fixed by
+    lr_decay_iters so that stopping early does not change the learning rate of any iteration."""
+    config = dict(dataset=dataset, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,
+                  batch_size=4, eval_iters=2, eval_interval=5, log_interval=5, dropout=0.1,
+                  learning_rate=1e-3, warmup_iters=2, lr_decay_iters=MAX_ITERS, max_iters=MAX_ITERS,
+                  device="cpu", dtype="float32", compile=False)
+    config.update(overrides)
+    return [f"--{key}={value}" for key, value in config.items()]
+
+
+def read_metrics(out_dir) -> list[dict]:
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: r[k] for k in ("iter", "train_loss", "val_loss", "lr")} for r in map(json.loads, lines)]
+
+
+def assert_same_state(a, b, where="checkpoint"):
+    """Recursively equal: tensors with torch.equal (bitwise), everything else with ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def comparable(ckpt: dict) -> dict:
+    """The parts of a checkpoint that must not depend on where the run was stopped."""
+    return {k: ckpt[k] for k in ("model", "optimizer", "iter_num", "best_val_loss", "rng", "rng_per_rank", "sampler")}
+
+
+def stop_after_steps(n: int):
+    """A StopRequest that asks to stop after n updates, as if SIGTERM had arrived during update n.
+    (The loop reads `requested` once per update in a single process.)"""
+
+    class StopAfter(train.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfter.checks += 1
+            if StopAfter.checks >= n and self.signal_name is None:
+                self.signal_name = "SIGTERM"
+            return self.signal_name is not None
+
+    return StopAfter
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_char_dataset, tmp_path_factory):
+    """MAX_ITERS iterations in one go: (metrics, final checkpoint)."""
+    out = tmp_path_factory.mktemp("reference")
+    train.main(tiny_args(small_char_dataset, out))
+    return read_metrics(out), load_checkpoint(out)
+
+
+def test_split_run_is_bitwise_identical_to_one_run(reference_run, small_char_dataset, tmp_path):
+    metrics, final = reference_run
+    assert [m["iter"] for m in metrics] == [0, 5, 10, 15, 20]
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=10))
+    assert load_checkpoint(tmp_path)["iter_num"] == 10
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
+    assert read_metrics(tmp_path) == metrics  # appended, each evaluation once, equal floats
+    assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+
+
+@pytest.mark.parametrize("stop_at", [7, 10])  # between evaluations, and on an evaluation iteration
+def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, monkeypatch, capsys, stop_at):
+    metrics, final = reference_run
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "StopRequest", stop_after_steps(stop_at))
+        train.main(tiny_args(small_char_dataset, tmp_path))
+    out = capsys.readouterr().out
+    assert f"stopped by SIGTERM at iteration {stop_at}" in out
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["iter_num"] == stop_at  # the checkpoint is where training stopped
+    # a stop on an evaluation iteration saves before evaluating; the resumed run evaluates it
+    assert ckpt["evaluated_at"] == (stop_at - 1) // 5 * 5
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
+    assert read_metrics(tmp_path) == metrics
+    assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+
+
+def test_resume_refuses_a_changed_model_shape(small_char_dataset, tmp_path):
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    with pytest.raises(UserError, match=r"cannot resume .*n_embd: 32 -> 64"):
+        train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", n_embd=64))
+    with pytest.raises(UserError, match=r"cannot resume .*n_layer: 2 -> 3"):
+        train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", n_layer=3))
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+def test_resume_allows_schedule_changes(small_char_dataset, tmp_path):
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", max_iters=9, eval_interval=3,
+                         learning_rate=5e-4, eval_iters=1, log_interval=1, batch_size=2))
+    assert load_checkpoint(tmp_path)["iter_num"] == 9
+    assert [m["iter"] for m in read_metrics(tmp_path)] == [0, 5, 6, 9]
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(small_char_dataset, tmp_path):
+    """A run that crashed after logging iteration 10 but before saving it must not leave a duplicate."""
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iter": 10, "train_loss": 9.0, "val_loss": 9.0, "lr": 0.0}) + "\n")
+        f.write('{"iter": 15, "train_lo')  # cut short by the crash
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", max_iters=10))
+    metrics = read_metrics(tmp_path)
+    assert [m["iter"] for m in metrics] == [0, 5, 10]
+    assert metrics[-1]["val_loss"] != 9.0
+
+
+def test_scratch_run_refuses_to_replace_a_checkpoint(small_char_dataset, tmp_path, capsys):
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    metrics_before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match="already exists: continue that run with --init_from=resume.*--overwrite=true"):
+        train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
+    # a failing start with --overwrite=true does not touch the old run either
+    with pytest.raises(UserError, match="invalid model shape"):
+        train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5, n_head=3, overwrite=True))
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5, overwrite=True, seed=7))
+    assert (tmp_path / "ckpt.pt").read_bytes() != before
+    assert [m["iter"] for m in read_metrics(tmp_path)] == [0, 5]
