@@ -1,0 +1,424 @@
+"""Nothing lost, nothing executed: atomic checkpoints, preemption, non-finite losses, bad input.
+
+  * checkpoint writes killed with SIGKILL at random moments leave the old or the new checkpoint;
+    a failed save keeps the old one; leftovers of killed saves are removed by the next save
+  * SIGTERM (or a first Ctrl-C) stops training after the current step with a checkpoint, exit 0;
+    a second Ctrl-C leaves at once
+  * a non-finite loss skips its update; several in a row stop the run, and nothing non-finite is saved
+  * every bad input we could think of (prepare, train, sample) is one line "error: ...", a non-zero
+    exit and no traceback, and a checkpoint carrying pickled code is refused without running it
+
+The table of bad inputs runs each script's main through cli.run_main in this process (as the
+scripts do); a few cases also run the real scripts as subprocesses.
+
+    python -m pytest tests/test_robustness.py -q
+"""
+
+import errno
+import importlib.util
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import sample
+import train
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import UserError, run_main
+from conftest import REPO_ROOT, run_script
+
+spec = importlib.util.spec_from_file_location("prepare_text", REPO_ROOT / "prepare" / "text.py")
+prepare_text = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prepare_text)
+
+
+def tiny_args(dataset, out_dir, **overrides) -> list[str]:
+    config = dict(dataset=dataset, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,
+                  batch_size=4, eval_iters=2, eval_interval=5, log_interval=1, dropout=0.1,
+                  learning_rate=1e-3, warmup_iters=2, max_iters=5, device="cpu", dtype="float32",
+                  compile=False)
+    config.update(overrides)
+    return [f"--{key}={value}" for key, value in config.items()]
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_char_dataset, tmp_path_factory) -> Path:
+    """A 5-iteration run with its ckpt.pt (tests copy it before changing anything)."""
+    out = tmp_path_factory.mktemp("trained")
+    train.main(tiny_args(small_char_dataset, out))
+    return out
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------- atomic checkpoints
+
+SAVER = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from checkpoint import save_checkpoint
+path, k = sys.argv[1], int(sys.argv[2])
+weights = torch.empty(4_000_000)  # 16 MB: each save takes long enough to be killed in the middle
+while True:
+    weights.fill_(k)
+    save_checkpoint({"k": k, "model": {"w": weights}, "model_config": {}}, path)
+    print(k, flush=True)
+    k += 1
+"""
+
+
+def test_checkpoint_survives_sigkill_at_random_moments(tmp_path):
+    """Each round: a saver process rewrites ckpt.pt in a loop until SIGKILL lands at a random moment;
+    the file must then load (CRC-checked) and hold the last reported save or the one after it."""
+    script = tmp_path / "saver.py"
+    script.write_text(SAVER)
+    ckpt_path = tmp_path / "ckpt.pt"
+    rng = random.Random()
+    leftovers = 0
+    for round_ in range(5):
+        start = 1000 * round_
+        proc = subprocess.Popen([sys.executable, str(script), str(ckpt_path), str(start), str(REPO_ROOT)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == str(start)  # one save of this round has finished
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        printed = [int(line) for line in proc.stdout.read().split()]
+        proc.wait()
+        last = printed[-1] if printed else start
+        state = load_checkpoint(ckpt_path)
+        assert state["k"] in (last, last + 1), (state["k"], last)
+        assert torch.equal(state["model"]["w"], torch.full((4_000_000,), float(state["k"])))
+        leftovers = len(list(tmp_path.glob(".ckpt.pt.*.tmp")))
+    print(f"temporary files left by the last kill: {leftovers}")
+    (tmp_path / ".ckpt.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
+    save_checkpoint({"k": -1, "model": {}, "model_config": {}}, ckpt_path)
+    assert list(tmp_path.glob(".ckpt.pt.*.tmp")) == []
+    assert load_checkpoint(ckpt_path)["k"] == -1
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_config": {}}, path)
+    before = path.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"the first bytes of a checkpoint")  # a partial write, then the disk is full
+        raise failure
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    with pytest.raises(UserError) as info:
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "model_config": {}}, path)
+    message = str(info.value)
+    assert "\n" not in message and "could not save checkpoint" in message and "previous checkpoint" in message
+    assert ("No space left" if isinstance(failure, OSError) else "file write failed") in message
+    assert path.read_bytes() == before
+    assert list(tmp_path.glob(".ckpt.pt.*")) == []
+
+
+def test_saved_checkpoint_has_the_usual_file_mode(tmp_path):
+    save_checkpoint({"model": {}, "model_config": {}}, tmp_path / "ckpt.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------- preemption
+
+def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("GPT_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
+                             *tiny_args(small_char_dataset, tmp_path, max_iters=100_000, lr_decay_iters=100)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("iter 3:"):  # training is under way (the handler is installed)
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM received: finishing this step, then saving a checkpoint" in err
+    stopped = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM at iteration ")]
+    assert len(stopped) == 1, out
+    stop_iter = int(stopped[0].split("iteration ")[1].split(";")[0])
+    assert "--init_from=resume" in stopped[0]
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["iter_num"] == stop_iter >= 3
+    # the resumed run continues from there (max_iters is a schedule key: a shorter run is fine)
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", max_iters=stop_iter + 3,
+                         lr_decay_iters=100))
+    assert load_checkpoint(tmp_path)["iter_num"] == stop_iter + 3
+
+
+def test_first_ctrl_c_asks_to_stop_second_leaves_at_once():
+    with train.StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs at the next bytecode boundary of the main thread
+        assert stop.requested and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_interrupt_is_one_line_and_exit_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        run_main(interrupted)
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
+
+
+# ----------------------------------------------------------------------------- non-finite loss
+
+def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(trained_run, small_char_dataset,
+                                                                          tmp_path, capsys):
+    """learning_rate=1e30 wrecks the weights in one update; from then on every loss is nan."""
+    run = copy_run(trained_run, tmp_path / "run")
+    before = (run / "ckpt.pt").read_bytes()
+    with pytest.raises(UserError) as info:
+        train.main(tiny_args(small_char_dataset, run, init_from="resume", learning_rate=1e30, decay_lr=False,
+                             max_iters=100, max_nonfinite_steps=6))
+    out = capsys.readouterr().out
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("the loss was not finite for 6 updates in a row")
+    assert "last good checkpoint stays in" in message and "--learning_rate" in message
+    assert out.count("skipped this update") == 6
+    assert "not saving a checkpoint: the val loss is nan" in out  # the evaluation at iteration 10
+    assert (run / "ckpt.pt").read_bytes() == before
+    assert load_checkpoint(run)["iter_num"] == 5
+
+
+def test_nonfinite_weights_are_never_saved(trained_run, small_char_dataset, tmp_path, capsys, monkeypatch):
+    """Even if an evaluation came out finite, weights holding inf/nan are not written."""
+    run = copy_run(trained_run, tmp_path / "run")
+    before = (run / "ckpt.pt").read_bytes()
+    real_step = torch.optim.AdamW.step
+
+    def poisoning_step(self, *args, **kwargs):  # an optimizer step that leaves an inf in the weights
+        result = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
+    monkeypatch.setattr(train.GPT, "forward", lambda self, idx, targets=None: (None, torch.ones((), requires_grad=True) * 1.0))
+    train.main(tiny_args(small_char_dataset, run, init_from="resume", max_iters=10, grad_clip=0.0))
+    assert "the weights are not finite" in capsys.readouterr().out
+    assert (run / "ckpt.pt").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- pickled code
+
+class MakesMarker:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_pickled_code_is_refused_and_never_runs(trained_run, small_char_dataset, tmp_path):
+    marker = tmp_path / "code_ran"
+    state = torch.load(trained_run / "ckpt.pt", weights_only=True)
+    state["model_config"] = MakesMarker(marker)
+    evil = tmp_path / "run" / "ckpt.pt"
+    evil.parent.mkdir()
+    torch.save(state, evil)
+    # the file really carries code: a trusting load runs it
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    for script, args in [("sample.py", [f"--out_dir={evil}", "--device=cpu", "--max_new_tokens=2"]),
+                         ("train.py", tiny_args(small_char_dataset, evil.parent, init_from="resume"))]:
+        result = run_script(script, *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[0].startswith(f"error: refused to load {evil}") and "GLOBAL posix.system" in lines[0]
+        assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- bad input, one line each
+
+def write_dataset(folder: Path, source: Path, **meta_changes) -> Path:
+    shutil.copytree(source, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(meta_changes)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(small_char_dataset, trained_run, tmp_path_factory) -> dict:
+    """Every broken file the table below needs, made once."""
+    root = tmp_path_factory.mktemp("bad")
+    ds = small_char_dataset
+    paths = {"root": root, "ds": ds, "run": trained_run}
+    paths["empty_files"] = write_dataset(root / "empty_files", ds)
+    for split in ("train", "val"):
+        (paths["empty_files"] / f"{split}.bin").write_bytes(b"")
+    paths["zero_tokens"] = write_dataset(root / "zero_tokens", ds, train_tokens=0, val_tokens=0)
+    for split in ("train", "val"):
+        (paths["zero_tokens"] / f"{split}.bin").write_bytes(b"")
+    paths["short"] = write_dataset(root / "short", ds, train_tokens=10, val_tokens=10)
+    for split in ("train", "val"):
+        np.zeros(10, np.uint16).tofile(paths["short"] / f"{split}.bin")
+    paths["corrupt_meta"] = write_dataset(root / "corrupt_meta", ds)
+    (paths["corrupt_meta"] / "meta.json").write_text('{"format_version": 1, "tokeni')
+    paths["disagree"] = write_dataset(root / "disagree", ds)
+    with open(paths["disagree"] / "train.bin", "ab") as f:
+        f.write(b"\0\0\0\0")
+    paths["no_val"] = write_dataset(root / "no_val", ds)
+    (paths["no_val"] / "val.bin").unlink()
+    paths["unknown_tokenizer"] = write_dataset(root / "unknown_tokenizer", ds, tokenizer="sentencepiece")
+    paths["vocab_too_big"] = write_dataset(root / "vocab_too_big", ds, tokenizer="byte", vocab_size=70000)
+    paths["a_file"] = root / "a_file"
+    paths["a_file"].write_text("not a folder")
+    paths["bad_toml"] = root / "bad.toml"
+    paths["bad_toml"].write_text('out_dir = "x"\nmax_iters = \n')
+    ckpt = (trained_run / "ckpt.pt").read_bytes()
+    paths["truncated"] = root / "truncated.pt"
+    paths["truncated"].write_bytes(ckpt[: len(ckpt) // 2])
+    paths["bitflip"] = root / "bitflip.pt"
+    flipped = bytearray(ckpt)
+    flipped[-len(ckpt) // 3] ^= 0x10  # inside a tensor's bytes: only the CRC notices
+    paths["bitflip"].write_bytes(bytes(flipped))
+    paths["empty_ckpt"] = root / "empty.pt"
+    paths["empty_ckpt"].write_bytes(b"")
+    paths["not_a_ckpt"] = root / "list.pt"
+    torch.save([1, 2, 3], paths["not_a_ckpt"])
+    paths["pickled_code"] = root / "code.pt"
+    torch.save({"model": MakesMarker(root / "marker"), "model_config": {}}, paths["pickled_code"])
+    for name in ("truncated", "pickled_code"):  # the same files as out_dir/ckpt.pt, for resume
+        (root / f"run_{name}").mkdir()
+        shutil.copy(paths[name], root / f"run_{name}" / "ckpt.pt")
+    paths["latin1"] = root / "latin1.txt"
+    paths["latin1"].write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    paths["empty_txt"] = root / "empty.txt"
+    paths["empty_txt"].write_text("")
+    return paths
+
+
+T = "train"
+S = "sample"
+P = "prepare"
+
+# (id, script, argv template, a fragment the one-line message must contain); {name} is filled from bad_inputs
+BAD_INPUTS = [
+    ("missing dataset", T, ["--dataset={root}/nope"], "not found"),
+    ("empty data files", T, ["--dataset={empty_files}"], "holds 0 bytes but meta.json says"),
+    ("zero-token dataset", T, ["--dataset={zero_tokens}"], "too few for block_size"),
+    ("too-short data", T, ["--dataset={short}"], "has 10 tokens, too few for block_size 32"),
+    ("corrupt meta.json", T, ["--dataset={corrupt_meta}"], "meta.json is corrupt"),
+    ("files disagree", T, ["--dataset={disagree}"], "meta.json says"),
+    ("missing val.bin", T, ["--dataset={no_val}"], "val.bin is missing"),
+    ("unknown tokenizer", T, ["--dataset={unknown_tokenizer}"], "unknown tokenizer 'sentencepiece'"),
+    ("vocab too large for dtype", T, ["--dataset={vocab_too_big}"], "does not fit vocab_size 70000"),
+    ("n_embd not divisible by n_head", T, ["--n_head=3"], "must be divisible by n_head"),
+    ("n_layer 0", T, ["--n_layer=0"], "n_layer must be at least 1"),
+    ("n_embd -1", T, ["--n_embd=-1"], "n_embd must be at least 1"),
+    ("block_size 0", T, ["--block_size=0"], "block_size: 0 (must be at least 1)"),
+    ("batch_size 0", T, ["--batch_size=0"], "batch_size: 0 (must be at least 1)"),
+    ("max_nonfinite_steps 0", T, ["--max_nonfinite_steps=0"], "must be at least 1"),
+    ("device cuda", T, ["--device=cuda"], "device cuda is not available"),
+    ("device cuda:7", T, ["--device=cuda:7"], "cuda:7"),
+    ("device tpu", T, ["--device=tpu"], "unknown device 'tpu'"),
+    ("out_dir is a file", T, ["--out_dir={a_file}"], "is a file, not a folder"),
+    ("out_dir under a file", T, ["--out_dir={a_file}/run"], "cannot write to out_dir"),
+    ("resume without checkpoint", T, ["--init_from=resume", "--out_dir={root}/no_run"], "no checkpoint at"),
+    ("resume truncated checkpoint", T, ["--init_from=resume", "--out_dir={root}/run_truncated"], "truncated or corrupt"),
+    ("resume pickled code", T, ["--init_from=resume", "--out_dir={root}/run_pickled_code"], "refused to load"),
+    ("scratch over a checkpoint", T, ["--out_dir={run}"], "already exists"),
+    ("missing config file", T, ["{root}/nothere.toml"], "config file not found"),
+    ("invalid TOML", T, ["{bad_toml}"], "invalid TOML"),
+    ("unknown key", T, ["--max_iter=5"], "did you mean max_iters"),
+    ("bad number", T, ["--max_iters=ten"], "'ten' is not a"),
+    ("init_from typo", T, ["--init_from=resum"], "choose scratch or resume"),
+    ("sample: no checkpoint", S, ["--out_dir={root}/no_run"], "no checkpoint at"),
+    ("sample: truncated checkpoint", S, ["--out_dir={truncated}"], "truncated or corrupt"),
+    ("sample: flipped bit", S, ["--out_dir={bitflip}"], "fails its CRC check"),
+    ("sample: empty checkpoint", S, ["--out_dir={empty_ckpt}"], "is empty"),
+    ("sample: not a checkpoint", S, ["--out_dir={not_a_ckpt}"], "not a checkpoint written by train.py"),
+    ("sample: pickled code", S, ["--out_dir={pickled_code}"], "refused to load"),
+    ("sample: prompt file missing", S, ["--out_dir={run}", "--start=FILE:{root}/nope.txt"], "prompt file not found"),
+    ("sample: characters not in vocab", S, ["--out_dir={run}", "--start=h\u00e9llo \u20ac"], "not in this char vocabulary"),
+    ("sample: device cuda", S, ["--out_dir={run}", "--device=cuda"], "device cuda is not available"),
+    ("sample: invalid TOML", S, ["{bad_toml}"], "invalid TOML"),
+    ("sample: top_p 0", S, ["--out_dir={run}", "--top_p=0"], "top_p"),
+    ("prepare: input missing", P, ["--input", "{root}/nope.txt", "--out_dir", "{root}/p"], "input not found"),
+    ("prepare: empty input", P, ["--input", "{empty_txt}", "--out_dir", "{root}/p", "--tokenizer", "char"], "holds no text"),
+    ("prepare: undecodable bytes", P, ["--input", "{latin1}", "--out_dir", "{root}/p", "--tokenizer", "char"], "not valid UTF-8"),
+    ("prepare: unknown tokenizer", P, ["--input", "{latin1}", "--out_dir", "{root}/p", "--tokenizer", "sp"], "invalid choice: 'sp'"),
+    ("prepare: missing --out_dir", P, ["--input", "{latin1}"], "required: --out_dir"),
+    ("prepare: out_dir under a file", P, ["--input", "{latin1}", "--out_dir", "{a_file}/p", "--tokenizer", "char",
+                                          "--errors", "replace"], "Not a directory"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_one_line(case, bad_inputs, capsys, monkeypatch, tmp_path):
+    name, script, template, fragment = case
+    monkeypatch.delenv("GPT_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", [script])  # run_main looks for --debug there
+    argv = [arg.format(**bad_inputs) for arg in template]
+    if script == T:
+        defaults = tiny_args(bad_inputs["ds"], tmp_path / "out")
+        given = {arg.split("=")[0] for arg in argv}
+        argv = [arg for arg in defaults if arg.split("=")[0] not in given] + argv
+        main = train.main
+    elif script == S:
+        argv = ["--device=cpu", "--max_new_tokens=2", *argv]
+        main = sample.main
+    else:
+        argv = [*argv, "--quiet"]
+        main = prepare_text.main
+    protected = bad_inputs["run"] / "ckpt.pt"
+    before = protected.read_bytes()
+    with pytest.raises(SystemExit) as info:
+        run_main(main, argv)
+    err = capsys.readouterr().err
+    print(f"{name}: {err.strip()}")
+    assert info.value.code not in (0, None)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    assert fragment in err
+    assert protected.read_bytes() == before  # no good file is touched
+    assert not (bad_inputs["root"] / "marker").exists()
+
+
+@pytest.mark.parametrize("script, args, fragment", [
+    ("train.py", ["--dataset=/nonexistent/data", "--device=cpu"], "dataset '/nonexistent/data' not found"),
+    ("sample.py", ["--out_dir=/nonexistent/run", "--device=cpu"], "no checkpoint at"),
+    ("prepare/text.py", ["--input", "x.txt", "--out_dir", "y", "--tokenizer", "sp"], "invalid choice"),
+])
+def test_real_scripts_print_one_line(script, args, fragment):
+    result = run_script(script, *args)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    debug = run_script(script, *args, env={"GPT_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
