@@ -8,7 +8,7 @@ the standard library's .py files when that is missing, grouped into paragraphs; 
 unless --corpus names a file, then runs, each in its own process:
   plain  read the whole file, enc.encode_ordinary(text) in one call, np.array(ids, uint16).tofile()
   ours   python prepare/text.py --tokenizer gpt2 (streaming, --workers threads)
-and prints throughput (input MB/s), wall time and peak resident memory (the child's VmHWM),
+and prints throughput (input MB/s), wall and CPU time and peak resident memory (the child's VmHWM),
 then checks that both produced the same tokens (ours adds one <|endoftext|> at the end).
 """
 
@@ -91,8 +91,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_measured(script: str, *args: str, env: dict | None = None) -> tuple[float, float, str]:
-    """Run `python script args...` from the repo root; return (wall seconds, peak RSS in MB, stderr).
+def run_measured(script: str, *args: str, env: dict | None = None) -> tuple[float, float, float]:
+    """Run `python script args...` from the repo root; return (wall s, peak RSS MB, CPU s user+sys).
 
     The peak is the child's VmHWM (Linux); elsewhere ru_maxrss, which may include this process.
     """
@@ -110,7 +110,7 @@ def run_measured(script: str, *args: str, env: dict | None = None) -> tuple[floa
             last = err.strip().splitlines()[-1:] or ["(no output)"]
             raise UserError(f"{Path(script).name} failed (exit {proc.returncode}): {last[0]}")
         peak_kb = int(peak_file.read_text()) if peak_file.is_file() else usage.ru_maxrss
-    return wall, peak_kb / 1024, err
+    return wall, peak_kb / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None):
@@ -149,10 +149,10 @@ def main(argv=None):
         same = len(b) == len(a) + 1 and b[-1] == 50256 and np.array_equal(a, b[:-1])
 
     print(f"corpus {mb:.0f} MB, {len(a):,} tokens, {os.cpu_count()} cores, --workers {args.workers}")
-    print(f"| method | wall s | MB/s | peak RSS MB |")
-    print(f"|---|---|---|---|")
-    for name, (wall, rss, _) in (("plain encode_ordinary", plain), ("prepare/text.py", ours)):
-        print(f"| {name} | {wall:.1f} | {mb / wall:.1f} | {rss:.0f} |")
+    print("| method | wall s | MB/s | CPU s | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for name, (wall, rss, cpu) in (("plain encode_ordinary", plain), ("prepare/text.py", ours)):
+        print(f"| {name} | {wall:.1f} | {mb / wall:.1f} | {cpu:.1f} | {rss:.0f} |")
     print(f"throughput ratio (ours / plain): {plain[0] / ours[0]:.2f}x; tokens identical: {same}")
     if not same:
         raise UserError("prepare/text.py produced different tokens from the plain encode")

@@ -253,10 +253,6 @@ def _pieces(chunks, anywhere: bool):
         yield buf
 
 
-# ----------------------------------------------------------------------------------------------
-# validation choice
-
-
 def _with_last(items):
     """Yield (item, is_last) pairs."""
     it = iter(items)
@@ -268,6 +264,10 @@ def _with_last(items):
         yield prev, False
         prev = item
     yield prev, True
+
+
+# ----------------------------------------------------------------------------------------------
+# validation choice
 
 
 def _is_val(seed: int, index: int, fraction: float) -> bool:
@@ -284,7 +284,7 @@ def _is_val(seed: int, index: int, fraction: float) -> bool:
 
 
 class _Task:
-    """A batch of pieces for one worker; `encode` turns them into one token array."""
+    """A batch of pieces (about PIECE_CHARS characters) for one worker, see _encode_task."""
 
     __slots__ = ("texts", "ends", "docs", "chars")
 
@@ -363,7 +363,7 @@ def prepare_dataset(
     workers = max(1, workers or os.cpu_count() or 1)
 
     if callable(inputs):
-        files, total_bytes = None, 0
+        total_bytes = 0
         describe = source or "documents"
 
         def documents(bar):
