@@ -50,6 +50,12 @@ def test_char_round_trip():
     assert tok.vocab == sorted(set(text))
 
 
+def test_char_keeps_the_vocabulary_order():
+    tok = CharTokenizer(list("cab"))  # ids are positions, even in an unsorted vocabulary
+    assert tok.encode("abc") == [1, 2, 0] == tok.encode_array("abc").tolist()
+    assert tok.decode([1, 2, 0]) == "abc"
+
+
 def test_char_missing_characters_named():
     tok = CharTokenizer(list("abc"))
     with pytest.raises(UserError) as err:
