@@ -551,11 +551,10 @@ def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, to
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python prepare/text.py",
-        description="Tokenize text files into train.bin, val.bin and meta.json (see the module docstring).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    parser = argparse.ArgumentParser(prog="python prepare/text.py", description=__doc__, formatter_class=Formatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files, folders (recursive) or glob patterns ('**' for any depth); .jsonl and .gz understood")
     parser.add_argument("--out_dir", required=True, help="folder for train.bin, val.bin and meta.json")
