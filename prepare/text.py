@@ -4,7 +4,8 @@
     python prepare/text.py --input 'corpus/**/*.jsonl.gz' --out_dir data/corpus --tokenizer gpt2
 
 What it reads
-  * files, folders (walked recursively, hidden files skipped, `--include '*.md'` filters names) and
+  * files, folders (walked recursively, hidden files and the output folder skipped, `--include '*.md'`
+    filters names) and
     shell-style globs ('**' matches folders at any depth); the file order is sorted and deterministic.
   * plain text (any suffix), `.jsonl` (one JSON object per line, the text in `--text_field`), and
     the gzip-compressed forms `.txt.gz` / `.jsonl.gz` (any `.gz`), decompressed as a stream.
@@ -74,8 +75,12 @@ _MASK64 = (1 << 64) - 1
 # inputs
 
 
-def expand_inputs(inputs, include: str | None = None) -> list[Path]:
-    """Files named by `inputs` (files, folders, globs), each argument's files sorted, no repeats."""
+def expand_inputs(inputs, include: str | None = None, skip=None) -> list[Path]:
+    """Files named by `inputs` (files, folders, globs), each argument's files sorted, no repeats.
+
+    Files found in folders or by globs under the folder `skip` (the output folder) are left out.
+    """
+    skip = Path(skip).resolve() if skip is not None else None
     files: list[Path] = []
     for item in inputs:
         item = str(item)
@@ -93,6 +98,8 @@ def expand_inputs(inputs, include: str | None = None) -> list[Path]:
                 raise UserError(f"no files match {item!r}; check the pattern (quote it so the shell keeps '**')")
         else:
             raise UserError(f"input not found: {item} (give files, folders or glob patterns)")
+        if skip is not None and not path.is_file():
+            found = [f for f in found if not f.resolve().is_relative_to(skip)]
         if path.is_dir() and not found:
             hint = f" matching --include {include!r}" if include else ""
             raise UserError(f"no files{hint} in folder {item}; check --input and --include")
@@ -369,7 +376,7 @@ def prepare_dataset(
         def documents(bar):
             return _memory_documents(inputs, bar)
     else:
-        files = expand_inputs(inputs, include)
+        files = expand_inputs(inputs, include, skip=out_dir)
         total_bytes = sum(os.path.getsize(f) for f in files)
         describe = source or _describe_files(inputs, files)
 

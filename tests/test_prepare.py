@@ -106,6 +106,13 @@ def test_files_folders_and_globs(tmp_path):
     assert "".join(decoded(tmp_path / "glob")) == "AAA\nBBB\nCCC\nMMM\n"
 
 
+def test_output_folder_inside_the_input_is_skipped(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n" * 10)
+    for _ in range(2):  # the second run must not read the first run's train.bin/meta.json
+        prepare_dataset([tmp_path], tmp_path / "out", "byte", progress=False)
+        assert "".join(decoded(tmp_path / "out")) == "some text\n" * 10
+
+
 def test_missing_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         prepare_dataset([tmp_path / "nope.txt"], tmp_path / "out", "byte", progress=False)
