@@ -149,10 +149,12 @@ def main(argv=None):
         same = len(b) == len(a) + 1 and b[-1] == 50256 and np.array_equal(a, b[:-1])
 
     print(f"corpus {mb:.0f} MB, {len(a):,} tokens, {os.cpu_count()} cores, --workers {args.workers}")
-    print("| method | wall s | MB/s | CPU s | peak RSS MB |")
-    print("|---|---|---|---|---|")
+    print("| method | wall s | MB/s | CPU s | cores busy | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
     for name, (wall, rss, cpu) in (("plain encode_ordinary", plain), ("prepare/text.py", ours)):
-        print(f"| {name} | {wall:.1f} | {mb / wall:.1f} | {cpu:.1f} | {rss:.0f} |")
+        print(f"| {name} | {wall:.1f} | {mb / wall:.1f} | {cpu:.1f} | {cpu / wall:.2f} | {rss:.0f} |")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average after the runs: {load:.1f} (other work on the machine lowers both throughputs)")
     print(f"throughput ratio (ours / plain): {plain[0] / ours[0]:.2f}x; tokens identical: {same}")
     if not same:
         raise UserError("prepare/text.py produced different tokens from the plain encode")
