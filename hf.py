@@ -225,7 +225,10 @@ def resolve_source(init_from: str) -> Path:
         try:
             folder = hub.snapshot_download(repo, allow_patterns=[HF_CONFIG_NAME, SAFETENSORS_NAME], etag_timeout=10)
         except Exception as e:  # offline, cache empty, DNS failure, gated proxy...: all the same to the user
-            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            if getattr(hub.constants, "HF_HUB_OFFLINE", False):
+                reason = "HF_HUB_OFFLINE is set and the hub cache holds no copy"
+            else:
+                reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise UserError(f"could not fetch the {init_from} weights from the Hugging Face hub ({repo}: "
                             f"{reason}); connect once to fill the hub cache, or use --init_from=PATH "
                             f"with a local folder holding config.json and model.safetensors") from None
