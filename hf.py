@@ -15,6 +15,11 @@ Out: one of our checkpoints becomes such a folder, loadable with
 `transformers.GPT2LMHeadModel.from_pretrained(DIR)` and giving the same logits:
     python hf.py export --out_dir=out-shakespeare --to=hf-shakespeare [--overwrite]
     python hf.py --help
+The folder gets config.json, model.safetensors, README.md (which tokenizer the ids belong to) and
+smallgpt_meta.json (our dataset metadata, e.g. a char vocabulary). A model trained on GPT-2 BPE also
+gets vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tiktoken's ranks, so
+`AutoTokenizer.from_pretrained(DIR)` works; char and byte vocabularies have no Hugging Face
+tokenizer (README.md says how to encode for them).
 
 Mapping (GPT-2's checkpoint -> ours): HF stores c_attn, c_proj and c_fc as `Conv1D`, whose weight
 is (in, out), the transpose of an `nn.Linear` weight (out, in); everything else is copied as is.
@@ -287,14 +292,74 @@ def load_pretrained(init_from: str, dropout: float = 0.0) -> GPT:
     return model
 
 
+# ----------------------------------------------------------------------------- tokenizer files
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte, as its vocab.json and merges.txt spell tokens.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (controls, space, ...) are moved to
+    code points 256 and up, in byte order.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table, moved = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + moved)
+            moved += 1
+    return table
+
+
+def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
+    """vocab.json, merges.txt and tokenizer_config.json for GPT-2 BPE, rebuilt from tiktoken's ranks.
+
+    Needs only the r50k_base file tiktoken has cached (TIKTOKEN_CACHE_DIR works offline); None when
+    it cannot be had. A merge is recovered by running BPE on a token's bytes with only the merges
+    ranked before it: the last two parts left are the pair that merge made.
+    """
+    from tokenizer import build_tokenizer  # the project's tiktoken wrapper and its offline handling
+
+    try:
+        enc = build_tokenizer("gpt2").enc
+    except UserError:
+        return None
+    tokens = [enc.decode_single_token_bytes(rank) for rank in range(GPT2_EOT)]  # ranks 0..50255
+    rank_of = {tok: rank for rank, tok in enumerate(tokens)}
+    show = byte_to_unicode()
+
+    def spelled(tok: bytes) -> str:
+        return "".join(show[b] for b in tok)
+
+    merges = []
+    for rank, tok in enumerate(tokens):
+        if len(tok) < 2:
+            continue
+        parts = [bytes([b]) for b in tok]
+        while len(parts) > 2:  # apply the lowest-ranked available merge, as BPE does
+            best_rank, best_i = min((rank_of.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1))
+            parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        merges.append(f"{spelled(parts[0])} {spelled(parts[1])}")
+    vocab = {spelled(tok): rank for rank, tok in enumerate(tokens)}
+    vocab["<|endoftext|>"] = GPT2_EOT
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
+              "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False),
+            "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
+
+
 # ----------------------------------------------------------------------------- export
 
-def model_card(meta: dict, source: str) -> str:
+def model_card(meta: dict, source: str, with_tokenizer: bool) -> str:
     """README.md for an exported folder: what it is and which tokenizer its ids belong to."""
     kind = meta.get("tokenizer")
     if kind == "gpt2":
         tok = ("Token ids are GPT-2's BPE (tiktoken r50k_base, the same as the `gpt2` tokenizer on the "
-               "hub): `AutoTokenizer.from_pretrained(\"openai-community/gpt2\")` encodes text for it.")
+               "hub): " + ("this folder holds its files, so `AutoTokenizer.from_pretrained(THIS_FOLDER)` works."
+                           if with_tokenizer else
+                           "`AutoTokenizer.from_pretrained(\"openai-community/gpt2\")` encodes text for it."))
     elif kind == "byte":
         tok = ("Token ids are UTF-8 bytes (0..255): encode with `list(text.encode(\"utf-8\"))` and decode "
                "with `bytes(ids).decode(\"utf-8\", errors=\"replace\")`; no Hugging Face tokenizer applies.")
@@ -340,7 +405,10 @@ def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
         (tmp / HF_CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
         if meta:
             (tmp / "smallgpt_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(meta, str(out_dir)))
+        tokenizer_files = gpt2_tokenizer_files(config.block_size) if meta.get("tokenizer") == "gpt2" else None
+        for name, text in (tokenizer_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(meta, str(out_dir), tokenizer_files is not None))
         for f in tmp.iterdir():  # durable before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -372,8 +440,11 @@ class ExportConfig:
 USAGE = """usage: python hf.py export --out_dir=RUN --to=DIR [--overwrite]
 
   export   write our checkpoint RUN/ckpt.pt as a Hugging Face GPT-2 folder DIR (config.json +
-           model.safetensors + README.md naming the tokenizer); load it with
-           transformers.GPT2LMHeadModel.from_pretrained(DIR). Only GPT-2-shaped models export.
+           model.safetensors + README.md naming the tokenizer + smallgpt_meta.json; for GPT-2 BPE
+           runs also vocab.json/merges.txt/tokenizer_config.json, so AutoTokenizer loads DIR);
+           load it with transformers.GPT2LMHeadModel.from_pretrained(DIR). Only GPT-2-shaped
+           models export (learned positions, layernorm, gelu, tied embeddings, mlp_ratio 4).
+           The write is atomic; a non-empty DIR is refused unless --overwrite.
 
 Importing needs no command: train.py and sample.py take --init_from=gpt2|gpt2-medium|gpt2-large|
 gpt2-xl|PATH (PATH: a folder with config.json and model.safetensors or pytorch_model.bin).

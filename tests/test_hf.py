@@ -174,6 +174,25 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]  # no temporary folders left
 
 
+def test_gpt2_tokenizer_files_encode_like_tiktoken(tmp_path, shakespeare_text, monkeypatch):
+    transformers = need_transformers()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+    files = hf.gpt2_tokenizer_files(model_max_length=1024)
+    assert files is not None, f"no r50k_base ranks in {TIKTOKEN_CACHE}"
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    from tokenizer import build_tokenizer
+    ours = build_tokenizer("gpt2")
+    samples = [shakespeare_text[:20_000], "  héllo wörld\t\n\n 12345 ﬁ 🙂 日本語 <|endoftext|>", "\x00\x7f\u00ad"]
+    for text in samples:
+        ids = ours.encode(text)
+        # split_special_tokens: like ours, HF then reads "<|endoftext|>" in text as ordinary characters
+        assert theirs(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == ids
+        assert theirs.decode(ids) == text
+    assert theirs.eos_token_id == 50256 and len(theirs) == 50257
+
+
 # ----------------------------------------------------------------------------- missing packages
 
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
