@@ -378,7 +378,6 @@ def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
     """Write our checkpoint (out_dir/ckpt.pt or a file) as a Hugging Face GPT-2 folder at `to`."""
     from checkpoint import load_checkpoint  # only the export needs the trainer's checkpoint format
 
-    safetensors_torch = require("safetensors.torch")
     ckpt = load_checkpoint(out_dir, map_location="cpu")
     try:
         config = GPTConfig(**ckpt["model_config"])
@@ -388,6 +387,7 @@ def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
     if problem:
         raise UserError(f"cannot export to the GPT-2 layout: the model uses {problem}; only GPT-2-shaped "
                         f"models export (learned positions, layernorm, gelu, tied embeddings, mlp_ratio 4)")
+    safetensors_torch = require("safetensors.torch")
     model = GPT(config)
     model.load_state_dict(ckpt["model"])
     meta = ckpt.get("meta") or {}
