@@ -9,6 +9,12 @@
 Configs are TOML files whose keys are the fields of `TrainConfig` below; `--key=value` overrides
 them. Writes out_dir/ckpt.pt (model, optimizer, config, iteration, RNG and sampler state),
 out_dir/metrics.jsonl (one line per evaluation) and out_dir/config.json (the resolved config).
+
+Nothing lost: `--init_from=resume` continues bitwise (RNG of every process, sampler position, the
+evaluation still due); SIGTERM or a first Ctrl-C saves a checkpoint after the current step and exits
+0 (a second Ctrl-C quits at once); an update with a non-finite loss is skipped, and
+`max_nonfinite_steps` of them in a row stop the run without saving; a fresh run will not replace an
+existing out_dir/ckpt.pt unless given --overwrite=true.
 """
 
 import contextlib
