@@ -19,6 +19,7 @@ existing out_dir/ckpt.pt unless given --overwrite=true.
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -281,6 +282,12 @@ def main(argv: list[str]) -> None:
     cfg = parse_config(TrainConfig, argv, __doc__)
     if not cfg.init_from:
         raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
+    known = ["scratch", "resume", *hf.PRETRAINED]
+    if cfg.init_from not in known and not Path(cfg.init_from).exists():  # a typo, not a folder
+        close = difflib.get_close_matches(cfg.init_from, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UserError(f"bad value for init_from: {cfg.init_from!r} is neither {', '.join(known)} nor an "
+                        f"existing Hugging Face folder{hint}")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
                 "log_interval", "max_nonfinite_steps"):
         if getattr(cfg, key) < 1:

@@ -357,7 +357,7 @@ BAD_INPUTS = [
     ("invalid TOML", T, ["{bad_toml}"], "invalid TOML"),
     ("unknown key", T, ["--max_iter=5"], "did you mean max_iters"),
     ("bad number", T, ["--max_iters=ten"], "'ten' is not a"),
-    ("init_from typo", T, ["--init_from=resum"], "choose scratch or resume"),
+    ("init_from typo", T, ["--init_from=resum"], "did you mean resume?"),
     ("sample: no checkpoint", S, ["--out_dir={root}/no_run"], "no checkpoint at"),
     ("sample: truncated checkpoint", S, ["--out_dir={truncated}"], "truncated or corrupt"),
     ("sample: flipped bit", S, ["--out_dir={bitflip}"], "fails its CRC check"),
