@@ -153,3 +153,33 @@ def test_scratch_run_refuses_to_replace_a_checkpoint(small_char_dataset, tmp_pat
     train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5, overwrite=True, seed=7))
     assert (tmp_path / "ckpt.pt").read_bytes() != before
     assert [m["iter"] for m in read_metrics(tmp_path)] == [0, 5]
+
+
+@pytest.mark.slow
+def test_ddp_split_run_is_bitwise_identical_to_one_run(small_char_dataset, tmp_path):
+    """Two gloo processes with dropout: each rank's RNG is saved and restored, so 12 iterations equal
+    6 + resume 6 bitwise (a sum of two numbers is the same in either order, so gloo is exact here)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+    def torchrun(out_dir, **overrides):
+        config = dict(eval_interval=6, lr_decay_iters=12, max_iters=12, gradient_accumulation_steps=2)
+        args = tiny_args(small_char_dataset, out_dir, **{**config, **overrides})
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO_ROOT / "train.py"), *args]
+        result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "2 process(es)" in result.stdout
+
+    torchrun(tmp_path / "one")
+    torchrun(tmp_path / "split", max_iters=6)
+    torchrun(tmp_path / "split", init_from="resume")
+    one, split = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "split")
+    assert len(one["rng_per_rank"]) == 2
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "one")
+    assert_same_state(comparable(split), comparable(one))
