@@ -195,11 +195,13 @@ def run_main(main, *args, **kwargs):
         except OSError:
             pass
         raise SystemExit(1) from None
-    except MemoryError:
-        if debug:
+    except (MemoryError, RuntimeError) as e:
+        # torch.OutOfMemoryError (GPU) is a RuntimeError; other RuntimeErrors are bugs: show them
+        if debug or not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):
             raise
-        print("error: out of memory; lower --batch_size or --block_size, or use a smaller model "
-              "(--debug shows where)", file=sys.stderr)
+        where = "GPU" if type(e).__name__ == "OutOfMemoryError" else "host RAM"
+        print(f"error: out of memory ({where}); lower --batch_size (raise --gradient_accumulation_steps to keep "
+              f"the tokens per update), lower --block_size, or use a smaller model", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as e:
         if debug:

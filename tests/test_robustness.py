@@ -190,6 +190,37 @@ def test_interrupt_is_one_line_and_exit_130(capsys):
     assert capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
 
 
+@pytest.mark.parametrize("exception, fragment", [
+    (OSError(errno.ENOSPC, "No space left on device", "out/metrics.jsonl"), "out/metrics.jsonl: No space left on device"),
+    (PermissionError(errno.EACCES, "Permission denied", "/root/x"), "/root/x: Permission denied"),
+    (MemoryError(), "out of memory (host RAM); lower --batch_size"),
+    (getattr(torch, "OutOfMemoryError", MemoryError)("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+])
+def test_environment_failures_are_one_line(exception, fragment, capsys, monkeypatch):
+    monkeypatch.delenv("GPT_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+    def failing():
+        raise exception
+
+    with pytest.raises(SystemExit) as info:
+        run_main(failing)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert fragment in err
+
+
+def test_bugs_still_show_their_traceback(monkeypatch):
+    """Only environment failures are shortened: a plain RuntimeError or KeyError is a bug to see."""
+    monkeypatch.delenv("GPT_DEBUG", raising=False)
+    for bug in (RuntimeError("shape mismatch"), KeyError("x")):
+        def failing():
+            raise bug
+
+        with pytest.raises(type(bug)):
+            run_main(failing)
+
+
 # ----------------------------------------------------------------------------- non-finite loss
 
 def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(trained_run, small_char_dataset,
