@@ -125,3 +125,27 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise UserError(f"{path} is not a checkpoint written by train.py (no model or model_config)")
     return state
+
+
+def load_weights(model, state_dict, path) -> None:
+    """model.load_state_dict, with a mismatch (damaged or foreign checkpoint) as a one-line UserError."""
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise UserError(f"the weights in {path} do not fit its model ({detail[:200]}); the checkpoint is "
+                        f"damaged or from another version of this code: retrain or restore it") from None
+
+
+def model_from_checkpoint(ckpt: dict, path, **config_changes):
+    """The GPT a checkpoint describes (its model_config, then its weights); problems are UserErrors."""
+    from model import GPT, GPTConfig  # here, so that loading a checkpoint alone needs no model code
+
+    try:
+        config = GPTConfig(**{**ckpt["model_config"], **config_changes})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path} holds a model_config this code cannot build ({e}); it comes from another "
+                        f"version of this code or is damaged") from None
+    model = GPT(config)
+    load_weights(model, ckpt["model"], path)
+    return model

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import UserError, option, parse_config, resolve_device, run_main
-from model import GPT, GPTConfig
+from model import GPT
 from tokenizer import tokenizer_from_meta
 
 SEPARATOR = "\n---------------"
@@ -55,8 +55,7 @@ def read_prompt(start: str) -> str:
 
 def load_model(out_dir: str, device: torch.device) -> tuple[GPT, dict]:
     ckpt = load_checkpoint(out_dir, map_location="cpu")
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    model = model_from_checkpoint(ckpt, out_dir)
     return model.to(device).eval(), ckpt
 
 

@@ -35,7 +35,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, save_checkpoint
 from cli import UserError, option, parse_config, resolve_device, run_main
 from data import BatchSampler, load_dataset
 import hf
@@ -374,7 +374,7 @@ def main(argv: list[str]) -> None:
     model = (pretrained if pretrained is not None else GPT(model_config)).to(device)
     del pretrained
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], ckpt_path)
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding), vocab {meta['vocab_size']} "
            f"({meta['tokenizer']})")
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)

@@ -344,7 +344,13 @@ def bad_inputs(small_char_dataset, trained_run, tmp_path_factory) -> dict:
     torch.save([1, 2, 3], paths["not_a_ckpt"])
     paths["pickled_code"] = root / "code.pt"
     torch.save({"model": MakesMarker(root / "marker"), "model_config": {}}, paths["pickled_code"])
-    for name in ("truncated", "pickled_code"):  # the same files as out_dir/ckpt.pt, for resume
+    state = torch.load(trained_run / "ckpt.pt", weights_only=True)
+    paths["foreign_config"] = root / "foreign_config.pt"
+    torch.save({**state, "model_config": {**state["model_config"], "n_experts": 8}}, paths["foreign_config"])
+    paths["missing_weight"] = root / "missing_weight.pt"
+    torch.save({**state, "model": {k: v for k, v in state["model"].items() if k != "transformer.wte.weight"}},
+               paths["missing_weight"])
+    for name in ("truncated", "pickled_code", "missing_weight"):  # the same files as out_dir/ckpt.pt, for resume
         (root / f"run_{name}").mkdir()
         shutil.copy(paths[name], root / f"run_{name}" / "ckpt.pt")
     paths["latin1"] = root / "latin1.txt"
@@ -383,6 +389,8 @@ BAD_INPUTS = [
     ("resume without checkpoint", T, ["--init_from=resume", "--out_dir={root}/no_run"], "no checkpoint at"),
     ("resume truncated checkpoint", T, ["--init_from=resume", "--out_dir={root}/run_truncated"], "truncated or corrupt"),
     ("resume pickled code", T, ["--init_from=resume", "--out_dir={root}/run_pickled_code"], "refused to load"),
+    ("resume with missing weights", T, ["--init_from=resume", "--out_dir={root}/run_missing_weight"],
+     'Missing key(s) in state_dict: "transformer.wte.weight"'),
     ("scratch over a checkpoint", T, ["--out_dir={run}"], "already exists"),
     ("missing config file", T, ["{root}/nothere.toml"], "config file not found"),
     ("invalid TOML", T, ["{bad_toml}"], "invalid TOML"),
@@ -394,6 +402,8 @@ BAD_INPUTS = [
     ("sample: flipped bit", S, ["--out_dir={bitflip}"], "fails its CRC check"),
     ("sample: empty checkpoint", S, ["--out_dir={empty_ckpt}"], "is empty"),
     ("sample: not a checkpoint", S, ["--out_dir={not_a_ckpt}"], "not a checkpoint written by train.py"),
+    ("sample: model_config from another version", S, ["--out_dir={foreign_config}"], "unexpected keyword argument 'n_experts'"),
+    ("sample: missing weights", S, ["--out_dir={missing_weight}"], "do not fit its model"),
     ("sample: pickled code", S, ["--out_dir={pickled_code}"], "refused to load"),
     ("sample: prompt file missing", S, ["--out_dir={run}", "--start=FILE:{root}/nope.txt"], "prompt file not found"),
     ("sample: characters not in vocab", S, ["--out_dir={run}", "--start=h\u00e9llo \u20ac"], "not in this char vocabulary"),
