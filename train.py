@@ -410,7 +410,8 @@ def main(argv: list[str]) -> None:
             probe.unlink()
         except OSError as e:
             raise UserError(f"cannot write to out_dir {out_dir}: {e.strerror or e}; choose another --out_dir") from None
-        (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        if not cfg.eval_only:  # an evaluation leaves the run's files as they are
+            (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     logger = WandbLogger(cfg) if (cfg.wandb_log and master) else NullLogger()
     peak = peak_flops(device, dtype)
     flops_per_iter = raw_model.flops_per_token(cfg.block_size) * tokens_per_iter
@@ -466,8 +467,11 @@ def main(argv: list[str]) -> None:
     metrics_path = out_dir / "metrics.jsonl"
     if master and cfg.init_from != "resume" and metrics_path.exists():
         metrics_path.unlink()
-    if master and cfg.init_from == "resume":
+    if master and cfg.init_from == "resume" and not cfg.eval_only:
         trim_metrics(metrics_path, evaluated_at)
+    if cfg.init_from == "resume" and iter_num >= cfg.max_iters and not cfg.eval_only:
+        print0(f"the checkpoint is at iteration {iter_num}, max_iters is {cfg.max_iters}: nothing to train "
+               f"(raise --max_iters to continue)")
     start_time = time.time()
     sampler_state = train_data.state_dict()  # as of before the pending batches were drawn
     batches = next_batches()
@@ -482,13 +486,13 @@ def main(argv: list[str]) -> None:
                 group["lr"] = lr
 
             due = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only
-            if due and iter_num != evaluated_at:
+            if due and (iter_num != evaluated_at or cfg.eval_only):
                 losses = estimate_loss()
                 evaluated_at = iter_num
                 elapsed = time.time() - start_time
                 print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                        f"{elapsed:.1f}s")
-                if master:
+                if master and not cfg.eval_only:
                     record = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
                               "lr": lr, "elapsed_s": round(elapsed, 3)}
                     with open(metrics_path, "a") as f:

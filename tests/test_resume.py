@@ -127,6 +127,17 @@ def test_resume_allows_schedule_changes(small_char_dataset, tmp_path):
     assert [m["iter"] for m in read_metrics(tmp_path)] == [0, 5, 6, 9]
 
 
+def test_eval_only_on_a_checkpoint_evaluates_and_changes_nothing(small_char_dataset, tmp_path, capsys):
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
+    files = {name: (tmp_path / name).read_bytes() for name in ("ckpt.pt", "metrics.jsonl", "config.json")}
+    capsys.readouterr()
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", eval_only=True))
+    out = capsys.readouterr().out
+    val_loss = read_metrics(tmp_path)[-1]["val_loss"]
+    assert f"step 5: train loss" in out and f"val loss {val_loss:.4f}" in out  # the same weights, the same batches
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
+
+
 def test_resume_drops_metrics_written_after_the_checkpoint(small_char_dataset, tmp_path):
     """A run that crashed after logging iteration 10 but before saving it must not leave a duplicate."""
     train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
