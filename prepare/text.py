@@ -505,7 +505,8 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
         bar.close()
         for f in files.values():
             f.close()
-    return _finish_split(tmp, itemsize, n_docs, docs, lengths, total, val_fraction)
+    # (n_docs counts documents read; after a max_tokens stop fewer were written)
+    return _finish_split(tmp, itemsize, docs["train"] + docs["val"], docs, lengths, total, val_fraction)
 
 
 def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, total: int, val_fraction: float) -> dict:

@@ -264,6 +264,9 @@ def test_max_tokens_stops_at_a_document_end(tmp_path, gpt2_cache):
     _, train, val = load(tmp_path / "w1")
     assert 5000 <= len(train) + len(val) < 5000 + 500
     assert (tmp_path / "w1" / "train.bin").read_bytes() == (tmp_path / "w3" / "train.bin").read_bytes()
+    # few documents written: the tail split, which needs their lengths in order
+    meta = prepare_dataset(lambda: iter(docs), tmp_path / "few", "gpt2", max_tokens=300, progress=False)
+    assert sum(meta["documents"].values()) < 10 and meta["val_tokens"] > 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,3 +111,12 @@ def test_end_to_end_quickstart_size_on_tinyshakespeare(tmp_path):
     assert final["iter"] == 500 and final["val_loss"] <= 2.35, final
     sample = run_script("sample.py", f"--out_dir={out}", "--max_new_tokens=200", "--start=KING")
     assert sample.returncode == 0 and sample.stdout.startswith("KING") and len(sample.stdout) > 200
+
+
+def test_wandb_logging_works_offline(small_char_dataset, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install -e '.[wandb]')")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    train(small_char_dataset, tmp_path / "run", "--max_iters=10", "--eval_interval=5", "--wandb_log=true",
+          "--wandb_run_name=test", env=env)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
