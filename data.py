@@ -50,6 +50,9 @@ class BatchSampler:
     def __init__(self, path: Path, dtype: str, block_size: int, seed: int, device="cpu"):
         self.path, self.dtype, self.block_size = Path(path), np.dtype(dtype), block_size
         self.num_tokens = self.path.stat().st_size // self.dtype.itemsize
+        if self.num_tokens < 2:  # not even one (input, target) pair
+            raise UserError(f"{self.path} holds {self.num_tokens} token(s), nothing to train on: prepare the "
+                            f"dataset from more text")
         if self.num_tokens < block_size + 1:
             raise UserError(f"{self.path} has {self.num_tokens} tokens, too few for block_size {block_size}: "
                             f"lower --block_size below {self.num_tokens} or add more text")
