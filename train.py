@@ -47,7 +47,7 @@ from model import GPT, GPTConfig
 class TrainConfig:
     # I/O
     out_dir: str = option("out", "folder for ckpt.pt, metrics.jsonl and config.json")
-    overwrite: bool = option(False, "let init_from=scratch replace a checkpoint already in out_dir")
+    overwrite: bool = option(False, "let a fresh run (any init_from but resume) replace out_dir/ckpt.pt")
     dataset: str = option("shakespeare_char", "folder with train.bin/val.bin/meta.json, or a name under data/")
     init_from: str = option("scratch", "scratch: new weights; resume: continue from out_dir/ckpt.pt; "
                             "gpt2|gpt2-medium|gpt2-large|gpt2-xl: OpenAI's weights from the Hugging Face "
