@@ -45,8 +45,12 @@ def save_checkpoint(state: dict, path) -> None:
             os.unlink(tmp_name)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint written by save_checkpoint; any problem becomes a one-line UserError."""
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint written by save_checkpoint; any problem becomes a one-line UserError.
+
+    mmap=True maps the file instead of reading it: tensors are read from disk when first used, so
+    parts never used (the optimizer state, when sampling) cost nothing.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -54,7 +58,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"no checkpoint at {path} (train one first, or point --out_dir at a folder "
                         f"holding {CHECKPOINT_NAME})")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise UserError(f"refused to load {path}: it holds objects other than tensors and plain data "

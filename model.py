@@ -110,8 +110,9 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
         head_dim = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: only positions [0, pos) are ever read, and those have been written
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0
 
     def reset(self):
@@ -233,20 +234,15 @@ class GPT(nn.Module):
 
     @classmethod
     def from_state_dict(cls, config: GPTConfig, state_dict: dict) -> "GPT":
-        """A model holding the given weights, built without random init or a second copy of them.
+        """A model that uses the given tensors as its weights (no copy; raises like load_state_dict).
 
-        The modules are made on the meta device (no memory, no init), then take the state dict's
-        tensors as their parameters. Raises RuntimeError, as load_state_dict does, on a mismatch.
+        The tensors are taken over, not copied, so a memory-mapped checkpoint stays mapped. (Building
+        on the meta device would also skip the random init, but torch's first meta op takes ~2 s.)
         """
-        with torch.device("meta"):
-            model = cls(config)
+        model = cls(config)
         model.load_state_dict(state_dict, assign=True)
         if config.tie_embeddings:  # assign replaced the shared Parameter by two: share it again
             model.lm_head.weight = model.transformer.wte.weight
-        if config.pos_embedding == "rope":  # non-persistent buffers are not in the state dict
-            device = model.transformer.wte.weight.device
-            cos, sin = rotary_tables(config.n_embd // config.n_head, config.block_size, config.rope_base)
-            model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
         return model
 
     def num_params(self, non_embedding: bool = True) -> int:

@@ -22,16 +22,24 @@ uses GPT-2 BPE), to start quickly.
 """
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+# Generation runs thousands of tiny parallel regions (one per matmul per token). OpenMP's default
+# is to spin while waiting for the other threads, and when other processes share the cores a
+# spinning thread holds a core its partner needs: 4-5x slower sampling on a busy 2-core machine
+# (bench/sample_speed.py measures both). Passive waiting avoids that. Set before torch loads
+# OpenMP; an OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from checkpoint import load_checkpoint
-from cli import UserError, option, parse_config, resolve_device, run_main
-from model import GPT, GPTConfig
-from tokenizer import tokenizer_from_meta
+import torch  # noqa: E402
+
+from checkpoint import load_checkpoint  # noqa: E402
+from cli import UserError, option, parse_config, resolve_device, run_main  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from tokenizer import tokenizer_from_meta  # noqa: E402
 
 SEPARATOR = "---------------"
 REPLACEMENT_CHAR = "\ufffd"  # what decoding puts where a UTF-8 character is cut short
@@ -80,7 +88,7 @@ def read_prompt(start: str) -> str:
 
 
 def load_model(out_dir: str, device: torch.device) -> tuple[GPT, dict]:
-    ckpt = load_checkpoint(out_dir, map_location="cpu")
+    ckpt = load_checkpoint(out_dir, map_location="cpu", mmap=True)  # the optimizer state is never read
     try:
         config = GPTConfig(**ckpt["model_config"])
     except (TypeError, ValueError) as e:

@@ -12,11 +12,13 @@ depend on what the weights are), then
   2. writes that model as a real checkpoint (the dict train.py saves, through
      checkpoint.save_checkpoint, char vocabulary of tiny Shakespeare) and times the whole process
      `python sample.py --out_dir=<it> --max_new_tokens=500` as a subprocess (median wall time),
-     next to `python -c "import torch"` for scale.
+     next to `python -c "import torch"` for scale (and, with --compare_spin, sample.py with
+     OpenMP's spinning waits, which sample.py turns off by default).
 The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
 """
 
 import dataclasses
+import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sample.py sets it (see there), before torch loads
 
 import torch  # noqa: E402
 
@@ -45,6 +48,7 @@ class BenchConfig:
     process_tokens: int = option(500, "--max_new_tokens of the timed sample.py process")
     process_repeats: int = option(3, "timed runs of the sample.py process")
     skip_process: bool = option(False, "only the tokens/s table")
+    compare_spin: bool = option(False, "also time sample.py with OMP_WAIT_POLICY=ACTIVE (OpenMP's spinning waits)")
 
 
 def bench_model() -> GPT:
@@ -68,6 +72,10 @@ def write_checkpoint(out_dir: Path, model: GPT, meta: dict) -> Path:
     train_config = TrainConfig(out_dir=str(out_dir), n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd,
                                block_size=mc.block_size)
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    for p in model.parameters():  # one step with zero gradients: AdamW's moments exist, as after training
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     state = {"format_version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
              "model_config": dataclasses.asdict(mc), "train_config": dataclasses.asdict(train_config),
@@ -92,9 +100,9 @@ def load_average() -> str:
         return "?"
 
 
-def timed_process(args: list[str]) -> float:
+def timed_process(args: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(args, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(args, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
@@ -124,15 +132,17 @@ def main(argv: list[str]) -> None:
         sample_cmd = [sys.executable, str(REPO_ROOT / "sample.py"), f"--out_dir={tmp}",
                       f"--max_new_tokens={cfg.process_tokens}"]
         import_cmd = [sys.executable, "-c", "import torch"]
-        sample_times, import_times = [], []
-        for _ in range(cfg.process_repeats):  # interleaved, so that both see the same load
-            import_times.append(timed_process(import_cmd))
-            sample_times.append(timed_process(sample_cmd))
-    sample_s, import_s = statistics.median(sample_times), statistics.median(import_times)
-    print(f"\nwhole process, median of {cfg.process_repeats} (wall time of a subprocess):")
-    print(f"  python sample.py --out_dir=<ckpt> --max_new_tokens={cfg.process_tokens}: {sample_s:.2f} s "
-          f"(runs: {', '.join(f'{t:.2f}' for t in sample_times)})")
-    print(f"  python -c 'import torch': {import_s:.2f} s; sample.py beyond importing torch: {sample_s - import_s:.2f} s")
+        processes = {"python -c 'import torch'": (import_cmd, None),
+                    f"python sample.py --out_dir=<ckpt> --max_new_tokens={cfg.process_tokens}": (sample_cmd, None)}
+        if cfg.compare_spin:
+            processes["the same with OMP_WAIT_POLICY=ACTIVE"] = (sample_cmd, dict(os.environ, OMP_WAIT_POLICY="ACTIVE"))
+        times = {name: [] for name in processes}
+        for _ in range(cfg.process_repeats):  # interleaved, so that all variants see the same load
+            for name, (cmd, env) in processes.items():
+                times[name].append(timed_process(cmd, env))
+    print(f"\nwhole process, wall time of a subprocess, median of {cfg.process_repeats}:")
+    for name, runs in times.items():
+        print(f"  {statistics.median(runs):6.2f} s  {name}   (runs: {', '.join(f'{t:.2f}' for t in runs)})")
     print(f"load average {load_average()}")
 
 
