@@ -92,8 +92,12 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint written by save_checkpoint; any problem becomes a one-line UserError."""
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint written by save_checkpoint; any problem becomes a one-line UserError.
+
+    mmap=True maps the file instead of reading it: tensors are read from disk when first used, so
+    parts never used (the optimizer state, when sampling) cost nothing.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -109,7 +113,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"checkpoint {path} is corrupt ({damaged} fails its CRC check); "
                         f"restore it from a backup or retrain")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's message is a paragraph; keep its line naming the refused object
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -127,18 +131,26 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+def _weights_error(path, error: Exception) -> UserError:
+    detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return UserError(f"the weights in {path} do not fit its model ({detail[:200]}); the checkpoint is "
+                     f"damaged or from another version of this code: retrain or restore it")
+
+
 def load_weights(model, state_dict, path) -> None:
     """model.load_state_dict, with a mismatch (damaged or foreign checkpoint) as a one-line UserError."""
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, TypeError, AttributeError, KeyError) as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        raise UserError(f"the weights in {path} do not fit its model ({detail[:200]}); the checkpoint is "
-                        f"damaged or from another version of this code: retrain or restore it") from None
+        raise _weights_error(path, e) from None
 
 
 def model_from_checkpoint(ckpt: dict, path, **config_changes):
-    """The GPT a checkpoint describes (its model_config, then its weights); problems are UserErrors."""
+    """The GPT a checkpoint describes (its model_config, then its weights); problems are UserErrors.
+
+    The model takes the checkpoint's tensors over without copying them (a memory-mapped checkpoint
+    stays mapped).
+    """
     from model import GPT, GPTConfig  # here, so that loading a checkpoint alone needs no model code
 
     try:
@@ -146,6 +158,7 @@ def model_from_checkpoint(ckpt: dict, path, **config_changes):
     except (TypeError, ValueError) as e:
         raise UserError(f"{path} holds a model_config this code cannot build ({e}); it comes from another "
                         f"version of this code or is damaged") from None
-    model = GPT(config)
-    load_weights(model, ckpt["model"], path)
-    return model
+    try:
+        return GPT.from_state_dict(config, ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+        raise _weights_error(path, e) from None

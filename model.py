@@ -110,8 +110,9 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
         head_dim = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: only positions [0, pos) are ever read, and those have been written
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0
 
     def reset(self):
@@ -152,6 +153,8 @@ class CausalSelfAttention(nn.Module):
             v = cache.v[self.layer_idx, :, :, :end]
             if T == 1:  # one new query sees every cached position: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v)
+            elif start == 0:  # prefill of an empty cache: plain causal attention, no mask to build
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:  # query i (at absolute position start + i) sees keys 0 .. start + i
                 mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -229,6 +232,19 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @classmethod
+    def from_state_dict(cls, config: GPTConfig, state_dict: dict) -> "GPT":
+        """A model that uses the given tensors as its weights (no copy; raises like load_state_dict).
+
+        The tensors are taken over, not copied, so a memory-mapped checkpoint stays mapped. (Building
+        on the meta device would also skip the random init, but torch's first meta op takes ~2 s.)
+        """
+        model = cls(config)
+        model.load_state_dict(state_dict, assign=True)
+        if config.tie_embeddings:  # assign replaced the shared Parameter by two: share it again
+            model.lm_head.weight = model.transformer.wte.weight
+        return model
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings (and untied input embeddings) excluded by default."""
         n = sum(p.numel() for p in self.parameters())
@@ -303,50 +319,87 @@ class GPT(nn.Module):
 
     @staticmethod
     def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-        """Pick one token per row from logits (B, vocab); temperature 0 means argmax (greedy)."""
+        """Pick one token per row from logits (B, vocab); returns (B, 1) int64.
+
+        temperature 0 means argmax (greedy); otherwise logits are divided by it, then top_k keeps the
+        k most likely tokens (ties with the k-th kept too) and top_p keeps the smallest set of the most
+        likely tokens whose probability reaches p (nucleus sampling; the most likely token always
+        stays, so a tiny p is greedy and p = 1 is plain sampling). `generator` makes draws repeatable.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or None), got {top_k}")
         if temperature == 0:
             return logits.argmax(dim=-1, keepdim=True)
         logits = logits.float() / temperature
         if top_k is not None and top_k < logits.size(-1):
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) k-th largest logit
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        if top_p is not None and top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # drop a token when the tokens more likely than it already cover top_p
-            drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        return torch.multinomial(probs, num_samples=1, generator=generator)
+        if top_p is None or top_p >= 1.0:
+            return torch.multinomial(probs, num_samples=1, generator=generator)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # drop a token when the tokens more likely than it already cover top_p
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)  # multinomial needs no renormalising
+        choice = torch.multinomial(sorted_probs, num_samples=1, generator=generator)  # (B, 1) rank
+        return order.gather(-1, choice)  # rank -> token id
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 generator=None, use_cache=True, on_token=None):
-        """Extend idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
+    @torch.inference_mode()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        generator=None, use_cache=True):
+        """Extend idx (B, T) one token at a time; after each new token yield the sequence so far.
 
-        With the cache, the prompt is run once and then one position per token. When the window is
-        full (block_size positions), the context is cut to its last block_size // 2 tokens and run
-        again as a fresh prompt, so no position beyond block_size is ever used and memory stays flat.
-        Without the cache, every step reruns the last block_size tokens (reference behaviour).
-        `on_token(tokens)` is called with each new (B, 1) tensor, for streaming.
+        Each yielded tensor is (B, T + n) for n = 1 .. max_new_tokens, a view into one buffer
+        preallocated for the whole output (read it, or copy it if you keep it; it is never rewritten).
+        Stop iterating to stop generating, e.g. when every row has hit an end-of-text token.
+        See `generate` for how the context is handled.
         """
+        B, T = idx.shape
         block_size = self.config.block_size
+        out = torch.empty((B, T + max_new_tokens), dtype=torch.long, device=idx.device)
+        out[:, :T] = idx
         cache = None
         if use_cache:
-            dtype = next(self.parameters()).dtype
-            cache = KVCache(self.config, idx.size(0), idx.device, dtype)
-        pending = idx  # tokens not yet in the cache
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _ = self(idx[:, -block_size:])
+            cache = KVCache(self.config, B, idx.device, next(self.parameters()).dtype)
+        pending = idx[:, -block_size:]  # tokens not yet in the cache (a longer prompt is cropped)
+        keep = max(1, block_size // 2)  # context kept when a full cache restarts
+        for n in range(T, T + max_new_tokens):
+            if cache is None:  # reference path: rerun the last block_size tokens every step
+                logits, _ = self(out[:, max(0, n - block_size):n])
             else:
                 if cache.pos + pending.size(1) > block_size:  # window full: restart on recent context
                     cache.reset()
-                    pending = idx[:, -max(1, block_size // 2):]
+                    pending = out[:, n - keep:n]
                 logits, _ = self(pending, cache=cache)
             next_token = self.sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, next_token), dim=1)
-            pending = next_token
-            if on_token is not None:
-                on_token(next_token)
-        return idx
+            out[:, n:n + 1] = next_token
+            pending = out[:, n:n + 1]
+            yield out[:, :n + 1]
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 generator=None, use_cache=True):
+        """Extend idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
+
+        Sampling: see `sample_next_token` (temperature 0 = greedy; top_k; top_p; a torch.Generator
+        for repeatable draws). Rows are independent samples generated together as one batch.
+
+        With the key/value cache (default) the prompt is run once (prefill) and then each token costs
+        one position. While prompt + output fit in block_size this gives the same logits as rerunning
+        the whole context (up to float rounding) and so the same tokens. Past block_size a model has
+        no positions left: when the cache is full it is emptied and refilled from the last
+        block_size // 2 tokens, and generation goes on one token at a time from there. So no position
+        >= block_size is ever used, memory stays flat (the cache is allocated once, at block_size),
+        and each token still sees between block_size // 2 and block_size tokens of context; the
+        refill (one batched forward of block_size // 2 tokens) happens once every block_size // 2
+        new tokens. A prompt longer than block_size is cropped to its last block_size tokens.
+        Without the cache (use_cache=False) every step reruns the last block_size tokens: a sliding
+        window, the same as the cached path until block_size and slower by a factor of the context.
+        """
+        seq = idx
+        for seq in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
+            pass
+        return seq.clone()  # a normal tensor (not an inference-mode one) that owns its memory

@@ -3,28 +3,49 @@
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=200
     python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0      # greedy
+    python sample.py --out_dir=out --top_p=0.9 --stop=$'\\n\\n'                   # nucleus; stop at a blank line
     python sample.py --init_from=gpt2 --start="Hello, I'm a language model,"   # OpenAI's GPT-2
     python sample.py --init_from=path/to/hf_folder        # a Hugging Face GPT-2 layout folder
     python sample.py --help
 
-Samples print to stdout; the same seed gives the same text. The tokenizer comes from the
-checkpoint itself, so the dataset folder is not needed. With --init_from (a GPT-2 hub name or a
-folder in the Hugging Face GPT-2 layout, see hf.py) the weights come from there instead of
---out_dir, and the tokenizer is GPT-2's BPE.
+Each sample is printed as prompt + generated text, followed by a separator line. With one sample
+the text is streamed: it appears token by token as it is generated (only whole characters are
+printed, so a token that ends inside a UTF-8 character waits for the rest of it). Several samples
+are generated together as one batch and printed when they are done.
+
+A sample ends after max_new_tokens tokens, at the end-of-text token of tokenizers that have one
+(GPT-2 BPE's <|endoftext|>, which is not printed; --stop_at_eot=false to go on), or where the
+generated text first contains --stop (the stop text is searched in the generated text only, not in
+the prompt, and is not printed). Generation ends as soon as every sample of the batch has ended.
+
+The same seed gives the same text. The tokenizer comes from the checkpoint itself, so the dataset
+folder is not needed. With --init_from (a GPT-2 hub name or a folder in the Hugging Face GPT-2
+layout, see hf.py) the weights come from there instead of --out_dir, with GPT-2's BPE. This script imports neither train.py nor tiktoken (unless the checkpoint
+uses GPT-2 BPE), to start quickly.
 """
 
+import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+# Generation runs thousands of tiny parallel regions (one per matmul per token). OpenMP's default
+# is to spin while waiting for the other threads, and when other processes share the cores a
+# spinning thread holds a core its partner needs: 4-5x slower sampling on a busy 2-core machine
+# (bench/sample_speed.py measures both). Passive waiting avoids that. Set before torch loads
+# OpenMP; an OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError, option, parse_config, resolve_device, run_main
-from model import GPT
-from tokenizer import tokenizer_from_meta
+import torch  # noqa: E402
 
-SEPARATOR = "\n---------------"
+from checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from cli import UserError, option, parse_config, resolve_device, run_main  # noqa: E402
+from model import GPT  # noqa: E402
+from tokenizer import tokenizer_from_meta  # noqa: E402
+
+SEPARATOR = "---------------"
+REPLACEMENT_CHAR = "\ufffd"  # what decoding puts where a UTF-8 character is cut short
 
 
 @dataclass
@@ -34,14 +55,32 @@ class SampleConfig:
                             "hub) or a folder in the Hugging Face GPT-2 layout; GPT-2 BPE tokenizer")
     start: str = option("\n", "prompt text, or FILE:path to read the prompt from a file")
     num_samples: int = option(1, "number of samples, generated together as one batch")
-    max_new_tokens: int = option(500, "tokens to generate per sample")
+    max_new_tokens: int = option(500, "tokens to generate per sample (at most)")
     temperature: float = option(0.8, "softmax temperature; 0 means greedy (argmax)")
     top_k: int = option(200, "sample only among the k most likely tokens; 0 disables")
-    top_p: float = option(1.0, "sample from the smallest set of tokens whose probability reaches p")
+    top_p: float = option(1.0, "sample from the smallest set of likeliest tokens whose probability reaches p; 1 disables")
+    stop: str = option("", "end a sample where its generated text first contains this text (not printed); empty: none")
+    stop_at_eot: bool = option(True, "end a sample at the tokenizer's end-of-text token (GPT-2 BPE), if it has one")
+    stream: bool = option(True, "with one sample, print the text token by token as it is generated")
     seed: int = option(1337, "random seed: the same seed gives the same samples")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto, float32, bfloat16 or float16", ["auto", "float32", "bfloat16", "float16"])
+    dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
+                        ["auto", "float32", "bfloat16", "float16"])
     use_cache: bool = option(True, "use the key/value cache (false: recompute the context each token)")
+
+
+def validate(cfg: SampleConfig) -> None:
+    """One-line errors for values that cannot work."""
+    if cfg.num_samples < 1:
+        raise UserError(f"bad value for num_samples: {cfg.num_samples} (must be at least 1)")
+    if cfg.max_new_tokens < 0:
+        raise UserError(f"bad value for max_new_tokens: {cfg.max_new_tokens} (must be >= 0)")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise UserError(f"bad value for temperature: {cfg.temperature} (must be >= 0; 0 means greedy)")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"bad value for top_p: {cfg.top_p} (must be in (0, 1]; 1 disables it)")
+    if cfg.top_k < 0:
+        raise UserError(f"bad value for top_k: {cfg.top_k} (must be >= 0; 0 disables)")
 
 
 def read_prompt(start: str) -> str:
@@ -54,23 +93,113 @@ def read_prompt(start: str) -> str:
 
 
 def load_model(out_dir: str, device: torch.device) -> tuple[GPT, dict]:
-    ckpt = load_checkpoint(out_dir, map_location="cpu")
+    ckpt = load_checkpoint(out_dir, map_location="cpu", mmap=True)  # the optimizer state is never read
     model = model_from_checkpoint(ckpt, out_dir)
     return model.to(device).eval(), ckpt
 
 
+class SampleText:
+    """The text of one sample, built token by token: whole characters only, cut at the stop text.
+
+    `push(token)` returns the text that became final with that token (possibly ""), so printing each
+    return value streams the sample; `finish()` returns the rest. `text` is everything generated so
+    far (without the stop text), `done` whether the sample has ended (stop text or end-of-text).
+    """
+
+    def __init__(self, tokenizer, stop: str = "", eot_token: int | None = None):
+        self.tokenizer, self.stop, self.eot_token = tokenizer, stop, eot_token
+        self.text = ""  # decoded so far; its first `emitted` characters have been returned
+        self.emitted = 0
+        self.pending: list[int] = []  # tokens whose text is not final yet (a split UTF-8 character)
+        self.done = False
+
+    def push(self, token: int) -> str:
+        if self.done:
+            return ""
+        if token == self.eot_token:
+            return self.finish()
+        self.pending.append(token)
+        tail = self.tokenizer.decode(self.pending)
+        if tail.endswith(REPLACEMENT_CHAR):
+            if len(self.pending) < 8:
+                return ""  # most likely a character cut short: wait for its remaining bytes
+            tail = self._commit_longest_whole_prefix()  # garbage bytes: do not wait forever
+        else:
+            self.pending = []
+        return self._append(tail)
+
+    def finish(self) -> str:
+        """End the sample: decode what is left (broken bytes become U+FFFD) and return it."""
+        if self.done:
+            return ""
+        tail = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        out = self._append(tail, final=True)
+        self.done = True
+        return out
+
+    def _commit_longest_whole_prefix(self) -> str:
+        # Decoding a prefix whose text does not end in U+FFFD ends on a character boundary, so its
+        # text is exactly what decoding everything at once would give for those tokens.
+        for cut in range(len(self.pending) - 1, 0, -1):
+            head = self.tokenizer.decode(self.pending[:cut])
+            if not head.endswith(REPLACEMENT_CHAR):
+                self.pending = self.pending[cut:]
+                return head
+        return ""
+
+    def _append(self, tail: str, final: bool = False) -> str:
+        search_from = max(0, len(self.text) - len(self.stop) + 1)
+        self.text += tail
+        end = len(self.text)
+        if self.stop:
+            found = self.text.find(self.stop, search_from)
+            if found >= 0:
+                self.text = self.text[:found]
+                self.done = True
+                end = found
+            elif not final:  # hold back an ending that may yet grow into the stop text
+                for k in range(min(len(self.stop) - 1, len(self.text)), 0, -1):
+                    if self.text.endswith(self.stop[:k]):
+                        end = len(self.text) - k
+                        break
+        out = self.text[self.emitted:end]
+        self.emitted = end
+        return out
+
+
+def generate_text(model: GPT, tokenizer, prompt_ids: list[int], cfg: SampleConfig, eot_token=None,
+                  write=None) -> list[str]:
+    """Generate cfg.num_samples samples as one batch; returns each sample's generated text.
+
+    `write(text)`, if given, receives the first sample's text piece by piece as it is generated
+    (for streaming; use it with one sample). Generation stops early once every sample has ended.
+    """
+    device = next(model.parameters()).device
+    idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)  # (N, T)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    samples = [SampleText(tokenizer, cfg.stop, eot_token) for _ in range(cfg.num_samples)]
+    stream = model.generate_stream(idx, cfg.max_new_tokens, temperature=cfg.temperature,
+                                   top_k=cfg.top_k or None, top_p=cfg.top_p, generator=generator,
+                                   use_cache=cfg.use_cache)
+    for seq in stream:
+        for sample, token in zip(samples, seq[:, -1].tolist()):
+            piece = sample.push(token)
+            if write is not None and piece and sample is samples[0]:
+                write(piece)
+        if all(sample.done for sample in samples):
+            break
+    stream.close()
+    for sample in samples:
+        piece = sample.finish()
+        if write is not None and piece and sample is samples[0]:
+            write(piece)
+    return [sample.text for sample in samples]
+
+
 def main(argv: list[str]) -> None:
     cfg = parse_config(SampleConfig, argv, __doc__)
-    if cfg.num_samples < 1:
-        raise UserError(f"bad value for num_samples: {cfg.num_samples} (must be at least 1)")
-    if cfg.max_new_tokens < 0:
-        raise UserError(f"bad value for max_new_tokens: {cfg.max_new_tokens} (must be >= 0)")
-    if cfg.temperature < 0:
-        raise UserError(f"bad value for temperature: {cfg.temperature} (must be >= 0; 0 means greedy)")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"bad value for top_p: {cfg.top_p} (must be in (0, 1])")
-    if cfg.top_k < 0:
-        raise UserError(f"bad value for top_k: {cfg.top_k} (must be >= 0; 0 disables)")
+    validate(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
@@ -82,11 +211,13 @@ def main(argv: list[str]) -> None:
         ckpt = {"meta": {"tokenizer": "gpt2"}}
     else:
         model, ckpt = load_model(cfg.out_dir, device)
-    if cfg.dtype != "auto" and cfg.dtype != "float32":
+    if cfg.dtype not in ("auto", "float32"):
         model = model.to(getattr(torch, cfg.dtype))
     elif cfg.dtype == "auto" and device.type == "cuda":
         model = model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    tokenizer = tokenizer_from_meta(ckpt["meta"])
+    meta = ckpt.get("meta") or {}
+    tokenizer = tokenizer_from_meta(meta)
+    eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None
 
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))
     if not prompt_ids:
@@ -94,14 +225,20 @@ def main(argv: list[str]) -> None:
     if max(prompt_ids) >= model.config.vocab_size:
         raise UserError(f"the prompt has token id {max(prompt_ids)} but the model knows only "
                         f"{model.config.vocab_size} tokens; the model was not trained on this tokenizer")
-    idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)  # (N, T)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    top_k = cfg.top_k or None
-    out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=top_k,
-                         top_p=cfg.top_p, generator=generator, use_cache=cfg.use_cache)
-    for row in out.tolist():
-        print(tokenizer.decode(row))
-        print(SEPARATOR)
+    prompt_text = tokenizer.decode(prompt_ids)
+    if cfg.stream and cfg.num_samples == 1:
+        def write(text):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        write(prompt_text)
+        generate_text(model, tokenizer, prompt_ids, cfg, eot_token, write)
+        print()
+        print(SEPARATOR, flush=True)
+        return
+    for text in generate_text(model, tokenizer, prompt_ids, cfg, eot_token):
+        print(prompt_text + text)
+        print(SEPARATOR, flush=True)
 
 
 if __name__ == "__main__":

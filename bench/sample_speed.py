@@ -1,0 +1,150 @@
+"""Sampling speed: tokens/s of the generation loop, and the whole `python sample.py` process time.
+
+    python bench/sample_speed.py                      # the defaults below
+    python bench/sample_speed.py --new_tokens=200 --repeats=5
+    python bench/sample_speed.py --help
+
+Builds a GPT of 6 layers, 6 heads, 384 wide, block 512, vocab 65 (random weights: speed does not
+depend on what the weights are), then
+  1. times `model.generate` for batch 1 and batch 8, with the key/value cache on and off, greedy,
+     from a one-token prompt; the variants are interleaved in each repeat and the table shows the
+     median new tokens/s (a batch of 8 counts 8 tokens per step) and the speed-up of the cache;
+  2. writes that model as a real checkpoint (the dict train.py saves, through
+     checkpoint.save_checkpoint, char vocabulary of tiny Shakespeare) and times the whole process
+     `python sample.py --out_dir=<it> --max_new_tokens=500` as a subprocess (median wall time),
+     next to `python -c "import torch"` for scale (and, with --compare_spin, sample.py with
+     OpenMP's spinning waits, which sample.py turns off by default).
+The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
+"""
+
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sample.py sets it (see there), before torch loads
+
+import torch  # noqa: E402
+
+from checkpoint import CHECKPOINT_NAME, save_checkpoint  # noqa: E402
+from cli import option, parse_config, run_main  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+# the 65 distinct characters of tiny Shakespeare, sorted (the vocabulary of shakespeare_char)
+SHAKESPEARE_VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass
+class BenchConfig:
+    new_tokens: int = option(256, "new tokens per generate call in the tokens/s table")
+    repeats: int = option(3, "timed repeats of each variant (medians are reported)")
+    process_tokens: int = option(500, "--max_new_tokens of the timed sample.py process")
+    process_repeats: int = option(3, "timed runs of the sample.py process")
+    skip_process: bool = option(False, "only the tokens/s table")
+    compare_spin: bool = option(False, "also time sample.py with OMP_WAIT_POLICY=ACTIVE (OpenMP's spinning waits)")
+
+
+def bench_model() -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=512, vocab_size=len(SHAKESPEARE_VOCAB))
+    return GPT(config).eval()
+
+
+def char_meta(vocab: list[str]) -> dict:
+    """meta.json of a char dataset (as prepare/shakespeare_char.py writes it)."""
+    return {"format_version": 1, "tokenizer": "char", "vocab_size": len(vocab), "dtype": "uint16",
+            "train_tokens": 0, "val_tokens": 0, "vocab": vocab, "eot_token": None,
+            "documents": {"train": 1, "val": 1}, "source": "bench"}
+
+
+def write_checkpoint(out_dir: Path, model: GPT, meta: dict) -> Path:
+    """Save model as train.py does: the same keys, with a fresh optimizer state and iteration 0."""
+    from train import TrainConfig, rng_state  # only here: the timed sample.py never imports train.py
+
+    mc = model.config
+    train_config = TrainConfig(out_dir=str(out_dir), n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd,
+                               block_size=mc.block_size)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    for p in model.parameters():  # one step with zero gradients: AdamW's moments exist, as after training
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state = {"format_version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+             "model_config": dataclasses.asdict(mc), "train_config": dataclasses.asdict(train_config),
+             "meta": meta, "iter_num": 0, "best_val_loss": float("inf"), "rng": rng_state(torch.device("cpu")),
+             "sampler": {}}
+    path = Path(out_dir) / CHECKPOINT_NAME
+    save_checkpoint(state, path)
+    return path
+
+
+def tokens_per_second(model: GPT, batch: int, use_cache: bool, new_tokens: int) -> float:
+    idx = torch.zeros((batch, 1), dtype=torch.long)
+    start = time.perf_counter()
+    model.generate(idx, new_tokens, temperature=0, use_cache=use_cache)
+    return batch * new_tokens / (time.perf_counter() - start)
+
+
+def load_average() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def timed_process(args: list[str], env: dict | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> None:
+    cfg = parse_config(BenchConfig, argv, __doc__)
+    model = bench_model()
+    print(f"model: 6 layers, 6 heads, 384 wide, block 512, vocab 65 ({model.num_params() / 1e6:.1f}M params); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_average()}")
+    variants = [(batch, use_cache) for batch in (1, 8) for use_cache in (True, False)]
+    tokens_per_second(model, 1, True, 8)  # warm-up
+    rates = {v: [] for v in variants}
+    for _ in range(cfg.repeats):
+        for batch, use_cache in variants:
+            rates[(batch, use_cache)].append(tokens_per_second(model, batch, use_cache, cfg.new_tokens))
+    print(f"\ngenerate: {cfg.new_tokens} new tokens from a 1-token prompt, greedy, median of {cfg.repeats}")
+    print("| batch | cache on (tok/s) | cache off (tok/s) | speed-up |")
+    print("|---|---|---|---|")
+    for batch in (1, 8):
+        on, off = statistics.median(rates[(batch, True)]), statistics.median(rates[(batch, False)])
+        print(f"| {batch} | {on:,.0f} | {off:,.0f} | {on / off:.1f}x |")
+    print(f"load average {load_average()}")
+    if cfg.skip_process:
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(Path(tmp), model, char_meta(SHAKESPEARE_VOCAB))
+        sample_cmd = [sys.executable, str(REPO_ROOT / "sample.py"), f"--out_dir={tmp}",
+                      f"--max_new_tokens={cfg.process_tokens}"]
+        import_cmd = [sys.executable, "-c", "import torch"]
+        processes = {"python -c 'import torch'": (import_cmd, None),
+                    f"python sample.py --out_dir=<ckpt> --max_new_tokens={cfg.process_tokens}": (sample_cmd, None)}
+        if cfg.compare_spin:
+            processes["the same with OMP_WAIT_POLICY=ACTIVE"] = (sample_cmd, dict(os.environ, OMP_WAIT_POLICY="ACTIVE"))
+        times = {name: [] for name in processes}
+        for _ in range(cfg.process_repeats):  # interleaved, so that all variants see the same load
+            for name, (cmd, env) in processes.items():
+                times[name].append(timed_process(cmd, env))
+    print(f"\nwhole process, wall time of a subprocess, median of {cfg.process_repeats}:")
+    for name, runs in times.items():
+        print(f"  {statistics.median(runs):6.2f} s  {name}   (runs: {', '.join(f'{t:.2f}' for t in runs)})")
+    print(f"load average {load_average()}")
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
