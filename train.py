@@ -87,6 +87,8 @@ class TrainConfig:
                         "bfloat16 on CPUs with bf16 matrix units (AMX or AVX512-BF16), float32 on other CPUs",
                         ["auto", "float32", "bfloat16", "float16"])
     compile: bool = option(False, "torch.compile the model")
+    threads: int = option(0, "CPU threads for torch (0: torch's default, one per core); on a CPU shared "
+                          "with other jobs fewer threads can be much faster")
     seed: int = option(1337, "random seed for weights, dropout and batches")
     # logging
     wandb_log: bool = option(False, "log to Weights & Biases (works with WANDB_MODE=offline)")
@@ -230,6 +232,10 @@ def main(argv: list[str]) -> None:
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world_size = 0, 1
     device = resolve_device(cfg.device)
+    if cfg.threads < 0:
+        raise UserError(f"bad value for threads: {cfg.threads} (0 means torch's default)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if ddp:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ["LOCAL_RANK"])

@@ -35,6 +35,7 @@ from model import GPT  # noqa: E402
 from optim import build_optimizer, set_learning_rate  # noqa: E402
 from train import TrainConfig, resolve_dtype  # noqa: E402
 
+DEFAULT_THREADS = torch.get_num_threads()
 BENCH_OPTIONS = {"iters": 20, "warmup": 3, "repeats": 3}
 
 
@@ -119,6 +120,7 @@ class Variant:
         self.last_loss = loss.item()  # waits for the device, as train.py's logging does
 
     def run(self, warmup: int, iters: int) -> None:
+        torch.set_num_threads(self.cfg.threads or DEFAULT_THREADS)  # variants may differ in threads
         for _ in range(warmup):
             self.iteration()
         for _ in range(iters):
