@@ -94,3 +94,8 @@ def test_bench_prints_interleaved_variants(small_char_dataset):
     assert rows["muon"][6].endswith("%")  # MFU against the peak measured in the same run
     bad = run_script("bench/train_speed.py", f"--dataset={small_char_dataset}", "--variant", "no colon here")
     assert bad.returncode == 1 and "bad --variant" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_threads_key_is_applied_and_checked(small_char_dataset, tmp_path):
+    bad = run_script("train.py", f"--dataset={small_char_dataset}", "--threads=-1", f"--out_dir={tmp_path}")
+    assert bad.returncode == 1 and "threads" in bad.stderr and "Traceback" not in bad.stderr
