@@ -141,7 +141,8 @@ def main(argv: list[str]) -> None:
     variants = [Variant(name, parse_config(TrainConfig, config_args + overrides, __doc__))
                 for name, overrides in variant_specs]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+    threads = sorted({v.cfg.threads or DEFAULT_THREADS for v in variants})
+    print(f"torch {torch.__version__}, threads {'/'.join(map(str, threads))}, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {load:.2f}")
     peaks = {}
     for v in variants:
