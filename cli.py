@@ -46,39 +46,28 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_EXPECTED = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string (quote it in TOML)"}
+
+
 def convert_value(key: str, raw, tp, choices=None):
     """Convert a TOML value or command-line string to the field's type, or raise UserError."""
     value = raw
-    if isinstance(raw, str) and tp is not str:
-        text = raw.strip()
+    if isinstance(raw, str) and tp is not str:  # from the command line
+        text = raw.strip().lower()
         try:
             if tp is bool:
-                if text.lower() in _TRUE:
-                    value = True
-                elif text.lower() in _FALSE:
-                    value = False
-                else:
-                    raise ValueError
-            elif tp is int:
-                value = int(text)
-            elif tp is float:
-                value = float(text)
+                value = True if text in _TRUE else False if text in _FALSE else None
+            else:
+                value = tp(text)
         except ValueError:
-            raise UserError(f"bad value for {key}: {raw!r} is not a {_type_name(tp)}") from None
-    # TOML already gives typed values; check them (bool is an int subclass, so test it first)
-    if tp is bool and not isinstance(value, bool):
-        raise UserError(f"bad value for {key}: {raw!r} is not a bool (use true or false)")
-    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise UserError(f"bad value for {key}: {raw!r} is not an int")
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"bad value for {key}: {raw!r} is not a float")
+            value = None
+    # TOML values arrive typed: check them (bool is an int subclass, so it is excluded explicitly)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if tp is str and not isinstance(value, str):
-        raise UserError(f"bad value for {key}: {raw!r} is not a string (quote it in TOML)")
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+        raise UserError(f"bad value for {key}: {raw!r} is not {_EXPECTED[tp]}")
     if choices is not None and value not in choices:
         raise UserError(f"bad value for {key}: {value!r}; choose one of {', '.join(map(str, choices))}")
     return value

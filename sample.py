@@ -3,10 +3,14 @@
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=200
     python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0      # greedy
+    python sample.py --init_from=gpt2 --start="Hello, I'm a language model,"   # OpenAI's GPT-2
+    python sample.py --init_from=path/to/hf_folder        # a Hugging Face GPT-2 layout folder
     python sample.py --help
 
 Samples print to stdout; the same seed gives the same text. The tokenizer comes from the
-checkpoint itself, so the dataset folder is not needed.
+checkpoint itself, so the dataset folder is not needed. With --init_from (a GPT-2 hub name or a
+folder in the Hugging Face GPT-2 layout, see hf.py) the weights come from there instead of
+--out_dir, and the tokenizer is GPT-2's BPE.
 """
 
 import sys
@@ -26,6 +30,8 @@ SEPARATOR = "\n---------------"
 @dataclass
 class SampleConfig:
     out_dir: str = option("out", "folder holding ckpt.pt (or the checkpoint file itself)")
+    init_from: str = option("", "instead of out_dir: gpt2|gpt2-medium|gpt2-large|gpt2-xl (Hugging Face "
+                            "hub) or a folder in the Hugging Face GPT-2 layout; GPT-2 BPE tokenizer")
     start: str = option("\n", "prompt text, or FILE:path to read the prompt from a file")
     num_samples: int = option(1, "number of samples, generated together as one batch")
     max_new_tokens: int = option(500, "tokens to generate per sample")
@@ -68,7 +74,15 @@ def main(argv: list[str]) -> None:
         raise UserError(f"bad value for top_k: {cfg.top_k} (must be >= 0; 0 disables)")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model, ckpt = load_model(cfg.out_dir, device)
+    if cfg.init_from:
+        if cfg.init_from in ("scratch", "resume"):
+            raise UserError(f"--init_from={cfg.init_from} has no meaning here: leave it out to sample from "
+                            f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
+        import hf  # optional dependencies, needed only here
+        model = hf.load_pretrained(cfg.init_from).to(device).eval()
+        ckpt = {"meta": {"tokenizer": "gpt2"}}
+    else:
+        model, ckpt = load_model(cfg.out_dir, device)
     if cfg.dtype != "auto" and cfg.dtype != "float32":
         model = model.to(getattr(torch, cfg.dtype))
     elif cfg.dtype == "auto" and device.type == "cuda":
@@ -78,6 +92,9 @@ def main(argv: list[str]) -> None:
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))
     if not prompt_ids:
         raise UserError("the prompt is empty: give --start=TEXT with at least one character")
+    if max(prompt_ids) >= model.config.vocab_size:
+        raise UserError(f"the prompt has token id {max(prompt_ids)} but the model knows only "
+                        f"{model.config.vocab_size} tokens; the model was not trained on this tokenizer")
     idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=device)  # (N, T)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     top_k = cfg.top_k or None

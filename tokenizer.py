@@ -48,7 +48,7 @@ def token_dtype(vocab_size: int) -> str:
 
 
 class CharTokenizer:
-    """One token per character of a fixed vocabulary (a sorted list of distinct characters)."""
+    """One token per character: ids are positions in a list of distinct characters (sorted by prepare)."""
 
     kind = "char"
     eot_token = None
@@ -58,13 +58,16 @@ class CharTokenizer:
             raise UserError("the char tokenizer needs a non-empty vocabulary; re-prepare the dataset")
         if any(not isinstance(c, str) or len(c) != 1 for c in vocab):
             raise UserError("the char vocabulary must be a list of single characters; re-prepare the dataset")
-        self.vocab = sorted(set(vocab))
-        if len(self.vocab) != len(vocab):
+        self.vocab = list(vocab)  # ids are positions in this list (prepare writes it sorted)
+        if len(set(self.vocab)) != len(self.vocab):
             raise UserError("the char vocabulary has repeated characters; re-prepare the dataset")
         self.vocab_size = len(self.vocab)
         self.stoi = {c: i for i, c in enumerate(self.vocab)}
-        # code points in id order (sorted strings of one character sort by code point)
-        self._codepoints = np.array([ord(c) for c in self.vocab], dtype=np.uint32)
+        # for encode_array: code points in increasing order and the id of each
+        cps = np.array([ord(c) for c in self.vocab], dtype=np.uint32)
+        order = np.argsort(cps, kind="stable")
+        self._sorted_cps = cps[order]
+        self._sorted_ids = order.astype(np.uint32)
 
     def _missing_error(self, text: str) -> UserError:
         missing = sorted(set(text) - self.stoi.keys())
@@ -83,11 +86,10 @@ class CharTokenizer:
     def encode_array(self, text: str) -> np.ndarray:
         """Vectorised encode: code points looked up in the sorted vocabulary."""
         cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        ids = np.searchsorted(self._codepoints, cps)
-        ids = np.minimum(ids, self.vocab_size - 1)
-        if not np.array_equal(self._codepoints[ids], cps):
+        pos = np.minimum(np.searchsorted(self._sorted_cps, cps), self.vocab_size - 1)
+        if not np.array_equal(self._sorted_cps[pos], cps):
             raise self._missing_error(text)
-        return ids.astype(np.uint32)
+        return self._sorted_ids[pos]
 
     def decode(self, ids) -> str:
         try:

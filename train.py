@@ -3,6 +3,7 @@
     python train.py config/shakespeare_char.toml
     python train.py config/shakespeare_char.toml --max_iters=2000 --compile=false
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2.toml
+    python train.py config/finetune_shakespeare.toml     # finetune OpenAI's GPT-2 (init_from = "gpt2")
     python train.py --help                       # every key with its type, default and meaning
 
 Configs are TOML files whose keys are the fields of `TrainConfig` below; `--key=value` overrides
@@ -29,6 +30,8 @@ from tqdm import tqdm
 from checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from cli import UserError, option, parse_config, resolve_device, run_main
 from data import BatchSampler, load_dataset
+import hf
+from hf import is_pretrained_source
 from model import GPT, GPTConfig
 from optim import build_optimizer, set_learning_rate
 
@@ -38,7 +41,9 @@ class TrainConfig:
     # I/O
     out_dir: str = option("out", "folder for ckpt.pt, metrics.jsonl and config.json")
     dataset: str = option("shakespeare_char", "folder with train.bin/val.bin/meta.json, or a name under data/")
-    init_from: str = option("scratch", "scratch: new weights; resume: continue from out_dir/ckpt.pt")
+    init_from: str = option("scratch", "scratch: new weights; resume: continue from out_dir/ckpt.pt; "
+                            "gpt2|gpt2-medium|gpt2-large|gpt2-xl: OpenAI's weights from the Hugging Face "
+                            "hub; or a folder in the Hugging Face GPT-2 layout (needs a gpt2 dataset)")
     eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations")
     eval_iters: int = option(200, "batches per split in each evaluation")
     eval_only: bool = option(False, "evaluate once and exit")
@@ -52,7 +57,7 @@ class TrainConfig:
     n_layer: int = option(12, "transformer blocks")
     n_head: int = option(12, "attention heads per block")
     n_embd: int = option(768, "residual stream width")
-    dropout: float = option(0.0, "dropout probability while training")
+    dropout: float = option(0.0, "dropout probability while training (may differ from pretrained weights)")
     bias: bool = option(True, "biases in Linear layers and LayerNorms")
     pos_embedding: str = option("learned", "position encoding", ["learned", "rope"])
     norm: str = option("layernorm", "normalisation layer", ["layernorm", "rmsnorm"])
@@ -209,6 +214,24 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def check_gpt2_dataset(meta: dict, dataset: str, init_from: str) -> None:
+    """Pretrained GPT-2 weights speak GPT-2 BPE: the dataset must be tokenized with it."""
+    if meta["tokenizer"] != "gpt2":
+        raise UserError(f"init_from={init_from} needs a dataset tokenized with GPT-2 BPE, but {dataset} uses "
+                        f"the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "
+                        f"(e.g. python prepare/shakespeare.py)")
+
+
+def with_pretrained_shape(cfg: TrainConfig, model_config: GPTConfig) -> TrainConfig:
+    """cfg with its model keys replaced by the pretrained model's (printed, and saved in config.json)."""
+    shape = {k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "pos_embedding",
+                                                  "norm", "qk_norm", "mlp", "tie_embeddings", "logit_softcap")}
+    print0(f"init_from={cfg.init_from}: model shape from the pretrained config (n_layer={shape['n_layer']}, "
+           f"n_head={shape['n_head']}, n_embd={shape['n_embd']}, {model_config.block_size} positions, vocab "
+           f"{model_config.vocab_size}); the config's shape keys are ignored, dropout={cfg.dropout} applies")
+    return dataclasses.replace(cfg, **shape)
+
+
 def check_resume_compatible(saved: dict, model_config: GPTConfig, ckpt_path: Path) -> None:
     """Resuming may change schedule keys, never the model's shape."""
     current = dataclasses.asdict(model_config)
@@ -222,8 +245,8 @@ def check_resume_compatible(saved: dict, model_config: GPTConfig, ckpt_path: Pat
 
 def main(argv: list[str]) -> None:
     cfg = parse_config(TrainConfig, argv, __doc__)
-    if cfg.init_from not in ("scratch", "resume"):
-        raise UserError(f"bad value for init_from: {cfg.init_from!r}; choose scratch or resume")
+    if not cfg.init_from:
+        raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval"):
         if getattr(cfg, key) < 1:
             raise UserError(f"bad value for {key}: {getattr(cfg, key)} (must be at least 1)")
@@ -269,7 +292,17 @@ def main(argv: list[str]) -> None:
     # --- model, optimizer, state
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    model_config = cfg.model_config(meta["vocab_size"])
+    model_config = None
+    pretrained = None  # our GPT holding Hugging Face GPT-2 weights, when init_from names some
+    pretrained_source = None  # the init_from that gave the weights, kept through resumes
+    if is_pretrained_source(cfg.init_from):
+        check_gpt2_dataset(meta, cfg.dataset, cfg.init_from)
+        pretrained = hf.load_pretrained(cfg.init_from, dropout=cfg.dropout)
+        model_config, pretrained_source = pretrained.config, cfg.init_from
+        if meta["vocab_size"] > model_config.vocab_size:
+            raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} token ids but {cfg.init_from} knows "
+                            f"only {model_config.vocab_size}; use a dataset prepared with the gpt2 tokenizer")
+        cfg = with_pretrained_shape(cfg, model_config)
     torch.manual_seed(cfg.seed)
     iter_num, best_val_loss, ckpt, resumed_seconds = 0, float("inf"), None, 0.0
     if cfg.init_from == "resume":
@@ -277,13 +310,23 @@ def main(argv: list[str]) -> None:
             raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}: "
                             f"train with --init_from=scratch first or point --out_dir at the run")
         ckpt = load_checkpoint(ckpt_path, map_location=device)
+        pretrained_source = ckpt.get("pretrained_from")
+        if pretrained_source:  # a finetune: its shape came from the pretrained config, not the keys
+            model_config = GPTConfig(**{**ckpt["model_config"], "dropout": cfg.dropout})
+            cfg = with_pretrained_shape(cfg, model_config)
+        model_config = model_config or cfg.model_config(meta["vocab_size"])
         check_resume_compatible(ckpt["model_config"], model_config, ckpt_path)
         if ckpt.get("meta", {}).get("vocab_size") not in (None, meta["vocab_size"]):
             raise UserError(f"cannot resume: the checkpoint was trained on a vocabulary of "
                             f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         resumed_seconds = ckpt.get("elapsed_s", 0.0)  # time already spent from a max_seconds budget
-    model = GPT(model_config).to(device)
+    model_config = model_config or cfg.model_config(meta["vocab_size"])
+    if cfg.block_size > model_config.block_size:
+        raise UserError(f"block_size {cfg.block_size} exceeds the {model_config.block_size} positions of the "
+                        f"pretrained model; use --block_size={model_config.block_size} or less")
+    model = (pretrained if pretrained is not None else GPT(model_config)).to(device)
+    del pretrained
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding), vocab {meta['vocab_size']} "
@@ -350,7 +393,7 @@ def main(argv: list[str]) -> None:
                 "scaler": scaler.state_dict(), "model_config": dataclasses.asdict(model_config),
                 "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
                 "best_val_loss": best_val_loss, "rng": rng_state(device), "sampler": sampler_state,
-                "elapsed_s": elapsed}
+                "pretrained_from": pretrained_source, "elapsed_s": elapsed}
 
     def next_batches():
         """This process's micro-batches for one update, cut from the global batch every rank draws."""
@@ -360,7 +403,7 @@ def main(argv: list[str]) -> None:
 
     # --- the loop
     metrics_path = out_dir / "metrics.jsonl"
-    if master and cfg.init_from == "scratch" and metrics_path.exists():
+    if master and cfg.init_from != "resume" and metrics_path.exists():
         metrics_path.unlink()
     start_time = time.time() - resumed_seconds  # elapsed counts the whole loop, evaluations included
     evaluated_at = iter_num if cfg.init_from == "resume" else -1  # a resumed iteration was evaluated

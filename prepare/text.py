@@ -4,7 +4,8 @@
     python prepare/text.py --input 'corpus/**/*.jsonl.gz' --out_dir data/corpus --tokenizer gpt2
 
 What it reads
-  * files, folders (walked recursively, hidden files skipped, `--include '*.md'` filters names) and
+  * files, folders (walked recursively, hidden files and the output folder skipped, `--include '*.md'`
+    filters names) and
     shell-style globs ('**' matches folders at any depth); the file order is sorted and deterministic.
   * plain text (any suffix), `.jsonl` (one JSON object per line, the text in `--text_field`), and
     the gzip-compressed forms `.txt.gz` / `.jsonl.gz` (any `.gz`), decompressed as a stream.
@@ -74,8 +75,12 @@ _MASK64 = (1 << 64) - 1
 # inputs
 
 
-def expand_inputs(inputs, include: str | None = None) -> list[Path]:
-    """Files named by `inputs` (files, folders, globs), each argument's files sorted, no repeats."""
+def expand_inputs(inputs, include: str | None = None, skip=None) -> list[Path]:
+    """Files named by `inputs` (files, folders, globs), each argument's files sorted, no repeats.
+
+    Files found in folders or by globs under the folder `skip` (the output folder) are left out.
+    """
+    skip = Path(skip).resolve() if skip is not None else None
     files: list[Path] = []
     for item in inputs:
         item = str(item)
@@ -93,6 +98,8 @@ def expand_inputs(inputs, include: str | None = None) -> list[Path]:
                 raise UserError(f"no files match {item!r}; check the pattern (quote it so the shell keeps '**')")
         else:
             raise UserError(f"input not found: {item} (give files, folders or glob patterns)")
+        if skip is not None and not path.is_file():
+            found = [f for f in found if not f.resolve().is_relative_to(skip)]
         if path.is_dir() and not found:
             hint = f" matching --include {include!r}" if include else ""
             raise UserError(f"no files{hint} in folder {item}; check --input and --include")
@@ -253,10 +260,6 @@ def _pieces(chunks, anywhere: bool):
         yield buf
 
 
-# ----------------------------------------------------------------------------------------------
-# validation choice
-
-
 def _with_last(items):
     """Yield (item, is_last) pairs."""
     it = iter(items)
@@ -268,6 +271,10 @@ def _with_last(items):
         yield prev, False
         prev = item
     yield prev, True
+
+
+# ----------------------------------------------------------------------------------------------
+# validation choice
 
 
 def _is_val(seed: int, index: int, fraction: float) -> bool:
@@ -284,7 +291,7 @@ def _is_val(seed: int, index: int, fraction: float) -> bool:
 
 
 class _Task:
-    """A batch of pieces for one worker; `encode` turns them into one token array."""
+    """A batch of pieces (about PIECE_CHARS characters) for one worker, see _encode_task."""
 
     __slots__ = ("texts", "ends", "docs", "chars")
 
@@ -363,13 +370,13 @@ def prepare_dataset(
     workers = max(1, workers or os.cpu_count() or 1)
 
     if callable(inputs):
-        files, total_bytes = None, 0
+        total_bytes = 0
         describe = source or "documents"
 
         def documents(bar):
             return _memory_documents(inputs, bar)
     else:
-        files = expand_inputs(inputs, include)
+        files = expand_inputs(inputs, include, skip=out_dir)
         total_bytes = sum(os.path.getsize(f) for f in files)
         describe = source or _describe_files(inputs, files)
 
@@ -498,7 +505,8 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
         bar.close()
         for f in files.values():
             f.close()
-    return _finish_split(tmp, itemsize, n_docs, docs, lengths, total, val_fraction)
+    # (n_docs counts documents read; after a max_tokens stop fewer were written)
+    return _finish_split(tmp, itemsize, docs["train"] + docs["val"], docs, lengths, total, val_fraction)
 
 
 def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, total: int, val_fraction: float) -> dict:
@@ -551,11 +559,10 @@ def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, to
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python prepare/text.py",
-        description="Tokenize text files into train.bin, val.bin and meta.json (see the module docstring).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    parser = argparse.ArgumentParser(prog="python prepare/text.py", description=__doc__, formatter_class=Formatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files, folders (recursive) or glob patterns ('**' for any depth); .jsonl and .gz understood")
     parser.add_argument("--out_dir", required=True, help="folder for train.bin, val.bin and meta.json")

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
+
+# The in-process tests use tiny models, which one thread runs fastest (and CI has two cores).
+torch.set_num_threads(1)
 
 
 def write_char_dataset(out_dir: Path, text: str, val_fraction: float = 0.1) -> dict:

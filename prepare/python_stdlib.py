@@ -1,0 +1,60 @@
+"""Prepare the offline quick-start corpus: the running Python's own standard library source.
+
+    python prepare/python_stdlib.py                       # byte tokens into data/python_stdlib/
+    python prepare/python_stdlib.py --tokenizer gpt2 --out_dir data/python_stdlib_gpt2
+
+Every .py file under sysconfig.get_paths()["stdlib"] except those in site-packages, dist-packages
+and test/tests/idle_test folders (about 800 files, 12 MB for CPython 3.11) is one document, read
+when this runs, so nothing is downloaded. About 10% of the files go to val.bin (seeded choice, no
+file cut in two). The file list is sorted, so the same Python gives the same dataset; a different
+Python version gives a different one. Undecodable bytes, if any, become U+FFFD.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import sysconfig
+
+import cli
+from cli import UserError
+from prepare.text import prepare_dataset, print_summary
+from tokenizer import KINDS
+
+EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def stdlib_files(root: Path | None = None) -> list[Path]:
+    """The standard library's .py files, sorted, without third-party packages and test suites."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise UserError(f"the standard library folder {root} does not exist; pass another corpus to prepare/text.py")
+    files = [p for p in root.rglob("*.py")
+             if p.is_file() and not EXCLUDED_DIRS & set(p.relative_to(root).parts[:-1])]
+    if not files:
+        raise UserError(f"no .py files under {root}; pass another corpus to prepare/text.py")
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out_dir", default="data/python_stdlib", help="output folder (relative to the current folder)")
+    parser.add_argument("--tokenizer", choices=KINDS, default="byte", help="byte, char or gpt2 (BPE)")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the files for val.bin")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation files")
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    args = parser.parse_args(argv)
+    files = stdlib_files()
+    version = ".".join(map(str, sys.version_info[:3]))
+    meta = prepare_dataset(files, args.out_dir, args.tokenizer, val_fraction=args.val_fraction, seed=args.seed,
+                           workers=args.workers, errors="replace",
+                           source=f"Python {version} standard library, {len(files)} .py files")
+    print_summary(meta, args.out_dir)
+    return meta
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

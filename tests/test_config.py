@@ -1,0 +1,83 @@
+"""Config parsing: TOML files and --key=value overrides into a typed dataclass, with clear errors."""
+
+import pytest
+
+from cli import UserError, parse_config
+from conftest import run_script
+from train import TrainConfig
+
+
+def parse(*argv):
+    return parse_config(TrainConfig, list(argv))
+
+
+def test_values_are_parsed_by_the_fields_type():
+    cfg = parse("--learning_rate=1", "--max_iters=7", "--compile=False", "--bias=TRUE", "--dataset=x")
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert cfg.max_iters == 7 and cfg.compile is False and cfg.bias is True and cfg.dataset == "x"
+    assert parse("--compile").compile is True
+    assert parse("--weight_decay=1e-2").weight_decay == 0.01
+
+
+def test_toml_then_command_line_in_order(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('n_layer = 3\nlearning_rate = 2  # an int for a float key is fine\ndataset = "d"\n')
+    cfg = parse(str(path), "--n_layer=5")
+    assert (cfg.n_layer, cfg.learning_rate, cfg.dataset) == (5, 2.0, "d")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n_layr=3"], "did you mean n_layer"),
+    (["--learning_rate=fast"], "learning_rate.*not a float"),
+    (["--max_iters=1.5"], "max_iters.*not an int"),
+    (["--compile=maybe"], "compile.*not a bool"),
+    (["--dtype=float8"], "dtype.*choose one of"),
+    (["--n_layer"], "missing value for --n_layer"),
+    (["-x"], "options are written --key=value"),
+])
+def test_bad_command_lines(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse(*argv)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batch_sise = 3\n", "unknown config key 'batch_sise' in .*did you mean batch_size"),
+    ("batch_size = 'big'\n", "batch_size.*not an int"),
+    ("compile = 1\n", "compile.*not a bool"),
+    ("dataset = 3\n", "dataset.*not a string"),
+    ("n_layer = = 3\n", "invalid TOML"),
+])
+def test_bad_config_files(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        parse(str(path))
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file not found"):
+        parse("config/nope.toml")
+
+
+def test_config_files_in_the_repo_are_valid():
+    from conftest import REPO_ROOT
+    files = sorted((REPO_ROOT / "config").glob("*.toml"))
+    assert files
+    for path in files:
+        parse(str(path))
+
+
+def test_help_lists_every_key_with_type_and_default():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name}=" in result.stdout
+    assert "--learning_rate=0.0006  (float)" in result.stdout
+
+
+def test_cli_errors_are_one_line_without_traceback():
+    result = run_script("train.py", "--n_layr=3")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: unknown config key 'n_layr' on the command line; did you mean n_layer?"
+    result = run_script("train.py", "--n_layr=3", env={"GPT_DEBUG": "1"})
+    assert "Traceback" in result.stderr

@@ -1,0 +1,111 @@
+"""The model on its own: shapes, causality, initial loss, overfitting, parameter count, optimizer."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+
+MODERN = dict(pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False,
+              logit_softcap=30.0, bias=False)
+VARIANTS = {"gpt2": {}, "modern": MODERN, "relu2": dict(mlp="relu2")}
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)
+    cfg.update(overrides)
+    return GPT(GPTConfig(**cfg))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes(variant):
+    model = tiny(**VARIANTS[variant])
+    idx = torch.randint(0, 50, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 50) and loss.shape == ()
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, 50) and loss is None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_changing_a_future_token_never_changes_earlier_logits(variant):
+    model = tiny(**VARIANTS[variant]).eval()
+    idx = torch.randint(0, 50, (2, 16))
+    logits, _ = model(idx, idx)
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 50
+        logits2, _ = model(changed, changed)
+        torch.testing.assert_close(logits2[:, :t], logits[:, :t], rtol=0, atol=0)
+        assert not torch.allclose(logits2[:, t:], logits[:, t:])  # the change itself is seen
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("vocab_size", [65, 1000])
+def test_initial_loss_is_near_uniform(variant, vocab_size):
+    model = tiny(vocab_size=vocab_size, n_embd=64, n_head=4, **VARIANTS[variant])
+    idx = torch.randint(0, vocab_size, (8, 16))
+    _, loss = model(idx, torch.randint(0, vocab_size, (8, 16)))
+    assert abs(loss.item() - math.log(vocab_size)) < 0.1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_tiny_batch_overfits(variant):
+    model = tiny(**VARIANTS[variant])
+    torch.manual_seed(1)
+    x = torch.randint(0, 50, (4, 16))
+    y = torch.randint(0, 50, (4, 16))
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    for _ in range(100):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01  # from ln(50) = 3.9
+
+
+def test_gpt2_small_has_124m_parameters():
+    model = GPT(GPTConfig(vocab_size=50257))
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = tiny()
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_fused_adamw_matches_the_plain_implementation():
+    runs = []
+    for fused in (True, False):
+        model = tiny()
+        opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-2, betas=(0.9, 0.95), fused=fused,
+                                foreach=None if fused else False)
+        torch.manual_seed(2)
+        for _ in range(5):
+            idx = torch.randint(0, 50, (4, 16))
+            _, loss = model(idx, idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        runs.append(model.state_dict())
+    for key in runs[0]:  # each step moves a weight by about lr (1e-2); rounding differs far below that
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=1e-4, atol=2e-4)
+    assert model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").defaults.get("fused") is True
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_embd=30, n_head=4), "divisible"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(mlp="tanh"), "mlp"),
+    (dict(pos_embedding="rope", n_embd=6, n_head=2), "even"),
+])
+def test_invalid_shapes_are_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32), **bad})
