@@ -41,6 +41,7 @@ from data import BatchSampler, load_dataset
 import hf
 from hf import is_pretrained_source
 from model import GPT, GPTConfig
+from optim import build_optimizer, set_learning_rate
 
 
 @dataclass
@@ -81,15 +82,28 @@ class TrainConfig:
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
     max_nonfinite_steps: int = option(5, "skip updates whose loss is inf/nan; stop after this many in a row")
+    optimizer: str = option("adamw", "adamw: AdamW for every weight; muon: Muon for the blocks' matrices, "
+                            "AdamW for embeddings, head, gains and biases (see optim.py)", ["adamw", "muon"])
+    muon_lr: float = option(0.02, "peak learning rate of the Muon groups (follows the same schedule)")
+    muon_momentum: float = option(0.95, "Muon momentum (Nesterov)")
+    muon_ns_steps: int = option(5, "Newton-Schulz iterations per Muon update")
     # learning-rate schedule
     decay_lr: bool = option(True, "linear warmup then cosine decay; false keeps learning_rate constant")
     warmup_iters: int = option(100, "iterations of linear warmup")
     lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters")
     min_lr: float = option(6e-5, "learning rate at the end of the decay")
+    max_seconds: float = option(0.0, "time budget in seconds of the training loop (0 = off): the LR "
+                                "schedule follows elapsed/max_seconds instead of iterations, and the run "
+                                "ends with an evaluation and checkpoint once the budget is spent "
+                                "(or at max_iters, whichever comes first)")
     # system
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "compute precision", ["auto", "float32", "bfloat16", "float16"])
+    dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs that have it (else float16), "
+                        "bfloat16 on CPUs with bf16 matrix units (AMX or AVX512-BF16), float32 on other CPUs",
+                        ["auto", "float32", "bfloat16", "float16"])
     compile: bool = option(False, "torch.compile the model")
+    threads: int = option(0, "CPU threads for torch (0: torch's default, one per core); on a CPU shared "
+                          "with other jobs fewer threads can be much faster")
     seed: int = option(1337, "random seed for weights, dropout and batches")
     # logging
     wandb_log: bool = option(False, "log to Weights & Biases (works with WANDB_MODE=offline)")
@@ -113,10 +127,28 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
+def cpu_has_bf16_units() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16).
+
+    Elsewhere bf16 matmuls are emulated and slower than float32, so `dtype=auto` keeps float32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:  # not Linux: ask oneDNN, which answers for the CPU it runs on
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_bf16_units():
+            return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
@@ -136,13 +168,20 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return None
 
 
-def learning_rate_at(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat."""
+def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat.
+
+    With a time budget (max_seconds > 0), after the warmup iterations the cosine follows the fraction
+    elapsed / max_seconds of the budget instead, reaching min_lr when the budget is spent.
+    """
     if not cfg.decay_lr:
         return cfg.learning_rate
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.max_seconds > 0:
+        ratio = min(1.0, elapsed / cfg.max_seconds)
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
     if it >= decay_iters:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
@@ -306,6 +345,10 @@ def main(argv: list[str]) -> None:
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world_size = 0, 1
     device = resolve_device(cfg.device)
+    if cfg.threads < 0:
+        raise UserError(f"bad value for threads: {cfg.threads} (0 means torch's default)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if ddp:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ["LOCAL_RANK"])
@@ -349,7 +392,7 @@ def main(argv: list[str]) -> None:
                             f"only {model_config.vocab_size}; use a dataset prepared with the gpt2 tokenizer")
         cfg = with_pretrained_shape(cfg, model_config)
     torch.manual_seed(cfg.seed)
-    iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    iter_num, best_val_loss, ckpt, resumed_seconds = 0, float("inf"), None, 0.0
     evaluated_at = -1  # the last iteration whose evaluation is in metrics.jsonl
     if cfg.init_from == "resume":
         if not ckpt_path.is_file():
@@ -367,6 +410,7 @@ def main(argv: list[str]) -> None:
                             f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         evaluated_at = ckpt.get("evaluated_at", iter_num)  # a preempted run saves before evaluating
+        resumed_seconds = ckpt.get("elapsed_s", 0.0)  # time already spent from a max_seconds budget
     model_config = model_config or cfg.model_config(meta["vocab_size"])
     if cfg.block_size > model_config.block_size:
         raise UserError(f"block_size {cfg.block_size} exceeds the {model_config.block_size} positions of the "
@@ -377,7 +421,7 @@ def main(argv: list[str]) -> None:
         load_weights(model, ckpt["model"], ckpt_path)
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding), vocab {meta['vocab_size']} "
            f"({meta['tokenizer']})")
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = build_optimizer(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -443,7 +487,7 @@ def main(argv: list[str]) -> None:
                 "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
                 "evaluated_at": evaluated_at, "best_val_loss": best_val_loss, "rng": rng_states[0],
                 "rng_per_rank": rng_states, "sampler": sampler_state,
-                "pretrained_from": pretrained_source}
+                "pretrained_from": pretrained_source, "elapsed_s": elapsed}
 
     def save(why: str) -> bool:
         """Checkpoint the current state (call on every rank); refuses non-finite weights."""
@@ -472,7 +516,7 @@ def main(argv: list[str]) -> None:
     if cfg.init_from == "resume" and iter_num >= cfg.max_iters and not cfg.eval_only:
         print0(f"the checkpoint is at iteration {iter_num}, max_iters is {cfg.max_iters}: nothing to train "
                f"(raise --max_iters to continue)")
-    start_time = time.time()
+    start_time = time.time() - resumed_seconds  # elapsed counts the whole loop, evaluations included
     sampler_state = train_data.state_dict()  # as of before the pending batches were drawn
     batches = next_batches()
     last_log_time, last_log_iter = time.time(), iter_num
@@ -481,11 +525,17 @@ def main(argv: list[str]) -> None:
     stop = StopRequest()
     with stop:
         while True:
-            lr = learning_rate_at(iter_num, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            elapsed = time.time() - start_time
+            if ddp and cfg.max_seconds > 0:  # every rank must take the same LR and stop at the same step
+                elapsed_t = torch.tensor(elapsed, dtype=torch.float64, device=device)
+                torch.distributed.broadcast(elapsed_t, src=0)
+                elapsed = elapsed_t.item()
+            out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
+            finished = iter_num >= cfg.max_iters or out_of_time
+            lr = learning_rate_at(iter_num, cfg, elapsed)
+            set_learning_rate(optimizer, lr)
 
-            due = iter_num % cfg.eval_interval == 0 or iter_num >= cfg.max_iters or cfg.eval_only
+            due = iter_num % cfg.eval_interval == 0 or finished or cfg.eval_only
             if due and (iter_num != evaluated_at or cfg.eval_only):
                 losses = estimate_loss()
                 evaluated_at = iter_num
@@ -506,7 +556,9 @@ def main(argv: list[str]) -> None:
                     else:
                         print0(f"not saving a checkpoint: the val loss is {losses['val']}; {ckpt_path} is kept")
                 last_log_time = time.time()  # evaluation time is not training time
-            if iter_num >= cfg.max_iters or cfg.eval_only:
+            if finished or cfg.eval_only:
+                if out_of_time:
+                    print0(f"time budget of {cfg.max_seconds:g}s spent after {iter_num} iterations")
                 break
 
             # one update: forward/backward over the micro-batches, then clip and step

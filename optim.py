@@ -1,0 +1,168 @@
+"""Optimizers for train.py and bench/train_speed.py: AdamW (torch's) or Muon for hidden matrices.
+
+    from optim import build_optimizer
+    optimizer = build_optimizer(model, cfg, device_type)   # cfg: train.TrainConfig (or any object
+                                                           # with the same optimizer keys)
+
+`optimizer = "adamw"`: torch.optim.AdamW (fused kernel where this torch has one, CPU included) with
+weight decay on 2-D weights only; this is GPT.configure_optimizers.
+
+`optimizer = "muon"`: one `MuonAdamW` optimizer with two kinds of parameter groups:
+  * Muon for the 2-D weights inside the transformer blocks (attention and MLP matrices). Each step
+    keeps a momentum buffer m = momentum * m + g, takes the Nesterov direction g + momentum * m,
+    replaces it by the nearest semi-orthogonal matrix (all singular values ~1, computed with a few
+    Newton-Schulz iterations, no SVD), scales it by sqrt(max(1, rows / cols)) and steps by muon_lr.
+    The update is equally large in every direction of the matrix, which is what lets Muon use large
+    learning rates and learn faster per token than AdamW.
+  * AdamW for everything else: token/position embeddings, the output head, norm gains and biases
+    (Muon is only defined for matrices that act on hidden vectors).
+Both kinds live in one torch Optimizer so that checkpoints, GradScaler and the LR schedule see one
+object. The schedule sets every group's lr to (scheduled learning_rate) * group["lr_scale"]; Muon
+groups carry lr_scale = muon_lr / learning_rate, so both follow the same warmup and decay shape.
+
+Reference for the method: K. Jordan et al., "Muon: an optimizer for hidden layers in neural
+networks" (2024). Written here from the description, not copied.
+"""
+
+import torch
+
+# Quintic Newton-Schulz coefficients (a, b, c): X <- a X + b (X X^T) X + c (X X^T)^2 X. Chosen (by
+# the Muon authors) to push singular values in (0, 1] quickly towards ~1 (they land in about
+# [0.7, 1.2], which trains as well as an exact orthogonalisation and costs only matmuls).
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately U V^T for grad = U S V^T (a 2-D matrix), by Newton-Schulz iteration.
+
+    Runs in bfloat16 on CUDA (fast and accurate enough) and in float32 elsewhere (CPUs without
+    bf16 units emulate it slowly). Returns a tensor of grad's shape and dtype.
+    """
+    a, b, c = NS_COEFFS
+    work_dtype = torch.bfloat16 if grad.device.type == "cuda" else torch.float32
+    x = grad.to(work_dtype)
+    transposed = x.size(0) > x.size(1)
+    if transposed:  # iterate on the wide orientation: the Gram matrix x x^T is then the small one
+        x = x.T
+    x = x / (x.norm() + eps)  # Frobenius norm >= spectral norm, so singular values start in (0, 1]
+    for _ in range(steps):
+        gram = x @ x.T  # (rows, rows)
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    if transposed:
+        x = x.T
+    return x.to(grad.dtype)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for groups with use_muon=True, AdamW for the others (see the module docstring).
+
+    Group keys: lr, weight_decay (decoupled, both kinds), use_muon; Muon groups also momentum,
+    nesterov, ns_steps; AdamW groups betas, eps.
+    """
+
+    def __init__(self, param_groups, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
+                 momentum=0.95, nesterov=True, ns_steps=5):
+        defaults = dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, momentum=momentum,
+                        nesterov=nesterov, ns_steps=ns_steps, use_muon=False)
+        super().__init__(param_groups, defaults)
+        for group in self.param_groups:
+            if group["use_muon"] and any(p.dim() != 2 for p in group["params"]):
+                raise ValueError("Muon groups may only hold 2-D weight matrices")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["use_muon"]:
+                self._muon_step(group)
+            else:
+                self._adamw_step(group)
+        return loss
+
+    def _muon_step(self, group):
+        lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).add_(p.grad)
+            direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+            update = orthogonalize(direction, group["ns_steps"])
+            # an orthogonal (rows x cols) update has RMS 1/sqrt(max dim); the factor makes tall and
+            # wide matrices move by comparable amounts per step
+            scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(update, alpha=-lr * scale)
+
+    def _adamw_step(self, group):
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            step = state["step"].item()
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.lerp_(p.grad, 1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+            bias1, bias2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+            denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+
+
+def muon_param_groups(model, cfg) -> list[dict]:
+    """Muon groups for the blocks' 2-D weights; AdamW groups (decay / no decay) for the rest."""
+    hidden_matrices, adam_decay, adam_no_decay = [], [], []
+    seen = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # a tied weight is listed once
+            continue
+        seen.add(id(p))
+        if p.dim() == 2 and ".h." in f".{name}":  # transformer.h.<i>.*: inside a block
+            hidden_matrices.append(p)
+        elif p.dim() >= 2:
+            adam_decay.append(p)  # embeddings and the output head
+        else:
+            adam_no_decay.append(p)  # gains and biases
+    lr_scale = cfg.muon_lr / cfg.learning_rate if cfg.learning_rate > 0 else 0.0
+    groups = [
+        {"params": hidden_matrices, "use_muon": True, "lr": cfg.muon_lr, "lr_scale": lr_scale,
+         "weight_decay": cfg.weight_decay, "momentum": cfg.muon_momentum, "ns_steps": cfg.muon_ns_steps},
+        {"params": adam_decay, "weight_decay": cfg.weight_decay},
+        {"params": adam_no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model, cfg, device_type: str) -> torch.optim.Optimizer:
+    """The optimizer cfg.optimizer names, with every group's lr_scale set for the LR schedule."""
+    if cfg.optimizer == "adamw":
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    elif cfg.optimizer == "muon":
+        optimizer = MuonAdamW(muon_param_groups(model, cfg), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or muon")
+    for group in optimizer.param_groups:
+        group.setdefault("lr_scale", 1.0)
+    return optimizer
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set each group's lr to the scheduled lr times the group's lr_scale (Muon groups differ)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,0 +1,102 @@
+"""CPU speed features: dtype=auto on CPUs, bf16 autocast, the max_seconds budget, Muon in train.py,
+and bench/train_speed.py.
+
+    python -m pytest tests/test_cpu_speed.py -q
+"""
+
+import json
+import math
+
+import torch
+from conftest import run_script
+
+from model import GPT, GPTConfig
+from train import TrainConfig, cpu_has_bf16_units, learning_rate_at, resolve_dtype
+
+TINY_RUN = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
+            "--eval_iters=2", "--log_interval=1", "--warmup_iters=2"]
+
+
+def test_dtype_auto_on_cpu_follows_the_bf16_units():
+    flags = open("/proc/cpuinfo").read().split()
+    assert cpu_has_bf16_units() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+    expected = torch.bfloat16 if cpu_has_bf16_units() else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+def test_bf16_autocast_on_cpu_computes_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=65))
+    data = torch.randint(0, 65, (4, 33))
+    _, loss32 = model(data[:, :-1], data[:, 1:])
+    loss32.backward()
+    grads32 = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        _, loss16 = model(data[:, :-1], data[:, 1:])
+    loss16.backward()
+    assert loss16.dtype == torch.float32  # the loss is computed in float32 from bf16 logits
+    assert abs(loss16.item() - loss32.item()) < 0.02
+    for g32, p in zip(grads32, model.parameters()):
+        cosine = (g32 * p.grad).sum() / (g32.norm() * p.grad.norm() + 1e-12)
+        assert cosine > 0.98  # bf16 keeps ~3 significant digits; the direction must agree
+
+
+def test_time_budget_schedule_follows_elapsed_fraction():
+    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_seconds=100.0, max_iters=10**9)
+    assert learning_rate_at(4, cfg, elapsed=50.0) == 1e-3 * 5 / 11  # warmup counts iterations
+    assert math.isclose(learning_rate_at(500, cfg, elapsed=0.0), 1e-3)
+    assert math.isclose(learning_rate_at(500, cfg, elapsed=50.0), 1e-4 + 0.5 * 9e-4)
+    assert math.isclose(learning_rate_at(500, cfg, elapsed=100.0), 1e-4)
+    assert math.isclose(learning_rate_at(500, cfg, elapsed=500.0), 1e-4)
+    iter_cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
+    assert math.isclose(learning_rate_at(60, iter_cfg, elapsed=1e6), 1e-4 + 0.5 * 9e-4)  # time ignored
+
+
+def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = run_script("train.py", f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN,
+                        "--max_iters=1000000", "--eval_interval=1000000", "--max_seconds=3",
+                        "--warmup_iters=0")  # so that the last lr depends on the clock alone
+    assert result.returncode == 0, result.stderr
+    assert "time budget of 3s spent" in result.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["iter"] == 0 and records[-1]["iter"] > 0  # evaluated at the start and the end
+    assert records[-1]["elapsed_s"] >= 3
+    assert records[-1]["lr"] < 1e-4  # the cosine ran to min_lr (6e-5) with the clock
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["iter_num"] == records[-1]["iter"] and ckpt["elapsed_s"] >= 3
+
+
+def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
+    out = tmp_path / "muon"
+    common = [f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--optimizer=muon",
+              "--eval_interval=10"]
+    first = run_script("train.py", *common, "--max_iters=10")
+    assert first.returncode == 0, first.stderr
+    second = run_script("train.py", *common, "--max_iters=20", "--init_from=resume")
+    assert second.returncode == 0, second.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [0, 10, 20]
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert any(g.get("use_muon") for g in ckpt["optimizer"]["param_groups"])
+
+
+def test_bench_prints_interleaved_variants(small_char_dataset):
+    result = run_script("bench/train_speed.py", f"--dataset={small_char_dataset}", *TINY_RUN,
+                        "--iters=2", "--warmup=1", "--repeats=2",
+                        "--variant", "adamw: --optimizer=adamw", "--variant=muon: --optimizer=muon")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["adamw"], ["muon"])}
+    assert set(rows) == {"adamw", "muon"}
+    assert float(rows["adamw"][1]) > 0 and rows["adamw"][-1] == "1.00x"
+    assert rows["muon"][6].endswith("%")  # MFU against the peak measured in the same run
+    bad = run_script("bench/train_speed.py", f"--dataset={small_char_dataset}", "--variant", "no colon here")
+    assert bad.returncode == 1 and "bad --variant" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_threads_key_is_applied_and_checked(small_char_dataset, tmp_path):
+    bad = run_script("train.py", f"--dataset={small_char_dataset}", "--threads=-1", f"--out_dir={tmp_path}")
+    assert bad.returncode == 1 and "threads" in bad.stderr and "Traceback" not in bad.stderr
