@@ -238,6 +238,7 @@ def read_meta(dataset_dir) -> dict:
         if binfile.exists() and binfile.stat().st_size != meta[f"{split}_tokens"] * itemsize:
             raise UserError(
                 f"{binfile} holds {binfile.stat().st_size} bytes but meta.json says "
-                f"{meta[f'{split}_tokens']} {meta['dtype']} tokens; re-run the prepare script for this dataset"
+                f"{meta[f'{split}_tokens']} {meta['dtype']} tokens; the folder's files disagree: "
+                f"re-run the prepare script for this dataset"
             )
     return meta

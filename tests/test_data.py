@@ -70,5 +70,5 @@ def test_missing_dataset_names_the_prepare_scripts(tmp_path):
 
 def test_files_that_disagree_with_meta(tmp_path):
     folder = write_tokens(tmp_path / "d", np.zeros(500), np.zeros(50), train_tokens=400)
-    with pytest.raises(UserError, match="disagree"):
+    with pytest.raises(UserError, match="holds 1000 bytes but meta.json says 400 uint16 tokens; the folder's files disagree"):
         load_dataset(str(folder))
