@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import os
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -167,6 +168,57 @@ def resolve_device(name: str):
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def _usable_cpus() -> set[int] | None:
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def cpu_snapshot():
+    """A reading of CPU time for `cores_used_by_others`; None where there is no /proc/stat (not Linux)."""
+    cpus = _usable_cpus()
+    busy_ticks = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:  # "cpuN user nice system idle iowait irq softirq steal ..." (in clock ticks)
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
+                    ticks = [int(v) for v in fields[:8]]
+                    busy_ticks += sum(ticks) - ticks[3] - ticks[4]
+    except (OSError, ValueError, IndexError):
+        return None
+    own = os.times()
+    return busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def cores_used_by_others(since) -> float | None:
+    """Cores (of those this process may run on) kept busy by other processes since `since`, on average.
+
+    `since` is a `cpu_snapshot()`. None when it cannot be known: no /proc/stat, or under 0.2 s.
+    """
+    now = cpu_snapshot()
+    if since is None or now is None or now[2] - since[2] < 0.2:
+        return None
+    others = (now[0] - since[0]) - (now[1] - since[1])  # busy CPU seconds of all processes but this one
+    return max(0.0, others / (now[2] - since[2]))
+
+
+def free_cpu_threads(default: int, since) -> int:
+    """`default` threads (torch's: one per core) scaled down by the share of cores others kept busy.
+
+    torch runs CPU ops as OpenMP parallel regions whose threads spin while they wait for the next
+    one. When another process holds a core, a thread that needs that core waits for the scheduler on
+    every op, and a run of tiny ops (sampling: a dozen per layer per token) gets several times slower
+    than on fewer threads. On 2 cores: one other busy process gives 1 thread; 0.4 of a core, 2.
+    """
+    others = cores_used_by_others(since)
+    cpus = _usable_cpus()
+    if others is None or not cpus:
+        return default
+    return max(1, min(default, round(default * (1 - others / len(cpus)))))
 
 
 def run_main(main, *args, **kwargs):

@@ -30,17 +30,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Generation runs thousands of tiny parallel regions (one per matmul per token). OpenMP's default
-# is to spin while waiting for the other threads, and when other processes share the cores a
-# spinning thread holds a core its partner needs: 4-5x slower sampling on a busy 2-core machine
-# (bench/sample_speed.py measures both). Passive waiting avoids that. Set before torch loads
-# OpenMP; an OMP_WAIT_POLICY already in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from cli import UserError, cpu_snapshot, free_cpu_threads, option, parse_config, resolve_device, run_main
+
+STARTED = cpu_snapshot()  # before the slow imports: how busy the other processes keep the CPU is measured from here
 
 import torch  # noqa: E402
 
 from checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from cli import UserError, option, parse_config, resolve_device, run_main  # noqa: E402
 from model import GPT  # noqa: E402
 from tokenizer import tokenizer_from_meta  # noqa: E402
 
@@ -67,6 +63,8 @@ class SampleConfig:
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
     use_cache: bool = option(True, "use the key/value cache (false: recompute the context each token)")
+    threads: int = option(0, "CPU threads; 0: one per core not kept busy by other processes (measured while "
+                             "sample.py starts)")
 
 
 def validate(cfg: SampleConfig) -> None:
@@ -81,6 +79,8 @@ def validate(cfg: SampleConfig) -> None:
         raise UserError(f"bad value for top_p: {cfg.top_p} (must be in (0, 1]; 1 disables it)")
     if cfg.top_k < 0:
         raise UserError(f"bad value for top_k: {cfg.top_k} (must be >= 0; 0 disables)")
+    if cfg.threads < 0:
+        raise UserError(f"bad value for threads: {cfg.threads} (must be >= 0; 0 chooses)")
 
 
 def read_prompt(start: str) -> str:
@@ -226,6 +226,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"the prompt has token id {max(prompt_ids)} but the model knows only "
                         f"{model.config.vocab_size} tokens; the model was not trained on this tokenizer")
     prompt_text = tokenizer.decode(prompt_ids)
+    if device.type == "cpu":  # chosen last, so that the measurement of the other processes is longest
+        torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
     if cfg.stream and cfg.num_samples == 1:
         def write(text):
             sys.stdout.write(text)

@@ -12,8 +12,11 @@ depend on what the weights are), then
   2. writes that model as a real checkpoint (the dict train.py saves, through
      checkpoint.save_checkpoint, char vocabulary of tiny Shakespeare) and times the whole process
      `python sample.py --out_dir=<it> --max_new_tokens=500` as a subprocess (median wall time),
-     next to `python -c "import torch"` for scale (and, with --compare_spin, sample.py with
-     OpenMP's spinning waits, which sample.py turns off by default).
+     next to `python -c "import torch"` for scale (and, with --compare_passive, sample.py with
+     OpenMP's threads sleeping between ops instead of spinning).
+Threads are chosen as sample.py chooses them (cli.free_cpu_threads: one per core that other
+processes leave free); below the table, batch 1 is also timed with every Linear through plain
+F.linear, and with bfloat16 weights (half the bytes to read per token).
 The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
 """
 
@@ -29,12 +32,15 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sample.py sets it (see there), before torch loads
+from cli import cpu_snapshot, free_cpu_threads, option, parse_config, run_main  # noqa: E402
+
+STARTED = cpu_snapshot()  # threads are chosen as sample.py chooses them, from the load measured from here
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
+import model as model_module  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, save_checkpoint  # noqa: E402
-from cli import option, parse_config, run_main  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # the 65 distinct characters of tiny Shakespeare, sorted (the vocabulary of shakespeare_char)
@@ -48,7 +54,8 @@ class BenchConfig:
     process_tokens: int = option(500, "--max_new_tokens of the timed sample.py process")
     process_repeats: int = option(3, "timed runs of the sample.py process")
     skip_process: bool = option(False, "only the tokens/s table")
-    compare_spin: bool = option(False, "also time sample.py with OMP_WAIT_POLICY=ACTIVE (OpenMP's spinning waits)")
+    compare_passive: bool = option(False, "also time sample.py with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep "
+                                          "instead of spinning between ops)")
 
 
 def bench_model() -> GPT:
@@ -93,6 +100,16 @@ def tokens_per_second(model: GPT, batch: int, use_cache: bool, new_tokens: int) 
     return batch * new_tokens / (time.perf_counter() - start)
 
 
+def plain_linear_tokens_per_second(model: GPT, new_tokens: int) -> float:
+    """Batch 1 with the cache, every Linear through F.linear (torch's one-thread matrix-vector product)."""
+    fast = model_module.Linear.forward
+    model_module.Linear.forward = lambda self, x: F.linear(x, self.weight, self.bias)
+    try:
+        return tokens_per_second(model, 1, True, new_tokens)
+    finally:
+        model_module.Linear.forward = fast
+
+
 def load_average() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]
@@ -109,20 +126,31 @@ def timed_process(args: list[str], env: dict | None = None) -> float:
 def main(argv: list[str]) -> None:
     cfg = parse_config(BenchConfig, argv, __doc__)
     model = bench_model()
+    torch.set_num_threads(free_cpu_threads(torch.get_num_threads(), STARTED))  # as sample.py does
     print(f"model: 6 layers, 6 heads, 384 wide, block 512, vocab 65 ({model.num_params() / 1e6:.1f}M params); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_average()}")
     variants = [(batch, use_cache) for batch in (1, 8) for use_cache in (True, False)]
     tokens_per_second(model, 1, True, 8)  # warm-up
     rates = {v: [] for v in variants}
+    plain_rates, bf16_rates = [], []
+    model_bf16 = bench_model().to(torch.bfloat16)
+    tokens_per_second(model_bf16, 1, True, 8)  # warm-up
     for _ in range(cfg.repeats):
         for batch, use_cache in variants:
             rates[(batch, use_cache)].append(tokens_per_second(model, batch, use_cache, cfg.new_tokens))
+        plain_rates.append(plain_linear_tokens_per_second(model, cfg.new_tokens))
+        bf16_rates.append(tokens_per_second(model_bf16, 1, True, cfg.new_tokens))
     print(f"\ngenerate: {cfg.new_tokens} new tokens from a 1-token prompt, greedy, median of {cfg.repeats}")
     print("| batch | cache on (tok/s) | cache off (tok/s) | speed-up |")
     print("|---|---|---|---|")
     for batch in (1, 8):
         on, off = statistics.median(rates[(batch, True)]), statistics.median(rates[(batch, False)])
         print(f"| {batch} | {on:,.0f} | {off:,.0f} | {on / off:.1f}x |")
+    plain = statistics.median(plain_rates)
+    print(f"batch 1, cache on, with plain F.linear instead of Linear's one-row path: {plain:,.0f} tok/s "
+          f"(the row split is {statistics.median(rates[(1, True)]) / plain:.2f}x)")
+    print(f"batch 1, cache on, bfloat16 weights (sample.py --dtype=bfloat16; not bit-comparable with float32): "
+          f"{statistics.median(bf16_rates):,.0f} tok/s")
     print(f"load average {load_average()}")
     if cfg.skip_process:
         return
@@ -134,8 +162,8 @@ def main(argv: list[str]) -> None:
         import_cmd = [sys.executable, "-c", "import torch"]
         processes = {"python -c 'import torch'": (import_cmd, None),
                     f"python sample.py --out_dir=<ckpt> --max_new_tokens={cfg.process_tokens}": (sample_cmd, None)}
-        if cfg.compare_spin:
-            processes["the same with OMP_WAIT_POLICY=ACTIVE"] = (sample_cmd, dict(os.environ, OMP_WAIT_POLICY="ACTIVE"))
+        if cfg.compare_passive:
+            processes["the same with OMP_WAIT_POLICY=PASSIVE"] = (sample_cmd, dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
         times = {name: [] for name in processes}
         for _ in range(cfg.process_repeats):  # interleaved, so that all variants see the same load
             for name, (cmd, env) in processes.items():

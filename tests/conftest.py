@@ -23,6 +23,13 @@ TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread_after_each_test():
+    """Tests that change torch's thread count (sample.main chooses one) do not leak it."""
+    yield
+    torch.set_num_threads(1)
+
+
 def write_char_dataset(out_dir: Path, text: str, val_fraction: float = 0.1) -> dict:
     """train.bin / val.bin / meta.json for a character vocabulary, split at the tail like nanoGPT."""
     out_dir.mkdir(parents=True, exist_ok=True)

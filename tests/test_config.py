@@ -1,7 +1,12 @@
 """Config parsing: TOML files and --key=value overrides into a typed dataclass, with clear errors."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 
+import cli
 from cli import UserError, parse_config
 from conftest import run_script
 from train import TrainConfig
@@ -81,3 +86,28 @@ def test_cli_errors_are_one_line_without_traceback():
     assert result.stderr.strip() == "error: unknown config key 'n_layr' on the command line; did you mean n_layer?"
     result = run_script("train.py", "--n_layr=3", env={"GPT_DEBUG": "1"})
     assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (2.0, 1)])
+def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, monkeypatch):
+    monkeypatch.setattr(cli, "_usable_cpus", lambda: {0, 1})
+    # 2 s later: all cores were busy for others + 0.5 core-seconds per second, 0.5 of them ours
+    monkeypatch.setattr(cli, "cpu_snapshot", lambda: (100.0 + 2 * (others + 0.5), 11.0, 52.0))
+    since = (100.0, 10.0, 50.0)
+    assert cli.cores_used_by_others(since) == pytest.approx(others)
+    assert cli.free_cpu_threads(2, since) == threads
+    assert cli.free_cpu_threads(2, None) == 2  # no measurement (not Linux): the default
+
+
+@pytest.mark.skipif(cli.cpu_snapshot() is None, reason="no /proc/stat on this system (Linux only)")
+def test_a_busy_process_is_measured():
+    since = cli.cpu_snapshot()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.0\nwhile time.time() < end: pass"])
+    busy.wait()
+    time.sleep(0.1)
+    assert cli.cores_used_by_others(since) > 0.5  # one core spun for ~1 s of a ~1.2 s window
+    quiet = cli.cpu_snapshot()
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:  # our own work does not count
+        pass
+    assert cli.cores_used_by_others(quiet) < 0.5

@@ -89,6 +89,28 @@ def test_cached_logits_match_full_recompute_at_every_step(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_batch_one_on_two_threads_matches_recompute(variant, monkeypatch):
+    """Batch 1 on several threads decodes through Linear's batched-matmul path; still exact."""
+    model = tiny(n_embd=384, n_head=6, **VARIANTS[variant])  # wide enough for the path
+    torch.set_num_threads(2)
+    bmm_calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or real_bmm(*a))
+    seq = torch.randint(0, len(VOCAB), (1, 32))
+    cache = KVCache(model.config, 1, "cpu", torch.float32)
+    with torch.no_grad():
+        logits, _ = model(seq[:, :1], cache=cache)
+        for n in range(1, 33):
+            full, _ = model(seq[:, :n])
+            torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
+            if n < 32:
+                logits, _ = model(seq[:, n:n + 1], cache=cache)
+    assert bmm_calls
+    greedy = [model.generate(seq[:, :3], 29, temperature=0, use_cache=c) for c in (True, False)]
+    assert torch.equal(greedy[0], greedy[1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_prefill_in_chunks_matches_one_prefill(variant):
     """A multi-token forward into a non-empty cache (the masked branch) is exact too."""
     model = tiny(**VARIANTS[variant])
@@ -418,7 +440,7 @@ def test_cli_streams_before_the_process_ends(char_ckpt):
 @pytest.mark.parametrize("bad, message", [
     ("--top_p=0", "top_p"), ("--top_p=1.5", "top_p"), ("--temperature=-1", "temperature"),
     ("--num_samples=0", "num_samples"), ("--max_new_tokens=-2", "max_new_tokens"), ("--top_k=-1", "top_k"),
-    ("--temperature=nan", "temperature"),
+    ("--temperature=nan", "temperature"), ("--threads=-1", "threads"),
 ])
 def test_invalid_options_are_one_line_errors(bad, message, char_ckpt):
     with pytest.raises(UserError, match=message):
