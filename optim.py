@@ -33,24 +33,32 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for grad = U S V^T (a 2-D matrix), by Newton-Schulz iteration.
+    """Approximately U V^T for grad = U S V^T, by Newton-Schulz iteration.
 
-    Runs in bfloat16 on CUDA (fast and accurate enough) and in float32 elsewhere (CPUs without
-    bf16 units emulate it slowly). Returns a tensor of grad's shape and dtype.
+    grad: one matrix (rows, cols) or a stack of same-shaped matrices (N, rows, cols), each treated
+    on its own (a stack runs as batched matmuls: far fewer, larger ops than a loop for small
+    matrices). Runs in bfloat16 on CUDA (fast and accurate enough) and in float32 elsewhere (CPUs
+    without bf16 units emulate it slowly). Returns a tensor of grad's shape and dtype.
     """
     a, b, c = NS_COEFFS
     work_dtype = torch.bfloat16 if grad.device.type == "cuda" else torch.float32
     x = grad.to(work_dtype)
-    transposed = x.size(0) > x.size(1)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)
+    transposed = x.size(1) > x.size(2)
     if transposed:  # iterate on the wide orientation: the Gram matrix x x^T is then the small one
-        x = x.T
-    x = x / (x.norm() + eps)  # Frobenius norm >= spectral norm, so singular values start in (0, 1]
+        x = x.mT
+    # Frobenius norm >= spectral norm, so singular values start in (0, 1]
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)  # (N, rows, cols)
     for _ in range(steps):
-        gram = x @ x.T  # (rows, rows)
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
+        gram = torch.bmm(x, x.mT)  # (N, rows, rows)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b gram + c gram^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a x + poly x
     if transposed:
-        x = x.T
+        x = x.mT
+    if single:
+        x = x.squeeze(0)
     return x.to(grad.dtype)
 
 
@@ -85,44 +93,58 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group):
         lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.mul_(momentum).add_(p.grad)
-            direction = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-            update = orthogonalize(direction, group["ns_steps"])
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        directions = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+        if wd:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            by_shape.setdefault(tuple(p.shape), []).append(i)
+        for (rows, cols), members in by_shape.items():  # same-shaped matrices orthogonalized as one stack
+            updates = orthogonalize(torch.stack([directions[i] for i in members]), group["ns_steps"])
             # an orthogonal (rows x cols) update has RMS 1/sqrt(max dim); the factor makes tall and
             # wide matrices move by comparable amounts per step
-            scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-            if wd:
-                p.mul_(1.0 - lr * wd)
-            p.add_(update, alpha=-lr * scale)
+            scale = max(1.0, rows / cols) ** 0.5
+            torch._foreach_add_([params[i] for i in members], list(updates.unbind(0)), alpha=-lr * scale)
 
     def _adamw_step(self, group):
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        by_step: dict[float, list] = {}  # parameters that missed a step (no grad) differ in bias correction
+        for p in params:
             state = self.state[p]
             if "step" not in state:
                 state["step"] = torch.zeros((), dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            step = state["step"].item()
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.lerp_(p.grad, 1.0 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+            by_step.setdefault(state["step"].item(), []).append(p)
+        for step, members in by_step.items():
+            grads = [p.grad for p in members]
+            exp_avgs = [self.state[p]["exp_avg"] for p in members]
+            exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in members]
+            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
             bias1, bias2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
-            denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
+            denoms = torch._foreach_div(exp_avg_sqs, bias2)
+            torch._foreach_sqrt_(denoms)
+            torch._foreach_add_(denoms, eps)
             if wd:
-                p.mul_(1.0 - lr * wd)
-            p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+                torch._foreach_mul_(members, 1.0 - lr * wd)
+            torch._foreach_addcdiv_(members, exp_avgs, denoms, value=-lr / bias1)
 
 
 def muon_param_groups(model, cfg) -> list[dict]:
