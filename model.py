@@ -221,7 +221,8 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, init_weights: bool = True):
+        """init_weights=False leaves torch's default init (for weights about to be replaced)."""
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
@@ -239,11 +240,12 @@ class GPT(nn.Module):
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
-        # scaled init of the projections that write into the residual stream (GPT-2 paper)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if init_weights:
+            self.apply(self._init_weights)
+            # scaled init of the projections that write into the residual stream (GPT-2 paper)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         """Linear and Embedding weights ~ N(0, 0.02), biases 0; norm gains 1 (set by the norms)."""
@@ -259,7 +261,7 @@ class GPT(nn.Module):
         The tensors are taken over, not copied, so a memory-mapped checkpoint stays mapped. (Building
         on the meta device would also skip the random init, but torch's first meta op takes ~2 s.)
         """
-        model = cls(config)
+        model = cls(config, init_weights=False)
         model.load_state_dict(state_dict, assign=True)
         if config.tie_embeddings:  # assign replaced the shared Parameter by two: share it again
             model.lm_head.weight = model.transformer.wte.weight
