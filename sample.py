@@ -25,7 +25,6 @@ uses GPT-2 BPE), to start quickly.
 """
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
