@@ -69,6 +69,26 @@ def test_muon_step_matches_plain_computation():
     torch.testing.assert_close(w.detach(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_muon_stacks_same_shaped_matrices_like_separate_steps():
+    """Same-shaped matrices are orthogonalized as one batched stack: equal to one optimizer per matrix."""
+    torch.manual_seed(3)
+    shapes = [(48, 16), (48, 16), (16, 40), (48, 16)]
+    together = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    apart = [torch.nn.Parameter(p.detach().clone()) for p in together]
+    group = dict(use_muon=True, lr=0.05, weight_decay=0.1, momentum=0.9)
+    opt_together = MuonAdamW([{"params": together, **group}])
+    opts_apart = [MuonAdamW([{"params": [p], **group}]) for p in apart]
+    for _ in range(3):
+        for a, b in zip(together, apart):
+            a.grad = torch.randn(a.shape)
+            b.grad = a.grad.clone()
+        opt_together.step()
+        for opt in opts_apart:
+            opt.step()
+    for a, b in zip(together, apart):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_muon_adamw_groups_equal_torch_adamw():
     """The AdamW half of MuonAdamW computes what torch.optim.AdamW computes."""
     torch.manual_seed(2)
