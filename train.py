@@ -218,6 +218,23 @@ def rng_state(device: torch.device) -> dict:
     return state
 
 
+def checkpoint_state(model, optimizer, scaler, cfg: TrainConfig, meta: dict, *, iter_num: int = 0,
+                     evaluated_at: int = -1, best_val_loss: float = float("inf"), rng_states: list | None = None,
+                     sampler_state: dict | None = None, pretrained_from: str | None = None,
+                     elapsed_s: float = 0.0) -> dict:
+    """The dict ckpt.pt holds. model: the uncompiled, unwrapped module (its config is saved with it).
+
+    The defaults describe a model that has not trained yet (tests and benchmarks save such ones).
+    """
+    rng_states = rng_states or [rng_state(torch.device("cpu"))]
+    return {"format_version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "model_config": dataclasses.asdict(model.config),
+            "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
+            "evaluated_at": evaluated_at, "best_val_loss": best_val_loss, "rng": rng_states[0],
+            "rng_per_rank": rng_states, "sampler": sampler_state or {},
+            "pretrained_from": pretrained_from, "elapsed_s": elapsed_s}
+
+
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
@@ -481,14 +498,6 @@ def main(argv: list[str]) -> None:
         model.train()
         return losses
 
-    def checkpoint_state(rng_states: list[dict]) -> dict:
-        return {"format_version": 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "model_config": dataclasses.asdict(model_config),
-                "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
-                "evaluated_at": evaluated_at, "best_val_loss": best_val_loss, "rng": rng_states[0],
-                "rng_per_rank": rng_states, "sampler": sampler_state,
-                "pretrained_from": pretrained_source, "elapsed_s": elapsed}
-
     def save(why: str) -> bool:
         """Checkpoint the current state (call on every rank); refuses non-finite weights."""
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):  # same weights on every rank
@@ -497,7 +506,11 @@ def main(argv: list[str]) -> None:
             return False
         rng_states = gather_rng_states(device, ddp)  # collective under DDP
         if master:
-            save_checkpoint(checkpoint_state(rng_states), ckpt_path)
+            state = checkpoint_state(raw_model, optimizer, scaler, cfg, meta, iter_num=iter_num,
+                                     evaluated_at=evaluated_at, best_val_loss=best_val_loss,
+                                     rng_states=rng_states, sampler_state=sampler_state,
+                                     pretrained_from=pretrained_source, elapsed_s=elapsed)
+            save_checkpoint(state, ckpt_path)
             print0(f"saved checkpoint to {ckpt_path} (iteration {iter_num}, {why})")
         return True
 

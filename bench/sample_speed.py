@@ -20,7 +20,6 @@ F.linear, and with bfloat16 weights (half the bytes to read per token).
 The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
 """
 
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -73,7 +72,7 @@ def char_meta(vocab: list[str]) -> dict:
 
 def write_checkpoint(out_dir: Path, model: GPT, meta: dict) -> Path:
     """Save model as train.py does: the same keys, with a fresh optimizer state and iteration 0."""
-    from train import TrainConfig, rng_state  # only here: the timed sample.py never imports train.py
+    from train import TrainConfig, checkpoint_state  # only here: the timed sample.py never imports train.py
 
     mc = model.config
     train_config = TrainConfig(out_dir=str(out_dir), n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd,
@@ -83,11 +82,7 @@ def write_checkpoint(out_dir: Path, model: GPT, meta: dict) -> Path:
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    state = {"format_version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
-             "model_config": dataclasses.asdict(mc), "train_config": dataclasses.asdict(train_config),
-             "meta": meta, "iter_num": 0, "best_val_loss": float("inf"), "rng": rng_state(torch.device("cpu")),
-             "sampler": {}}
+    state = checkpoint_state(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), train_config, meta)
     path = Path(out_dir) / CHECKPOINT_NAME
     save_checkpoint(state, path)
     return path

@@ -4,7 +4,6 @@ temperature, streamed text (split UTF-8 characters, stop text), and sample.py en
 Checkpoints are tiny random models saved with the same keys train.py writes; nothing is trained.
 """
 
-import dataclasses
 import os
 import random
 import subprocess
@@ -52,16 +51,13 @@ def char_meta() -> dict:
 
 
 def save_like_train(model: GPT, meta: dict, out_dir) -> None:
-    """A checkpoint with the keys train.py's checkpoint_state writes."""
-    from train import TrainConfig, rng_state
+    """A checkpoint of an untrained model, as train.py writes one."""
+    from train import TrainConfig, checkpoint_state
 
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
-    state = {"format_version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
-             "model_config": dataclasses.asdict(model.config),
-             "train_config": dataclasses.asdict(TrainConfig(out_dir=str(out_dir))), "meta": meta,
-             "iter_num": 0, "best_val_loss": float("inf"), "rng": rng_state(torch.device("cpu")), "sampler": {}}
-    save_checkpoint(state, out_dir / "ckpt.pt")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    save_checkpoint(checkpoint_state(model, optimizer, scaler, TrainConfig(out_dir=str(out_dir)), meta),
+                    out_dir / "ckpt.pt")
 
 
 @pytest.fixture(scope="module")
