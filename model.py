@@ -258,8 +258,9 @@ class GPT(nn.Module):
     def from_state_dict(cls, config: GPTConfig, state_dict: dict) -> "GPT":
         """A model that uses the given tensors as its weights (no copy; raises like load_state_dict).
 
-        The tensors are taken over, not copied, so a memory-mapped checkpoint stays mapped. (Building
-        on the meta device would also skip the random init, but torch's first meta op takes ~2 s.)
+        The tensors are taken over, not copied, so a memory-mapped checkpoint stays mapped, and the
+        random init is skipped, since every weight is replaced. (The meta device would skip torch's
+        default init too, but its first op takes ~2 s.)
         """
         model = cls(config, init_weights=False)
         model.load_state_dict(state_dict, assign=True)
