@@ -1,11 +1,27 @@
-"""Saving and loading checkpoints, shared by train.py and sample.py.
+"""The checkpoint format, in one place: build the dict, save it atomically, read it back safely.
+
+    state = build_checkpoint(model, meta=meta, train_config=cfg_dict, optimizer=opt, ...)
+    save_checkpoint(state, "out/ckpt.pt")
+    model, ckpt = load_model("out")                  # sampling, eval, export: the model and the dict
+    ckpt = load_checkpoint("out", map_location="cpu")  # everything, e.g. to resume
 
 A checkpoint is one `torch.save`d dict of tensors and plain data (no classes), so it loads with
 `torch.load(weights_only=True)`: a file that carries pickled code is refused and the code never runs.
+Its keys (FORMAT_VERSION 2):
+    format_version  2; a newer number is refused (update the code), 1 is upgraded when read
+    model           the uncompiled, unwrapped module's state dict
+    model_config    dict of model.GPTConfig (vocab_size is the true vocabulary; rows are padded)
+    meta            the dataset's meta.json dict (tokenizer, vocabulary, ...)
+    train_config    the resolved training config as a dict (model keys in a "model" table)
+    optimizer, scaler            their state dicts (None in a checkpoint made only for sampling)
+    iter_num, evaluated_at, best_val_loss, elapsed_s     where the run is
+    rng_per_rank, sampler        every process's RNG state and the batch sampler's, for exact resume
+    pretrained_from              the init_from that gave the first weights (hub name or folder), or None
 Saves are atomic: the dict goes to a temporary file in the same folder, is flushed and fsynced, then
 renamed over the old file, so a crash leaves either the old or the new checkpoint, never half of one.
 """
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -18,6 +34,49 @@ import torch
 from cli import UserError
 
 CHECKPOINT_NAME = "ckpt.pt"
+FORMAT_VERSION = 2
+
+
+def rng_state(device) -> dict:
+    """This process's RNG state as a checkpoint stores it (CPU tensors only)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def build_checkpoint(model, *, meta: dict, train_config: dict | None = None, optimizer=None, scaler=None,
+                     iter_num: int = 0, evaluated_at: int = -1, best_val_loss: float = float("inf"),
+                     elapsed_s: float = 0.0, rng_per_rank: list | None = None, sampler: dict | None = None,
+                     pretrained_from: str | None = None) -> dict:
+    """The dict ckpt.pt holds (see the module docstring). model: the uncompiled, unwrapped module.
+
+    The defaults describe a model that has not trained (benchmarks and tests save such ones).
+    """
+    return {"format_version": FORMAT_VERSION, "model": model.state_dict(),
+            "model_config": dataclasses.asdict(model.config), "meta": meta, "train_config": train_config or {},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "iter_num": iter_num, "evaluated_at": evaluated_at, "best_val_loss": best_val_loss,
+            "elapsed_s": elapsed_s, "rng_per_rank": rng_per_rank or [rng_state("cpu")],
+            "sampler": sampler or {}, "pretrained_from": pretrained_from}
+
+
+def upgrade(state: dict, path) -> dict:
+    """A checkpoint dict in the current format: older versions are converted, newer ones refused."""
+    version = state.get("format_version")
+    if not isinstance(version, int):
+        raise UserError(f"{path} is not a checkpoint written by train.py (it has no format_version)")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer version of this code (checkpoint format {version}; this "
+                        f"code reads up to {FORMAT_VERSION}): update the code (git pull) to read it")
+    if version == 1:  # vocabulary rows were not padded; model keys sat flat in train_config
+        state["model_config"] = {**state["model_config"], "vocab_multiple": 1}
+        state.setdefault("rng_per_rank", [state["rng"]] if "rng" in state else [])
+        state.setdefault("elapsed_s", 0.0)
+        state.setdefault("pretrained_from", None)
+        state["format_version"] = FORMAT_VERSION
+    return state
 
 
 def save_checkpoint(state: dict, path) -> None:
@@ -126,8 +185,11 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
         first = first.split(". This is an internal")[0]  # drop miniz's boilerplate
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); "
                         f"restore it from a backup or retrain") from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise UserError(f"{path} is not a checkpoint written by train.py (no model or model_config)")
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a checkpoint written by train.py (no model weights)")
+    state = upgrade(state, path)
+    if "model_config" not in state:
+        raise UserError(f"{path} is not a checkpoint written by train.py (no model_config)")
     return state
 
 
@@ -162,3 +224,13 @@ def model_from_checkpoint(ckpt: dict, path, **config_changes):
         return GPT.from_state_dict(config, ckpt["model"])
     except (RuntimeError, TypeError, AttributeError, KeyError) as e:
         raise _weights_error(path, e) from None
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode on device, checkpoint dict) for sampling, evaluation or export.
+
+    The file is memory-mapped, so the optimizer state, which these never read, costs nothing.
+    """
+    ckpt = load_checkpoint(path, map_location="cpu", mmap=True)
+    model = model_from_checkpoint(ckpt, path)
+    return model.to(device).eval(), ckpt

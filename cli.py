@@ -1,22 +1,26 @@
-"""Command-line plumbing shared by train.py, sample.py and bench.py.
+"""Command-line plumbing shared by the scripts (train.py, sample.py, hf.py, eval, bench/, prepare/).
 
 Two jobs:
-  * `parse_config(cls, argv)`: build a typed dataclass from TOML files and `--key=value` overrides.
-    Configs are data: TOML is parsed, never executed. Unknown keys are errors that name the closest
-    valid key; values are converted by the field's type (`--learning_rate=1`, `--compile=False`).
-  * `run_main(fn)`: run a script's main so that a `UserError` prints one line and exits non-zero,
-    with no traceback (set GPT_DEBUG=1 or pass --debug to see it).
+  * Configs: `parse_config(cls, argv)` builds a typed dataclass from TOML files and `--key=value`
+    overrides. Configs are data: TOML is parsed, never executed. Unknown keys are errors that name
+    the closest valid key; command-line values are converted by the field's type
+    (`--learning_rate=1`, `--compile=False`); TOML values must already have it (`max_iters = "10"`
+    is refused). `read_overrides` returns only the keys given, for resuming a saved config.
+  * Errors: `run_main(fn)` runs a script's main so that a `UserError` prints one line and exits
+    non-zero, with no traceback (set GPT_DEBUG=1 or pass --debug to see it).
 
-A dataclass field documents itself through `field(metadata={"help": ..., "choices": [...]})`;
-`--help` lists every key with its type, default and that line.
+A field documents itself through `option(default, help, choices)`; a nested dataclass (the
+model's GPTConfig) joins through `option_group`, documented by the comments in its source.
+`--help` lists every key with its type, default and help.
 """
 
 import argparse
 import dataclasses
 import difflib
+import inspect
 import os
+import re
 import sys
-import time
 import typing
 from pathlib import Path
 
@@ -35,43 +39,100 @@ def option(default, help: str, choices=None):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
+def option_group(cls, help: str, exclude: tuple[str, ...] = ()):
+    """A field holding a nested config dataclass (e.g. the model's GPTConfig).
+
+    Its fields are keys like any other: flat (`n_layer = 4`, `--n_layer=4`) or in a TOML table named
+    after the field (`[model]`). Their help is the comment after each field in the class's source.
+    `exclude` names fields that are not keys (set by the program, e.g. vocab_size from the data).
+    """
+    return dataclasses.field(default_factory=cls, metadata={"help": help, "group": cls, "exclude": tuple(exclude)})
+
+
+@dataclasses.dataclass
+class Key:
+    """One settable key: its type, default, help, allowed values, and the group field holding it."""
+    name: str
+    type: type
+    default: object
+    help: str
+    choices: list | None
+    group: str | None  # the option_group field it belongs to, None for a top-level key
+
+
+def field_comments(cls) -> dict[str, str]:
+    """The comment after each field in a dataclass's source (continuation comment lines appended)."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # no source (frozen app): keys go undocumented, never broken
+        return {}
+    comments, current = {}, None
+    for line in lines:
+        field_line = re.match(r"\s+(\w+)\s*:[^#=]*(?:=[^#]*)?#\s?(.*)$", line)
+        continuation = re.match(r"\s+#\s*(.*)$", line)
+        if field_line:
+            current = field_line.group(1)
+            comments[current] = field_line.group(2).strip()
+        elif continuation and current:
+            comments[current] += " " + continuation.group(1).strip()
+        else:
+            current = None
+    return comments
+
+
+def config_keys(cls) -> dict[str, Key]:
+    """Every key of a config dataclass, option groups flattened, in declaration order."""
+    keys: dict[str, Key] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata or {}
+        if "group" in meta:
+            group_cls, comments = meta["group"], field_comments(meta["group"])
+            group_hints = typing.get_type_hints(group_cls)
+            members = [g for g in dataclasses.fields(group_cls) if g.name not in meta["exclude"]]
+            new = {g.name: Key(g.name, group_hints[g.name], g.default, comments.get(g.name, ""), None, f.name)
+                   for g in members}
+        else:
+            new = {f.name: Key(f.name, hints[f.name], f.default, meta.get("help", ""), meta.get("choices"), None)}
+        clash = keys.keys() & new.keys()
+        assert not clash, f"config keys defined twice: {clash}"
+        keys.update(new)
+    return keys
+
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_EXPECTED = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string"}
 
 
-def _field_types(cls) -> dict[str, type]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+def convert_value(key: Key, raw, where: str = "on the command line"):
+    """The value of `key` from a command-line string or a TOML value; UserError when it does not fit.
 
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-_EXPECTED = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string (quote it in TOML)"}
-
-
-def convert_value(key: str, raw, tp, choices=None):
-    """Convert a TOML value or command-line string to the field's type, or raise UserError."""
-    value = raw
-    if isinstance(raw, str) and tp is not str:  # from the command line
+    Command-line strings are converted by type (`--learning_rate=1`, `--compile=False`). TOML values
+    arrive typed and must already have the key's type: `max_iters = "10"` is refused, not converted
+    (an int may stand for a float, and a TOML bool for a true/false choice).
+    """
+    tp, value = key.type, raw
+    if where == "on the command line" and tp is not str:
         text = raw.strip().lower()
         try:
-            if tp is bool:
-                value = True if text in _TRUE else False if text in _FALSE else None
-            else:
-                value = tp(text)
+            value = (True if text in _TRUE else False if text in _FALSE else None) if tp is bool else tp(text)
         except ValueError:
             value = None
-    # TOML values arrive typed: check them (bool is an int subclass, so it is excluded explicitly)
-    if tp is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if tp is int and where == "on the command line" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if tp is str and key.choices and {"true", "false"} <= set(key.choices):  # a tri-state: auto | true | false
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            value = "true" if value.strip().lower() in _TRUE else "false"
     if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        raise UserError(f"bad value for {key}: {raw!r} is not {_EXPECTED[tp]}")
-    if choices is not None and value not in choices:
-        raise UserError(f"bad value for {key}: {value!r}; choose one of {', '.join(map(str, choices))}")
+        hint = f" (write {key.name} = {raw} without quotes)" if isinstance(raw, str) and where != "on the command line" else ""
+        raise UserError(f"bad value for {key.name} {where}: {raw!r} is not {_EXPECTED[tp]}{hint}")
+    if key.choices is not None and value not in key.choices:
+        raise UserError(f"bad value for {key.name} {where}: {value!r}; choose one of {', '.join(map(str, key.choices))}")
     return value
 
 
@@ -94,47 +155,116 @@ def read_toml(path: str) -> dict:
         raise UserError(f"invalid TOML in {path}: the file is not UTF-8 text") from None
 
 
+def flatten_groups(cls, values: dict) -> dict:
+    """A dict with option-group tables (`{"model": {...}}`) merged into its top level."""
+    groups = {f.name for f in dataclasses.fields(cls) if "group" in (f.metadata or {})}
+    flat = {}
+    for key, value in values.items():
+        if key in groups and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def project_version() -> str:
+    """This checkout's version, from pyproject.toml (installed or not)."""
+    try:
+        with open(Path(__file__).resolve().parent / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
 def help_text(cls, prog: str, description: str) -> str:
-    lines = [description.strip().splitlines()[0], "", f"usage: python {prog} [config.toml ...] [--key=value ...]", ""]
-    types = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata or {}
-        choices = meta.get("choices")
-        tp = "|".join(map(str, choices)) if choices else _type_name(types[f.name])
-        lines.append(f"  --{f.name}={f.default!r}  ({tp})  {meta.get('help', '')}")
+    lines = [description.strip().splitlines()[0], "",
+             f"usage: python {prog} [config.toml ...] [--key=value ...] [--debug] [--version]", ""]
+    group = None
+    for key in config_keys(cls).values():
+        if key.group != group and key.group is not None:
+            lines.append(f"  [{key.group}] keys (also settable flat, as below):")
+        group = key.group
+        tp = "|".join(map(str, key.choices)) if key.choices else getattr(key.type, "__name__", str(key.type))
+        lines.append(f"  --{key.name}={key.default!r}  ({tp})  {key.help}")
+    lines += ["", "  --debug    show the traceback behind a one-line error (or set GPT_DEBUG=1)",
+              "  --version  print the version of this code and of torch"]
     return "\n".join(lines)
 
 
-def parse_config(cls, argv: list[str], description: str = ""):
-    """Return `cls(...)` built from defaults, then each TOML file in argv, then each --key=value."""
-    valid = [f.name for f in dataclasses.fields(cls)]
-    types = _field_types(cls)
-    choices = {f.name: (f.metadata or {}).get("choices") for f in dataclasses.fields(cls)}
+def read_overrides(cls, argv: list[str], description: str = "") -> dict:
+    """The keys set by argv: each TOML file in order, then each --key=value (later wins).
+
+    Returns {key: typed value} for exactly the keys given (flat; option groups flattened), so a
+    caller can tell what was set from what was left at its default. Handles --help and --version.
+    """
+    keys = config_keys(cls)
+    valid = list(keys)
     values: dict = {}
     for arg in argv:
         if arg in ("-h", "--help"):
             print(help_text(cls, Path(sys.argv[0]).name, description or (cls.__doc__ or "")))
             raise SystemExit(0)
+        if arg == "--version":
+            import torch  # only here: parsing a config stays cheap
+
+            print(f"smallgpt {project_version()} (torch {torch.__version__}, python {sys.version.split()[0]})")
+            raise SystemExit(0)
         if arg == "--debug":
             continue  # handled by run_main
         if arg.startswith("--"):
-            key, eq, raw = arg[2:].partition("=")
-            key = key.replace("-", "_")
-            if key not in valid:
-                raise _unknown_key(key, valid, "on the command line")
+            name, eq, raw = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            if name not in keys:
+                raise _unknown_key(name, valid, "on the command line")
             if not eq:
-                if types[key] is not bool:
-                    raise UserError(f"missing value for --{key}: write --{key}=VALUE")
-                raw = "true"
-            values[key] = convert_value(key, raw, types[key], choices[key])
+                if keys[name].type is not bool and "true" not in (keys[name].choices or ()):
+                    raise UserError(f"missing value for --{name}: write --{name}=VALUE")
+                raw = "true"  # a bare flag switches a bool (or a true/false/auto choice) on
+            values[name] = convert_value(keys[name], raw)
         elif arg.startswith("-"):
             raise UserError(f"unrecognised argument {arg!r}: options are written --key=value")
         else:
-            for key, raw in read_toml(arg).items():
-                if key not in valid:
-                    raise _unknown_key(key, valid, f"in {arg}")
-                values[key] = convert_value(key, raw, types[key], choices[key])
-    return cls(**values)
+            for name, raw in flatten_groups(cls, read_toml(arg)).items():
+                if name not in keys:
+                    raise _unknown_key(name, valid, f"in {arg}")
+                values[name] = convert_value(keys[name], raw, f"in {arg}")
+    return values
+
+
+def build_config(cls, values: dict, base=None):
+    """`base` (default: cls's defaults) with the flat `values` applied, groups included.
+
+    A group's own validation (e.g. GPTConfig's: n_embd divisible by n_head) becomes a UserError.
+    """
+    keys = config_keys(cls)
+    base = base if base is not None else cls()
+    top, groups = {}, {}
+    for name, value in values.items():
+        group = keys[name].group
+        (groups.setdefault(group, {}) if group else top)[name] = value
+    for group, changes in groups.items():
+        try:
+            top[group] = dataclasses.replace(getattr(base, group), **changes)
+        except ValueError as e:
+            raise UserError(f"invalid {group} config: {e}") from None
+    try:
+        return dataclasses.replace(base, **top)
+    except ValueError as e:
+        raise UserError(f"invalid config: {e}") from None
+
+
+def config_from_dict(cls, saved: dict):
+    """cls from a saved dict (config.json, a checkpoint's train_config; flat or with group tables).
+
+    Keys this version does not know (from another version of the code) are left out.
+    """
+    keys = config_keys(cls)
+    return build_config(cls, {k: v for k, v in flatten_groups(cls, saved).items() if k in keys})
+
+
+def parse_config(cls, argv: list[str], description: str = ""):
+    """Return `cls(...)` built from defaults, then each TOML file in argv, then each --key=value."""
+    return build_config(cls, read_overrides(cls, argv, description))
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -142,83 +272,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog.removeprefix('python ')} --help)")
-
-
-def resolve_device(name: str):
-    """torch.device for auto|cpu|cuda|cuda:N|mps, or UserError when that device is not here."""
-    import torch  # imported here so that parsing a config stays cheap
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name} is not available (no CUDA GPU found): use --device=cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name} is not there: this machine has {torch.cuda.device_count()} GPU(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device mps is not available on this machine: use --device=cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def _usable_cpus() -> set[int] | None:
-    try:
-        return os.sched_getaffinity(0)
-    except (AttributeError, OSError):  # not Linux
-        return None
-
-
-def cpu_snapshot():
-    """A reading of CPU time for `cores_used_by_others`; None where there is no /proc/stat (not Linux)."""
-    cpus = _usable_cpus()
-    busy_ticks = 0
-    try:
-        with open("/proc/stat") as f:
-            for line in f:  # "cpuN user nice system idle iowait irq softirq steal ..." (in clock ticks)
-                name, *fields = line.split()
-                if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
-                    ticks = [int(v) for v in fields[:8]]
-                    busy_ticks += sum(ticks) - ticks[3] - ticks[4]
-    except (OSError, ValueError, IndexError):
-        return None
-    own = os.times()
-    return busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
-
-
-def cores_used_by_others(since) -> float | None:
-    """Cores (of those this process may run on) kept busy by other processes since `since`, on average.
-
-    `since` is a `cpu_snapshot()`. None when it cannot be known: no /proc/stat, or under 0.2 s.
-    """
-    now = cpu_snapshot()
-    if since is None or now is None or now[2] - since[2] < 0.2:
-        return None
-    others = (now[0] - since[0]) - (now[1] - since[1])  # busy CPU seconds of all processes but this one
-    return max(0.0, others / (now[2] - since[2]))
-
-
-def free_cpu_threads(default: int, since) -> int:
-    """`default` threads (torch's: one per core) scaled down by the share of cores others kept busy.
-
-    torch runs CPU ops as OpenMP parallel regions whose threads spin while they wait for the next
-    one. When another process holds a core, a thread that needs that core waits for the scheduler on
-    every op, and a run of tiny ops (sampling: a dozen per layer per token) gets several times slower
-    than on fewer threads. On 2 cores: one other busy process gives 1 thread; 0.4 of a core, 2.
-    """
-    others = cores_used_by_others(since)
-    cpus = _usable_cpus()
-    if others is None or not cpus:
-        return default
-    return max(1, min(default, round(default * (1 - others / len(cpus)))))
 
 
 def run_main(main, *args, **kwargs):

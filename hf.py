@@ -31,6 +31,7 @@ Needs the optional packages safetensors and huggingface_hub (pip install -e ".[h
 installs transformers); nothing here imports transformers itself.
 """
 
+import difflib
 import importlib
 import json
 import os
@@ -59,6 +60,7 @@ GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE
 LN_EPS = 1e-5  # our LayerNorm's epsilon, the same as GPT-2's
 # activations that are the tanh approximation of GELU our MLP computes
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
+EXACT_GELU = "gelu"  # transformers' name for erf GELU: our mlp="gelu_exact" (nanoGPT's)
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # weights stored (in, out)
 PER_LAYER = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
              "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
@@ -79,6 +81,17 @@ def is_pretrained_source(init_from: str) -> bool:
     return init_from not in ("scratch", "resume", "")
 
 
+def check_source(init_from: str) -> None:
+    """A one-line error when init_from is neither a hub name nor an existing path (most likely a typo)."""
+    if init_from in PRETRAINED or Path(init_from).exists():
+        return
+    known = ["scratch", "resume", *PRETRAINED]
+    close = difflib.get_close_matches(init_from, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise UserError(f"bad value for init_from: {init_from!r} is neither {', '.join(known)} nor an existing "
+                    f"Hugging Face folder{hint}")
+
+
 # ----------------------------------------------------------------------------- configs
 
 def gpt_config_from_hf(hf: dict, dropout: float = 0.0, where: str = "config.json") -> GPTConfig:
@@ -92,8 +105,9 @@ def gpt_config_from_hf(hf: dict, dropout: float = 0.0, where: str = "config.json
     if not isinstance(n_positions, int):
         raise UserError(f"{where} lacks the integer n_positions; is this a GPT-2 config.json?")
     problems = []
-    if hf.get("activation_function", "gelu_new") not in TANH_GELU:
-        problems.append(f"activation_function {hf['activation_function']!r} (only gelu_new is supported)")
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in (*TANH_GELU, EXACT_GELU):
+        problems.append(f"activation_function {activation!r} (gelu_new and gelu are supported)")
     if abs(hf.get("layer_norm_epsilon", LN_EPS) - LN_EPS) > 1e-12:
         problems.append(f"layer_norm_epsilon {hf['layer_norm_epsilon']} (ours is {LN_EPS})")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
@@ -107,6 +121,7 @@ def gpt_config_from_hf(hf: dict, dropout: float = 0.0, where: str = "config.json
     try:
         return GPTConfig(block_size=n_positions, vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
                          n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
+                         mlp="gelu_exact" if activation == EXACT_GELU else "gelu",
                          tie_embeddings=hf.get("tie_word_embeddings", True))
     except ValueError as e:
         raise UserError(f"{where}: invalid model shape: {e}") from None
@@ -119,7 +134,7 @@ def exportable_problem(config: GPTConfig) -> str | None:
         ("pos_embedding", config.pos_embedding == "learned"),
         ("norm", config.norm == "layernorm"),
         ("qk_norm", not config.qk_norm),
-        ("mlp", config.mlp == "gelu"),
+        ("mlp", config.mlp in ("gelu", "gelu_exact")),
         ("tie_embeddings", config.tie_embeddings),
         ("logit_softcap", config.logit_softcap == 0),
         ("mlp_ratio", int(config.mlp_ratio * config.n_embd) == 4 * config.n_embd),
@@ -143,7 +158,7 @@ def hf_config_from_gpt(config: GPTConfig, tokenizer: str | None) -> dict:
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,  # 4 * n_embd
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if config.mlp == "gelu" else EXACT_GELU,
         "layer_norm_epsilon": LN_EPS,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
@@ -182,6 +197,10 @@ def state_dict_from_hf(hf_state: dict, config: GPTConfig, where: str = "the weig
         if hf_key.endswith(".weight") and hf_key.rsplit(".", 1)[0].split(".", 2)[-1] in CONV1D:
             tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
         ours[our_key] = tensor.contiguous()
+    rows = config.padded_vocab_size - config.vocab_size  # our padding rows: never looked up, never scored
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        if key in ours and rows:
+            ours[key] = torch.cat([ours[key], ours[key].new_zeros(rows, ours[key].size(1))])
     if config.tie_embeddings:
         ours["lm_head.weight"] = ours["transformer.wte.weight"]
     used = set(sources.values()) | {"lm_head.weight"}  # a tied head duplicates wte
@@ -204,7 +223,7 @@ def state_dict_to_hf(model: GPT) -> dict:
             tensor = torch.zeros(shape, dtype=ours["transformer.wte.weight"].dtype)
         out[hf_key] = tensor.detach().cpu().contiguous().clone()
 
-    put("transformer.wte.weight", ours["transformer.wte.weight"], ())
+    put("transformer.wte.weight", ours["transformer.wte.weight"][:config.vocab_size], ())  # without our padding
     put("transformer.wpe.weight", ours["transformer.wpe.weight"], ())
     for i in range(config.n_layer):
         for name in PER_LAYER:
@@ -245,8 +264,8 @@ def resolve_source(init_from: str) -> Path:
     return folder
 
 
-def read_hf_folder(folder: Path) -> tuple[dict, dict]:
-    """(config dict, state dict) of a Hugging Face GPT-2 folder; model.safetensors preferred over .bin."""
+def read_json_config(folder: Path) -> dict:
+    """The config.json dict of a Hugging Face folder."""
     config_path = folder / HF_CONFIG_NAME
     if not config_path.is_file():
         raise UserError(f"{folder} has no {HF_CONFIG_NAME}; a Hugging Face GPT-2 folder holds config.json "
@@ -257,6 +276,12 @@ def read_hf_folder(folder: Path) -> tuple[dict, dict]:
         raise UserError(f"{config_path} is not valid JSON ({e}); restore the file") from None
     if not isinstance(hf_config, dict):
         raise UserError(f"{config_path} is not a JSON object; restore the file")
+    return hf_config
+
+
+def read_hf_folder(folder: Path) -> tuple[dict, dict]:
+    """(config dict, state dict) of a Hugging Face GPT-2 folder; model.safetensors preferred over .bin."""
+    hf_config = read_json_config(folder)
     if (folder / SAFETENSORS_NAME).is_file():
         path = folder / SAFETENSORS_NAME
         safetensors_torch = require("safetensors.torch")
@@ -282,12 +307,18 @@ def read_hf_folder(folder: Path) -> tuple[dict, dict]:
     return hf_config, state
 
 
+def pretrained_config(init_from: str, dropout: float = 0.0) -> GPTConfig:
+    """The GPTConfig of a hub GPT-2 or local Hugging Face GPT-2 folder (reads only config.json)."""
+    folder = resolve_source(init_from)
+    return gpt_config_from_hf(read_json_config(folder), dropout, where=str(folder / HF_CONFIG_NAME))
+
+
 def load_pretrained(init_from: str, dropout: float = 0.0) -> GPT:
     """Our GPT (float32, on the CPU) holding a hub GPT-2 or a local Hugging Face GPT-2 folder."""
     folder = resolve_source(init_from)
     hf_config, hf_state = read_hf_folder(folder)
     config = gpt_config_from_hf(hf_config, dropout, where=str(folder / HF_CONFIG_NAME))
-    model = GPT(config)
+    model = GPT(config, init_weights=False)
     model.load_state_dict(state_dict_from_hf(hf_state, config, where=f"the weights in {folder}"))
     return model
 
@@ -376,20 +407,15 @@ def model_card(meta: dict, source: str, with_tokenizer: bool) -> str:
 
 def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
     """Write our checkpoint (out_dir/ckpt.pt or a file) as a Hugging Face GPT-2 folder at `to`."""
-    from checkpoint import load_checkpoint  # only the export needs the trainer's checkpoint format
+    from checkpoint import load_model  # only the export needs the trainer's checkpoint format
 
-    ckpt = load_checkpoint(out_dir, map_location="cpu")
-    try:
-        config = GPTConfig(**ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"the checkpoint in {out_dir} has an unreadable model_config ({e})") from None
+    model, ckpt = load_model(out_dir)
+    config = model.config
     problem = exportable_problem(config)
     if problem:
         raise UserError(f"cannot export to the GPT-2 layout: the model uses {problem}; only GPT-2-shaped "
                         f"models export (learned positions, layernorm, gelu, tied embeddings, mlp_ratio 4)")
     safetensors_torch = require("safetensors.torch")
-    model = GPT(config)
-    model.load_state_dict(ckpt["model"])
     meta = ckpt.get("meta") or {}
 
     target = Path(to)

@@ -26,7 +26,10 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # longest sequence the model sees (number of learned positions)
-    vocab_size: int = 50304  # token ids 0..vocab_size-1; GPT-2's 50257 padded to a multiple of 64
+    vocab_size: int = 50257  # token ids 0..vocab_size-1 (GPT-2's BPE has 50257)
+    vocab_multiple: int = 64  # embedding/head rows rounded up to a multiple of this (50257 -> 50304),
+    #                           which GPU matmuls run faster; the extra rows are never looked up, and
+    #                           their logits are cut off, so they are never targets and never sampled
     n_layer: int = 12  # number of transformer blocks
     n_head: int = 12  # attention heads per block; must divide n_embd
     n_embd: int = 768  # width of the residual stream
@@ -36,13 +39,14 @@ class GPTConfig:
     rope_base: float = 10000.0  # rotary frequency base, used when pos_embedding == "rope"
     norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
     qk_norm: bool = False  # normalise queries and keys per head before attention
-    mlp: str = "gelu"  # "gelu" (GPT-2), "relu2" (ReLU squared) or "swiglu"
+    mlp: str = "gelu"  # "gelu" (GPT-2's tanh approximation), "gelu_exact" (erf, as nanoGPT), "relu2"
+    #                    (ReLU squared) or "swiglu"
     mlp_ratio: float = 4.0  # hidden width of the MLP / n_embd (SwiGLU uses 2/3 of it, same params)
     tie_embeddings: bool = True  # share the token embedding with the output head (GPT-2)
     logit_softcap: float = 0.0  # if > 0, logits = softcap * tanh(logits / softcap)
 
     def __post_init__(self):
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
@@ -50,7 +54,7 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         choices = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-                   "mlp": ("gelu", "relu2", "swiglu")}
+                   "mlp": ("gelu", "gelu_exact", "relu2", "swiglu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -58,6 +62,13 @@ class GPTConfig:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
         if self.logit_softcap < 0:
             raise ValueError(f"logit_softcap must be >= 0, got {self.logit_softcap}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and output head: vocab_size rounded up to a multiple of vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -94,9 +105,12 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x):
+        # Checked first: torch.compile traces only this line (asking torch for its thread count
+        # would break the graph), and the CPU single-row case is all the rest is about.
+        if torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() != x.size(-1):
+            return F.linear(x, self.weight, self.bias)
         splits = torch.get_num_threads()
-        if (x.device.type != "cpu" or x.numel() != x.size(-1) or splits < 2 or self.weight.numel() < 1 << 17
-                or self.out_features % splits):
+        if splits < 2 or self.weight.numel() < 1 << 17 or self.out_features % splits:
             return F.linear(x, self.weight, self.bias)
         blocks = self.weight.view(splits, self.out_features // splits, self.in_features)  # (S, out/S, in)
         y = torch.bmm(x.reshape(1, 1, -1).expand(splits, 1, -1), blocks.transpose(1, 2))  # (S, 1, out/S)
@@ -197,6 +211,8 @@ class MLP(nn.Module):
         h = self.c_fc(x)
         if self.kind == "gelu":
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+        elif self.kind == "gelu_exact":
+            h = F.gelu(h)
         elif self.kind == "relu2":
             h = F.relu(h).square()
         else:
@@ -226,7 +242,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=make_norm(config, config.n_embd),
@@ -237,7 +253,7 @@ class GPT(nn.Module):
             cos, sin = rotary_tables(config.n_embd // config.n_head, config.block_size, config.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         if init_weights:
@@ -269,14 +285,26 @@ class GPT(nn.Module):
         return model
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings (and untied input embeddings) excluded by default."""
-        n = sum(p.numel() for p in self.parameters())
+        """Parameter count. non_embedding excludes the vocabulary and position tables (token
+        embedding, output head, learned positions): what is left is the blocks' size."""
+        n = sum(p.numel() for p in self.parameters())  # a tied head is the embedding: counted once
         if non_embedding:
+            n -= self.transformer.wte.weight.numel()
             if "wpe" in self.transformer:
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_embeddings:
-                n -= self.transformer.wte.weight.numel()
+                n -= self.lm_head.weight.numel()
         return n
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Keep only the first block_size positions (e.g. finetune GPT-2's 1024 on shorter windows)."""
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].clone())
+        else:
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         """idx: (B, T) token ids. Returns (logits, loss).
@@ -305,12 +333,14 @@ class GPT(nn.Module):
         if targets is None:
             x = x[:, -1:, :]  # only the last position is needed to pick the next token
         logits = self.lm_head(x)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., :self.config.vocab_size]  # padding rows: never targets, never sampled
         if self.config.logit_softcap > 0:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # ------------------------------------------------------------------------- training helpers
@@ -331,12 +361,16 @@ class GPT(nn.Module):
         return torch.optim.AdamW(self.optimizer_groups(weight_decay), **kwargs)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6 per weight plus attention scores."""
+        """Training FLOPs per token (forward + backward): 6 per matmul weight plus attention scores.
+
+        The matmul weights are the blocks' and the output head's (padded rows included: they are
+        computed); embedding lookups cost nothing. Attention: QK^T and AV, each 2 * T * head_dim
+        per head per token forward, times 3 for forward + backward (nanoGPT's / PaLM's count).
+        """
         cfg = self.config
         T = seq_len or cfg.block_size
-        n_params = self.num_params(non_embedding=True)  # lookups are free; the head matmul is not
-        # attention: QK^T and AV, each 2*T*head_dim per head per token, times 3 for fwd+bwd
-        return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T
+        matmul_weights = self.num_params(non_embedding=True) + self.lm_head.weight.numel()
+        return 6 * matmul_weights + 12 * cfg.n_layer * cfg.n_embd * T
 
     # ------------------------------------------------------------------------- generation
 

@@ -29,13 +29,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import UserError, cpu_snapshot, free_cpu_threads, option, parse_config, resolve_device, run_main
+from cli import UserError, option, parse_config, run_main
+from device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
 
-STARTED = cpu_snapshot()  # before the slow imports: how busy the other processes keep the CPU is measured from here
+STARTED = cpu_snapshot()  # how busy the other processes keep the CPU is measured from here
 
 import torch  # noqa: E402
 
-from checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from checkpoint import load_model  # noqa: E402
+from device import free_cpu_threads, resolve_device, resolve_dtype  # noqa: E402
 from model import GPT  # noqa: E402
 from tokenizer import tokenizer_from_meta  # noqa: E402
 
@@ -82,6 +84,16 @@ def validate(cfg: SampleConfig) -> None:
         raise UserError(f"bad value for threads: {cfg.threads} (must be >= 0; 0 chooses)")
 
 
+def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype: device.resolve_dtype's policy (the same as training's), except that
+    dtype=auto stays float32 on a CPU. Training autocasts with float32 master weights, so only its
+    matmuls run in bf16; sampling would store the weights in bf16, and then its tokens differ from
+    float32's (tests/test_sampling.py checks cached decoding against recompute in float32)."""
+    if name == "auto" and device.type == "cpu":
+        return torch.float32
+    return resolve_dtype(name, device)
+
+
 def read_prompt(start: str) -> str:
     if start.startswith("FILE:"):
         path = Path(start[5:])
@@ -89,12 +101,6 @@ def read_prompt(start: str) -> str:
             raise UserError(f"prompt file not found: {path} (fix the path after FILE:)")
         return path.read_text(encoding="utf-8", errors="replace")
     return start
-
-
-def load_model(out_dir: str, device: torch.device) -> tuple[GPT, dict]:
-    ckpt = load_checkpoint(out_dir, map_location="cpu", mmap=True)  # the optimizer state is never read
-    model = model_from_checkpoint(ckpt, out_dir)
-    return model.to(device).eval(), ckpt
 
 
 class SampleText:
@@ -210,10 +216,7 @@ def main(argv: list[str]) -> None:
         ckpt = {"meta": {"tokenizer": "gpt2"}}
     else:
         model, ckpt = load_model(cfg.out_dir, device)
-    if cfg.dtype not in ("auto", "float32"):
-        model = model.to(getattr(torch, cfg.dtype))
-    elif cfg.dtype == "auto" and device.type == "cuda":
-        model = model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    model = model.to(sampling_dtype(cfg.dtype, device))
     meta = ckpt.get("meta") or {}
     tokenizer = tokenizer_from_meta(meta)
     eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None

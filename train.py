@@ -2,44 +2,47 @@
 
     python train.py config/shakespeare_char.toml
     python train.py config/shakespeare_char.toml --max_iters=2000 --compile=false
+    python train.py --init_from=resume --out_dir=out-shakespeare-char --max_iters=8000   # continue a run
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2.toml
     python train.py config/finetune_shakespeare.toml     # finetune OpenAI's GPT-2 (init_from = "gpt2")
     python train.py --help                       # every key with its type, default and meaning
 
-Configs are TOML files whose keys are the fields of `TrainConfig` below; `--key=value` overrides
-them. Writes out_dir/ckpt.pt (model, optimizer, config, iteration, RNG and sampler state),
-out_dir/metrics.jsonl (one line per evaluation) and out_dir/config.json (the resolved config).
+Configs are TOML files whose keys are the fields of `TrainConfig` below and of model.GPTConfig
+(flat, or in a [model] table); `--key=value` overrides them. Writes out_dir/ckpt.pt (see
+checkpoint.py), out_dir/metrics.jsonl (one line per evaluation) and out_dir/config.json.
+
+`main` reads as the table of contents: parse the config (a resumed run starts from its own saved
+config), set up processes and device, take the run folder, build or restore the run state (one
+`Run` object that every stage shares), then loop: evaluate when due, one training step, log, save.
 
 Nothing lost: `--init_from=resume` continues bitwise (RNG of every process, sampler position, the
-evaluation still due); SIGTERM or a first Ctrl-C saves a checkpoint after the current step and exits
-0 (a second Ctrl-C quits at once); an update with a non-finite loss is skipped, and
-`max_nonfinite_steps` of them in a row stop the run without saving; a fresh run will not replace an
-existing out_dir/ckpt.pt unless given --overwrite=true.
+evaluation still due); SIGTERM or a first Ctrl-C stops within a step (or abandons an evaluation),
+saves a checkpoint and exits 0 (a second Ctrl-C quits at once); an update with a non-finite loss is
+skipped, and `max_nonfinite_steps` of them in a row stop the run without saving; a fresh run will
+not replace an existing out_dir/ckpt.pt unless given --overwrite=true; one trainer per out_dir.
 """
 
 import contextlib
 import dataclasses
-import difflib
 import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributed import destroy_process_group, init_process_group
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
-from checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, save_checkpoint
-from cli import UserError, option, parse_config, resolve_device, run_main
+from checkpoint import CHECKPOINT_NAME, build_checkpoint, load_checkpoint, load_weights, rng_state, save_checkpoint
+from cli import UserError, build_config, config_from_dict, option, option_group, read_overrides, run_main
 from data import BatchSampler, load_dataset
-import hf
-from hf import is_pretrained_source
+from device import (autocast, cpu_has_bf16_units, enable_tf32, measure_matmul_flops, peak_flops, resolve_device,
+                    resolve_dtype)
 from model import GPT, GPTConfig
 from optim import build_optimizer, set_learning_rate
 
@@ -47,33 +50,28 @@ from optim import build_optimizer, set_learning_rate
 @dataclass
 class TrainConfig:
     # I/O
-    out_dir: str = option("out", "folder for ckpt.pt, metrics.jsonl and config.json")
+    out_dir: str = option("out", "folder for ckpt.pt, metrics.jsonl and config.json (one trainer at a time)")
     overwrite: bool = option(False, "let a fresh run (any init_from but resume) replace out_dir/ckpt.pt")
     dataset: str = option("shakespeare_char", "folder with train.bin/val.bin/meta.json, or a name under data/")
-    init_from: str = option("scratch", "scratch: new weights; resume: continue from out_dir/ckpt.pt; "
-                            "gpt2|gpt2-medium|gpt2-large|gpt2-xl: OpenAI's weights from the Hugging Face "
-                            "hub; or a folder in the Hugging Face GPT-2 layout (needs a gpt2 dataset)")
+    init_from: str = option("scratch", "scratch: new weights; resume: continue out_dir's run (its saved config, "
+                            "with the keys given here changed); gpt2|gpt2-medium|gpt2-large|gpt2-xl: OpenAI's "
+                            "weights from the Hugging Face hub; or a folder in the Hugging Face GPT-2 layout")
     eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations")
     eval_iters: int = option(200, "batches per split in each evaluation")
-    eval_only: bool = option(False, "evaluate once and exit")
+    eval_only: bool = option(False, "evaluate once and exit (the checkpoint in out_dir if there is one)")
     log_interval: int = option(10, "print a training line every this many iterations")
     always_save_checkpoint: bool = option(True, "save at every evaluation, not only when val loss improves")
-    # data
-    batch_size: int = option(12, "sequences per micro-batch (per process)")
-    block_size: int = option(1024, "context length in tokens")
-    gradient_accumulation_steps: int = option(1, "micro-batches per update, summed over all processes")
-    # model (see model.GPTConfig for each option)
-    n_layer: int = option(12, "transformer blocks")
-    n_head: int = option(12, "attention heads per block")
-    n_embd: int = option(768, "residual stream width")
-    dropout: float = option(0.0, "dropout probability while training (may differ from pretrained weights)")
-    bias: bool = option(True, "biases in Linear layers and LayerNorms")
-    pos_embedding: str = option("learned", "position encoding", ["learned", "rope"])
-    norm: str = option("layernorm", "normalisation layer", ["layernorm", "rmsnorm"])
-    qk_norm: bool = option(False, "normalise queries and keys per head")
-    mlp: str = option("gelu", "MLP activation", ["gelu", "relu2", "swiglu"])
-    tie_embeddings: bool = option(True, "share the token embedding with the output head")
-    logit_softcap: float = option(0.0, "if > 0, cap logits smoothly at +-this value")
+    checkpoint_interval_s: float = option(0.0, "also save every this many seconds of training (0 = only at "
+                                          "evaluations); for long runs whose evaluations are far apart")
+    # batch
+    batch_size: int = option(12, "sequences per micro-batch per process (an upper bound when tokens_per_update "
+                             "is set: the micro-batch shrinks to divide the process's share)")
+    tokens_per_update: int = option(0, "tokens per optimizer update over all processes (a multiple of "
+                                    "block_size); 0: gradient_accumulation_steps x batch_size x block_size")
+    gradient_accumulation_steps: int = option(1, "with tokens_per_update = 0: micro-batches of batch_size per "
+                                              "update, counted over all processes")
+    # model: every field of model.GPTConfig but vocab_size (which comes from the dataset)
+    model: GPTConfig = option_group(GPTConfig, "the model's shape and architecture", exclude=("vocab_size",))
     # optimizer
     learning_rate: float = option(6e-4, "peak learning rate")
     max_iters: int = option(5000, "total optimizer updates")
@@ -98,10 +96,11 @@ class TrainConfig:
                                 "(or at max_iters, whichever comes first)")
     # system
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs that have it (else float16), "
-                        "bfloat16 on CPUs with bf16 matrix units (AMX or AVX512-BF16), float32 on other CPUs",
-                        ["auto", "float32", "bfloat16", "float16"])
-    compile: bool = option(False, "torch.compile the model")
+    dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs with bf16 tensor cores (else "
+                        "float16 with a gradient scaler), bfloat16 on CPUs with bf16 matrix units (AMX or "
+                        "AVX512-BF16), float32 elsewhere", ["auto", "float32", "bfloat16", "float16"])
+    compile: str = option("auto", "torch.compile the model; auto: on GPUs, off on CPUs (where it measured "
+                          "slower for small models, see README)", ["auto", "true", "false"])
     threads: int = option(0, "CPU threads for torch (0: torch's default, one per core); on a CPU shared "
                           "with other jobs fewer threads can be much faster")
     seed: int = option(1337, "random seed for weights, dropout and batches")
@@ -110,16 +109,13 @@ class TrainConfig:
     wandb_project: str = option("gpt", "wandb project")
     wandb_run_name: str = option("run", "wandb run name")
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPTConfig these keys describe (every GPTConfig field except vocab_size is a key here)."""
-        keys = {f.name for f in dataclasses.fields(GPTConfig)} & {f.name for f in dataclasses.fields(self)}
-        try:
-            return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in keys})
-        except ValueError as e:
-            raise UserError(f"invalid model shape: {e}") from None
 
+# Keys a resumed run may not change: they define the model its checkpoint holds.
+SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("vocab_size", "dropout"))
+AT_LEAST_ONE = ("batch_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+                "max_nonfinite_steps")
+NOT_NEGATIVE = ("max_iters", "tokens_per_update", "threads", "checkpoint_interval_s", "max_seconds", "warmup_iters")
 
-# ----------------------------------------------------------------------------- setup helpers
 
 def print0(*args, **kwargs):
     """Print from the first process only."""
@@ -127,45 +123,344 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-def cpu_has_bf16_units() -> bool:
-    """True when this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16).
+# ----------------------------------------------------------------------------- stage 1: the config
 
-    Elsewhere bf16 matmuls are emulated and slower than float32, so `dtype=auto` keeps float32.
+def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
+    """The run's config, and the checkpoint to resume from (None for a fresh run).
+
+    A fresh run: defaults, then the TOML files and --key=value of argv. A resumed run (and
+    eval_only on a folder holding a checkpoint): the run's own saved config, then the keys given;
+    changing a model-shape key is refused, since the checkpoint holds that model.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:  # not Linux: ask oneDNN, which answers for the CPU it runs on
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+    given = read_overrides(TrainConfig, argv, __doc__)
+    defaults = TrainConfig()
+    ckpt_path = Path(given.get("out_dir", defaults.out_dir)) / CHECKPOINT_NAME
+    if given.get("eval_only") and "init_from" not in given and ckpt_path.is_file():
+        given["init_from"] = "resume"  # evaluate the run that is there
+    if given.get("init_from") != "resume":
+        cfg = build_config(TrainConfig, given)
+        check_config(cfg)
+        if cfg.init_from != "scratch":
+            cfg = adopt_pretrained_shape(cfg, given)
+        return cfg, None
+    if not ckpt_path.is_file():
+        raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}: train with "
+                        f"--init_from=scratch first or point --out_dir at the run")
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # CPU: RNG states must stay CPU tensors
+    saved = config_from_dict(TrainConfig, ckpt.get("train_config") or {})
+    try:  # the model as the checkpoint holds it (true vocabulary included)
+        saved = dataclasses.replace(saved, model=GPTConfig(**ckpt["model_config"]))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{ckpt_path} holds a model_config this code cannot build ({e})") from None
+    changed = [f"{k}: {getattr(saved.model, k)!r} -> {given[k]!r}" for k in SHAPE_KEYS
+               if k in given and given[k] != getattr(saved.model, k)]
+    if changed:
+        raise UserError(f"cannot resume from {ckpt_path}: the model differs from the checkpoint's "
+                        f"({'; '.join(changed)}); leave those keys out or start a new out_dir")
+    cfg = build_config(TrainConfig, given, base=saved)
+    check_config(cfg)
+    return cfg, ckpt
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
+def adopt_pretrained_shape(cfg: TrainConfig, given: dict) -> TrainConfig:
+    """cfg with the model of the pretrained weights init_from names (block_size may be lowered)."""
+    import hf  # optional dependencies, needed only for pretrained weights
+
+    shape = hf.pretrained_config(cfg.init_from)
+    block_size = given.get("block_size", shape.block_size)
+    if block_size > shape.block_size:
+        raise UserError(f"block_size {block_size} exceeds the {shape.block_size} positions of {cfg.init_from}; "
+                        f"use --block_size={shape.block_size} or less")
+    ignored = sorted(k for k in given if k in SHAPE_KEYS and k != "block_size" and given[k] != getattr(shape, k))
+    shape = dataclasses.replace(shape, dropout=cfg.model.dropout, block_size=block_size)
+    print0(f"init_from={cfg.init_from}: model shape from the pretrained config (n_layer={shape.n_layer}, "
+           f"n_head={shape.n_head}, n_embd={shape.n_embd}, vocab {shape.vocab_size}), block_size {block_size}"
+           + (f"; ignored: {', '.join(ignored)}" if ignored else ""))
+    return dataclasses.replace(cfg, model=shape)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """One-line errors for values no run can use (types and choices were checked while parsing)."""
+    for key in AT_LEAST_ONE:
+        if getattr(cfg, key) < 1:
+            raise UserError(f"bad value for {key}: {getattr(cfg, key)} (must be at least 1)")
+    for key in NOT_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            raise UserError(f"bad value for {key}: {getattr(cfg, key)} (must be >= 0)")
+    if not cfg.init_from:
+        raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
+    if cfg.init_from not in ("scratch", "resume"):
+        import hf  # the hub names and folder checks live there
+
+        hf.check_source(cfg.init_from)
+    if cfg.tokens_per_update and cfg.tokens_per_update % cfg.model.block_size:
+        raise UserError(f"bad value for tokens_per_update: {cfg.tokens_per_update} is not a multiple of "
+                        f"block_size {cfg.model.block_size} (e.g. {cfg.model.block_size * 32:,})")
+
+
+# ----------------------------------------------------------------------------- stage 2: processes
+
+@dataclass
+class Processes:
+    """Where this process runs: its rank among the DDP processes, device and compute precision."""
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1 or "RANK" in os.environ
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes(cfg: TrainConfig) -> Processes:
+    """Device, threads, precision; under torchrun also the process group (NCCL on GPUs, gloo on CPUs)."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, local_rank, world_size = 0, 0, 1
+    if "RANK" in os.environ:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_has_bf16_units():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    enable_tf32(device)
+    return Processes(rank, local_rank, world_size, device, resolve_dtype(cfg.dtype, device))
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Dense bf16/fp16 tensor-core peak of known GPUs (FLOP/s); None where unknown (MFU omitted)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-             "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
-    for key, peak in table.items():
-        if key in name:
-            if "H100" in name and "PCIe" in name:
-                peak = 756e12
-            return peak if dtype != torch.float32 else peak / 2  # float32 runs as TF32
-    return None
+def shutdown(procs: Processes) -> None:
+    """Leave the process group cleanly (every rank calls it, on success and on error)."""
+    if procs.ddp and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- stage 3: the run state
+
+@dataclass
+class BatchPlan:
+    """How one update's global batch of sequences is shared out: this process's rows, in micro-batches.
+
+    Every process draws the same global batch and takes rows [start, stop). Shares differ by at most
+    one sequence; each micro-batch's loss is weighted by its share of the global batch, so the
+    averaged gradient is the global batch's mean whatever the number of processes.
+    """
+    global_seqs: int
+    block_size: int
+    start: int
+    stop: int
+    micro_sizes: list[int]
+    world_size: int
+
+    @property
+    def tokens_per_update(self) -> int:
+        return self.global_seqs * self.block_size
+
+    def loss_divisor(self, micro_size: int) -> float:
+        """Divide a micro-batch's mean loss by this: DDP averages over processes, so this undoes that."""
+        return self.global_seqs / (micro_size * self.world_size)
+
+
+def plan_batches(cfg: TrainConfig, procs: Processes) -> BatchPlan:
+    block_size, world = cfg.model.block_size, procs.world_size
+    global_seqs = (cfg.tokens_per_update // block_size if cfg.tokens_per_update
+                   else cfg.gradient_accumulation_steps * cfg.batch_size)
+    if global_seqs < world:
+        raise UserError(f"an update of {global_seqs} sequence(s) cannot be shared by {world} processes: raise "
+                        f"tokens_per_update to at least {world * block_size:,} (or use fewer processes)")
+    start, stop = procs.rank * global_seqs // world, (procs.rank + 1) * global_seqs // world
+    share = stop - start
+    count = -(-share // cfg.batch_size)  # micro-batches of at most batch_size, as equal as possible
+    sizes = [share // count + (1 if i < share % count else 0) for i in range(count)]
+    return BatchPlan(global_seqs, block_size, start, stop, sizes, world)
+
+
+@dataclass
+class Run:
+    """Everything the stages share: the config, processes, data, model, optimizer and progress."""
+    cfg: TrainConfig
+    procs: Processes
+    meta: dict
+    train_data: BatchSampler
+    val_data: BatchSampler
+    raw_model: GPT  # the uncompiled, unwrapped module: its state dict is what is saved
+    model: torch.nn.Module  # what the training step calls: compiled and/or DDP-wrapped raw_model
+    eval_model: torch.nn.Module  # compiled (if so) but not DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    plan: BatchPlan
+    pretrained_from: str | None = None  # hub name or folder of the first weights, kept through resumes
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    evaluated_at: int = -1  # the last iteration whose evaluation is in metrics.jsonl
+    elapsed_before: float = 0.0  # seconds of training in earlier processes of this run (max_seconds)
+    started_at: float = field(default_factory=time.time)
+    sampler_state: dict = field(default_factory=dict)  # the train sampler as of before `pending` was drawn
+    pending: list = field(default_factory=list)  # this process's micro-batches for the next update
+    saved: str = "nothing saved yet"  # what out_dir/ckpt.pt holds, for the last line of the run
+    last_save_time: float = field(default_factory=time.time)  # for checkpoint_interval_s
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.cfg.out_dir) / CHECKPOINT_NAME
+
+    def elapsed(self) -> float:
+        """Seconds of this run so far (all processes agree under DDP when a time budget needs it)."""
+        elapsed = self.elapsed_before + time.time() - self.started_at
+        if self.procs.ddp and self.cfg.max_seconds > 0:  # same LR and same last step on every rank
+            value = torch.tensor(elapsed, dtype=torch.float64, device=self.procs.device)
+            dist.broadcast(value, src=0)
+            elapsed = value.item()
+        return elapsed
+
+    def draw_batches(self) -> None:
+        """Draw the next update's global batch (same on every rank) and keep this process's share."""
+        self.sampler_state = self.train_data.state_dict()
+        offsets = self.train_data.draw_offsets(self.plan.global_seqs)[self.plan.start:self.plan.stop]
+        bounds = np.cumsum([0, *self.plan.micro_sizes])
+        self.pending = [self.train_data.batch(offsets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None) -> Run:
+    """Data, model, optimizer and progress: fresh, from pretrained weights, or restored from ckpt."""
+    data_dir, meta = load_dataset(cfg.dataset)
+    block_size = cfg.model.block_size
+    train_data = BatchSampler(data_dir / "train.bin", meta["dtype"], block_size, cfg.seed, procs.device)
+    val_data = BatchSampler(data_dir / "val.bin", meta["dtype"], block_size, cfg.seed + 1, procs.device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    raw_model, pretrained_from = make_model(cfg, meta, ckpt)
+    raw_model.to(procs.device)
+    cfg = dataclasses.replace(cfg, model=raw_model.config)  # the true vocabulary, as saved
+    optimizer = build_optimizer(raw_model, cfg, procs.device.type)
+    scaler = torch.amp.GradScaler(procs.device.type, enabled=(procs.dtype == torch.float16))
+    eval_model = torch.compile(raw_model) if compile_enabled(cfg, procs.device) else raw_model
+    model = DDP(eval_model, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None) \
+        if procs.ddp else eval_model
+    run = Run(cfg, procs, meta, train_data, val_data, raw_model, model, eval_model, optimizer, scaler,
+              plan_batches(cfg, procs), pretrained_from)
+    if ckpt is not None:
+        restore(run, ckpt)
+    else:
+        torch.manual_seed(cfg.seed + procs.rank)  # dropout streams differ per rank
+    run.draw_batches()
+    return run
+
+
+def make_model(cfg: TrainConfig, meta: dict, ckpt: dict | None) -> tuple[GPT, str | None]:
+    """The GPT this run trains, and the source of its pretrained weights (None for scratch)."""
+    if ckpt is not None:
+        if (ckpt.get("meta") or {}).get("vocab_size") not in (None, meta["vocab_size"]):
+            raise UserError(f"cannot resume: the checkpoint was trained on a vocabulary of "
+                            f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
+        model = GPT(cfg.model, init_weights=False)
+        load_weights(model, ckpt["model"], cfg.out_dir)
+        return model, ckpt.get("pretrained_from")
+    if cfg.init_from == "scratch":
+        return GPT(dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])), None
+    import hf  # optional dependencies, needed only for pretrained weights
+
+    if meta["tokenizer"] != "gpt2":
+        raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, but {cfg.dataset} "
+                        f"uses the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "
+                        f"(e.g. python prepare/shakespeare.py)")
+    model = hf.load_pretrained(cfg.init_from, dropout=cfg.model.dropout)
+    if cfg.model.block_size < model.config.block_size:
+        model.crop_block_size(cfg.model.block_size)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} token ids but {cfg.init_from} knows only "
+                        f"{model.config.vocab_size}; use a dataset prepared with the gpt2 tokenizer")
+    return model, cfg.init_from
+
+
+def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.compile == "auto":
+        return device.type == "cuda"
+    return cfg.compile == "true"
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Optimizer, scaler, sampler, RNG and progress from a checkpoint (loaded on the CPU)."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])  # moves the moments to the parameters' device
+    if ckpt.get("scaler") and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.train_data.load_state_dict(ckpt["sampler"])
+    run.iter_num, run.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    run.evaluated_at = ckpt.get("evaluated_at", run.iter_num)
+    run.elapsed_before = ckpt.get("elapsed_s", 0.0)
+    states = ckpt.get("rng_per_rank") or []
+    if len(states) == run.procs.world_size:  # each process continues its own dropout stream
+        set_rng_state(states[run.procs.rank], run.procs.device)
+    else:  # a different number of processes than the run saved: fresh streams
+        torch.manual_seed(run.cfg.seed + run.procs.rank + run.iter_num)
+    run.saved = f"iteration {run.iter_num} (the checkpoint resumed from)"
+    print0(f"resumed from {run.ckpt_path} at iteration {run.iter_num} (best val loss {run.best_val_loss:.4f})")
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ----------------------------------------------------------------------------- stage 4: one update
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # this process's mean loss over its micro-batches (on the device, not synced)
+    skipped: bool  # the update was not applied: a loss or gradient was not finite (on some process)
+    stop: bool  # some process was asked to stop
+    save: bool  # rank 0's checkpoint timer was due
+
+
+def train_step(run: Run, stop: "StopRequest | None" = None, save: bool = False) -> StepResult:
+    """One optimizer update on run.pending: forward/backward per micro-batch, clip, step (or skip).
+
+    Gradients are synced across processes on the last micro-batch only. One device sync per update
+    decides whether to step: a non-finite loss skips the update; in float16 an inf gradient is the
+    GradScaler's business (it skips and lowers its scale), elsewhere a non-finite gradient norm is
+    skipped like a non-finite loss. Under DDP one tiny all_reduce makes every rank agree on skipping,
+    stopping and saving. The next batch is drawn while the device works on this one.
+    """
+    device, plan = run.procs.device, run.plan
+    step_loss = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(run.pending):
+        last = i == len(run.pending) - 1
+        no_sync = run.model.no_sync() if (run.procs.ddp and not last) else contextlib.nullcontext()
+        with no_sync:
+            with autocast(device, run.procs.dtype):
+                _, loss = run.model(x, y)
+                loss = loss / plan.loss_divisor(x.size(0))
+            run.scaler.scale(loss).backward()
+        step_loss += loss.detach().float() * plan.world_size  # this process's mean (undo the DDP share)
+    run.draw_batches()
+    grad_norm = None
+    if run.cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), run.cfg.grad_clip)
+    bad = ~torch.isfinite(step_loss)
+    if grad_norm is not None and not run.scaler.is_enabled():
+        bad = bad | ~torch.isfinite(grad_norm)
+    flags = [bool(bad), stop is not None and stop.should_stop(run.iter_num), save]
+    if run.procs.ddp:
+        agreed = torch.tensor([float(f) for f in flags], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        flags = [v > 0 for v in agreed.tolist()]
+    skipped = flags[0]
+    if skipped:
+        if grad_norm is not None and run.scaler.is_enabled():
+            run.scaler.update()  # unscale_ ran; update() resets the scaler for the next step
+    else:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.iter_num += 1
+    return StepResult(step_loss, skipped, flags[1], flags[2])
 
 
 def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -180,12 +475,212 @@ def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if cfg.max_seconds > 0:
         ratio = min(1.0, elapsed / cfg.max_seconds)
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it >= decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    else:
+        decay_iters = cfg.lr_decay_iters or cfg.max_iters
+        if it >= decay_iters:
+            return cfg.min_lr
+        ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# ----------------------------------------------------------------------------- stage 5: evaluate
+
+@torch.no_grad()
+def evaluate(run: Run, stop: "StopRequest") -> dict | None:
+    """Mean loss over eval_iters fixed batches per split, shared out over the processes.
+
+    Returns None, recording nothing, when a stop is requested meanwhile (all ranks agree each batch).
+    """
+    cfg, procs = run.cfg, run.procs
+    run.eval_model.eval()
+    losses, progress = {}, EvalProgress(2 * len(range(procs.rank, cfg.eval_iters, procs.world_size)))
+    try:
+        for split, sampler in (("train", run.train_data), ("val", run.val_data)):
+            eval_rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))  # the same batches every time
+            offsets = eval_rng.integers(0, sampler.num_tokens - cfg.model.block_size,
+                                        size=(cfg.eval_iters, cfg.batch_size))
+            total = torch.zeros((), device=procs.device)
+            for k in range(procs.rank, cfg.eval_iters, procs.world_size):
+                if stop_agreed(run, stop.should_stop(run.iter_num)):
+                    return None
+                x, y = sampler.batch(offsets[k])
+                with autocast(procs.device, procs.dtype):
+                    _, loss = run.eval_model(x, y)
+                total += loss.float()
+                progress.advance(split)
+            if procs.ddp:
+                dist.all_reduce(total)
+            losses[split] = total.item() / cfg.eval_iters
+    finally:
+        progress.close()
+        run.eval_model.train()
+    return losses
+
+
+def stop_agreed(run: Run, requested: bool) -> bool:
+    """Whether any process was asked to stop (a collective under DDP: every rank calls it)."""
+    if not run.procs.ddp:
+        return requested
+    flag = torch.tensor(float(requested), device=run.procs.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() > 0
+
+
+class EvalProgress:
+    """Evaluation progress for people watching: a bar on a terminal, a plain line every 10 s in a log."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started, self.last_line = total, 0, time.time(), time.time()
+        self.bar = None
+        if int(os.environ.get("RANK", "0")) == 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="eval", leave=False)
+
+    def advance(self, split: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif time.time() - self.last_line >= 10 and self.done < self.total:
+            self.last_line = time.time()
+            rate = self.done / (self.last_line - self.started)
+            print0(f"  eval: {self.done}/{self.total} batches ({split}), {(self.total - self.done) / rate:.0f}s left")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- stage 6: save
+
+def save(run: Run, why: str) -> bool:
+    """Checkpoint the current state (call on every rank); refuses non-finite weights."""
+    if not all(torch.isfinite(p).all() for p in run.raw_model.parameters()):  # same weights on every rank
+        print0(f"not saving a checkpoint at iteration {run.iter_num} ({why}): the weights are not finite; "
+               f"{run.ckpt_path} is kept")
+        return False
+    states = [rng_state(run.procs.device)]
+    if run.procs.ddp:  # every process's RNG state, in rank order
+        states = [None] * run.procs.world_size
+        dist.all_gather_object(states, rng_state(run.procs.device))
+    if run.procs.master:
+        state = build_checkpoint(run.raw_model, meta=run.meta, train_config=dataclasses.asdict(run.cfg),
+                                 optimizer=run.optimizer, scaler=run.scaler, iter_num=run.iter_num,
+                                 evaluated_at=run.evaluated_at, best_val_loss=run.best_val_loss,
+                                 elapsed_s=run.elapsed(), rng_per_rank=states, sampler=run.sampler_state,
+                                 pretrained_from=run.pretrained_from)
+        save_checkpoint(state, run.ckpt_path)
+        print0(f"saved checkpoint to {run.ckpt_path} (iteration {run.iter_num}, {why})")
+    run.saved = f"iteration {run.iter_num} ({why})"
+    run.last_save_time = time.time()
+    return True
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+class RunFolder:
+    """out_dir as this run's: one trainer at a time, config.json, metrics.jsonl and the logger.
+
+    The lock is an advisory lock (flock) on out_dir/.lock, held for the whole run by the first
+    process: the kernel drops it when the process ends, however it ends, so a `kill -9` never leaves
+    a stale lock. Readers (sample.py, hf.py export, eval_only) take no lock: saves are atomic
+    renames, so they see the old checkpoint or the new one.
+    """
+
+    LOCK_NAME = ".lock"
+
+    def __init__(self, out_dir: str, master: bool, cfg: TrainConfig, read_only: bool = False):
+        self.path, self.master, self.cfg, self.read_only = Path(out_dir), master, cfg, read_only
+        self.lock_fd = None
+        self.logger = NullLogger()
+
+    def __enter__(self):
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"out_dir {self.path} is a file, not a folder; choose another --out_dir")
+        if self.master and not self.read_only:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.lock_fd = os.open(self.path / self.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise UserError(f"cannot write to out_dir {self.path}: {e.strerror or e}; choose another "
+                                f"--out_dir") from None
+            self._lock()
+        return self
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no lock, as before
+            return
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.lock_fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            raise UserError(f"another trainer is using {self.path} ({holder}); wait for it to finish or stop it, "
+                            f"or choose another --out_dir") from None
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, f"pid {os.getpid()} on {os.uname().nodename}, since "
+                                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+
+    def __exit__(self, *exc):
+        self.logger.finish()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the lock
+            self.lock_fd = None
+        return False
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def check_fresh_start(self, overwrite: bool) -> None:
+        ckpt_path = self.path / CHECKPOINT_NAME
+        if ckpt_path.exists() and not overwrite:
+            raise UserError(f"{ckpt_path} already exists: continue that run with --init_from=resume, train into "
+                            f"a new --out_dir, or pass --overwrite=true to replace it")
+
+    def start(self, cfg: TrainConfig, evaluated_at: int, resumed: bool) -> None:
+        """Write config.json; continue metrics.jsonl from the checkpoint (or start it afresh); open the logger."""
+        if not self.master or self.read_only:
+            return
+        (self.path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        if resumed:
+            trim_metrics(self.metrics_path, evaluated_at)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        if cfg.wandb_log:
+            self.logger = WandbLogger(cfg)
+
+    def record(self, record: dict, step: int) -> None:
+        """One evaluation: a line of metrics.jsonl and the logger."""
+        if not self.master or self.read_only:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.log({"train/loss": record["train_loss"], "val/loss": record["val_loss"], "lr": record["lr"]}, step)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.master:
+            self.logger.log(metrics, step=step)
+
+
+def trim_metrics(path: Path, last_iter: int) -> None:
+    """Drop metrics.jsonl records after `last_iter` (written by a run that went on past its last
+    checkpoint), so that a resumed run's records continue the file without repeats or gaps."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            if json.loads(line)["iter"] <= last_iter:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+            pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class NullLogger:
@@ -202,7 +697,8 @@ class WandbLogger:
             import wandb
         except ImportError:
             raise UserError("wandb_log=true needs wandb: pip install wandb (or set --wandb_log=false)") from None
-        self.run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=dataclasses.asdict(cfg))
+        self.run = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, dir=cfg.out_dir,
+                              config=dataclasses.asdict(cfg))
 
     def log(self, metrics: dict, step: int) -> None:
         self.run.log(metrics, step=step)
@@ -211,50 +707,14 @@ class WandbLogger:
         self.run.finish()
 
 
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def checkpoint_state(model, optimizer, scaler, cfg: TrainConfig, meta: dict, *, iter_num: int = 0,
-                     evaluated_at: int = -1, best_val_loss: float = float("inf"), rng_states: list | None = None,
-                     sampler_state: dict | None = None, pretrained_from: str | None = None,
-                     elapsed_s: float = 0.0) -> dict:
-    """The dict ckpt.pt holds. model: the uncompiled, unwrapped module (its config is saved with it).
-
-    The defaults describe a model that has not trained yet (tests and benchmarks save such ones).
-    """
-    rng_states = rng_states or [rng_state(torch.device("cpu"))]
-    return {"format_version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "model_config": dataclasses.asdict(model.config),
-            "train_config": dataclasses.asdict(cfg), "meta": meta, "iter_num": iter_num,
-            "evaluated_at": evaluated_at, "best_val_loss": best_val_loss, "rng": rng_states[0],
-            "rng_per_rank": rng_states, "sampler": sampler_state or {},
-            "pretrained_from": pretrained_from, "elapsed_s": elapsed_s}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def gather_rng_states(device: torch.device, ddp: bool) -> list[dict]:
-    """Every process's RNG state, in rank order (a collective under DDP: call it on all ranks)."""
-    if not ddp:
-        return [rng_state(device)]
-    states = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, rng_state(device))
-    return states
-
+# ----------------------------------------------------------------------------- the loop
 
 class StopRequest:
-    """SIGTERM or a first Ctrl-C asks the loop to stop after the current step; a second Ctrl-C quits.
+    """SIGTERM or a first Ctrl-C asks the run to stop (after the current step, or at once during an
+    evaluation); a second Ctrl-C quits. `request()` does the same from code (tests, callbacks).
 
     The handler only records the request (and writes a note with os.write, which is safe inside a
-    signal handler); the loop checks `requested` once per step, saves a checkpoint and returns.
+    signal handler); the loop asks `should_stop` once per update and once per evaluation batch.
     """
 
     def __init__(self):
@@ -264,6 +724,13 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
+
+    def request(self, name: str = "a stop request") -> None:
+        self.signal_name = self.signal_name or name
+
+    def should_stop(self, iter_num: int) -> bool:
+        """Asked by the loop at iteration iter_num (during an update or an evaluation batch)."""
+        return self.requested
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -284,370 +751,209 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
         if int(os.environ.get("RANK", "0")) == 0:
             again = " (Ctrl-C again to quit at once)" if signum == signal.SIGINT else ""
-            os.write(2, f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
-                        f"and exiting{again}\n".encode())
+            os.write(2, f"\n{self.signal_name} received: finishing this step (or abandoning the evaluation), "
+                        f"then saving a checkpoint and exiting{again}\n".encode())
 
 
-def check_gpt2_dataset(meta: dict, dataset: str, init_from: str) -> None:
-    """Pretrained GPT-2 weights speak GPT-2 BPE: the dataset must be tokenized with it."""
-    if meta["tokenizer"] != "gpt2":
-        raise UserError(f"init_from={init_from} needs a dataset tokenized with GPT-2 BPE, but {dataset} uses "
-                        f"the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "
-                        f"(e.g. python prepare/shakespeare.py)")
+@dataclass
+class Progress:
+    """Training-line bookkeeping: loss over the updates since the last line, timing, skipped updates."""
+    window_start: float = field(default_factory=time.time)
+    window_iter: int = 0
+    loss_sum: float = 0.0
+    finite_steps: int = 0
+    nonfinite_run: int = 0  # consecutive updates skipped because the loss was not finite
+    step_seconds: float = math.nan  # measured time per update, for the ETA
+    eval_seconds: float = 0.0  # the last evaluation's duration, for the ETA
+
+    def restart_window(self, iter_num: int) -> None:
+        """Time from here: after compilation and evaluations, which are not training time."""
+        self.window_start, self.window_iter = time.time(), iter_num
 
 
-def with_pretrained_shape(cfg: TrainConfig, model_config: GPTConfig) -> TrainConfig:
-    """cfg with its model keys replaced by the pretrained model's (printed, and saved in config.json)."""
-    shape = {k: getattr(model_config, k) for k in ("n_layer", "n_head", "n_embd", "bias", "pos_embedding",
-                                                  "norm", "qk_norm", "mlp", "tie_embeddings", "logit_softcap")}
-    print0(f"init_from={cfg.init_from}: model shape from the pretrained config (n_layer={shape['n_layer']}, "
-           f"n_head={shape['n_head']}, n_embd={shape['n_embd']}, {model_config.block_size} positions, vocab "
-           f"{model_config.vocab_size}); the config's shape keys are ignored, dropout={cfg.dropout} applies")
-    return dataclasses.replace(cfg, **shape)
+def train_loop(run: Run, folder: RunFolder, stop: StopRequest) -> None:
+    cfg = run.cfg
+    progress = Progress(window_iter=run.iter_num)
+    run.started_at = run.last_save_time = time.time()
+    first_update = True
+    while True:
+        elapsed = run.elapsed()
+        out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
+        finished = run.iter_num >= cfg.max_iters or out_of_time
+        lr = learning_rate_at(run.iter_num, cfg, elapsed)
+        set_learning_rate(run.optimizer, lr)
+        due = run.iter_num % cfg.eval_interval == 0 or finished or cfg.eval_only
+        if due and (run.iter_num != run.evaluated_at or cfg.eval_only):
+            if not evaluate_and_record(run, folder, stop, lr, progress):
+                stop_and_save(run, stop, during="the evaluation")
+                return
+        if finished or cfg.eval_only:
+            if out_of_time:
+                print0(f"time budget of {cfg.max_seconds:g}s spent after {run.iter_num} iterations")
+            return
+        save_due = cfg.checkpoint_interval_s > 0 and time.time() - run.last_save_time >= cfg.checkpoint_interval_s
+        result = train_step(run, stop, save_due)
+        count_update(run, result, progress)
+        if first_update:  # compilation and warm-up are not the speed of training
+            first_update = False
+            progress.restart_window(run.iter_num)
+        elif run.iter_num % cfg.log_interval == 0:
+            log_progress(run, folder, progress, lr)
+        if result.stop:
+            stop_and_save(run, stop, during="training")
+            return
+        if result.save:
+            save(run, f"checkpoint_interval_s={cfg.checkpoint_interval_s:g}")
 
 
-def check_resume_compatible(saved: dict, model_config: GPTConfig, ckpt_path: Path) -> None:
-    """Resuming may change schedule keys, never the model's shape."""
-    current = dataclasses.asdict(model_config)
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
-    if changed:
-        raise UserError(f"cannot resume from {ckpt_path}: the model differs from the checkpoint's "
-                        f"({'; '.join(changed)}); use the checkpoint's values or start a new out_dir")
-
-
-def trim_metrics(path: Path, last_iter: int) -> None:
-    """Drop metrics.jsonl records after `last_iter` (written by a run that went on past its last
-    checkpoint), so that a resumed run's records continue the file without repeats or gaps."""
-    if not path.is_file():
+def count_update(run: Run, result: StepResult, progress: Progress) -> None:
+    """Add an update's loss to the log window, or count it as skipped (and stop after too many)."""
+    if not result.skipped:
+        progress.nonfinite_run = 0
+        progress.loss_sum += result.loss  # a tensor until the next log line: no device sync per step
+        progress.finite_steps += 1
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            if json.loads(line)["iter"] <= last_iter:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):  # a line cut short by a crash
-            pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    progress.nonfinite_run += 1
+    loss = result.loss.item()
+    what = f"the loss is {loss}"
+    if math.isfinite(loss):  # the loss was fine, the gradient was not (or another rank's)
+        what = "the loss or gradient is not finite on a process" if run.procs.ddp else "the gradient is not finite"
+    print0(f"iter {run.iter_num}: {what}; skipped this update ({progress.nonfinite_run} in a row, "
+           f"stopping at {run.cfg.max_nonfinite_steps})")
+    if progress.nonfinite_run >= run.cfg.max_nonfinite_steps:
+        raise UserError(f"the loss was not finite for {progress.nonfinite_run} updates in a row (up to "
+                        f"iteration {run.iter_num}); stopped without saving, so the last good checkpoint stays "
+                        f"in {run.ckpt_path}; lower --learning_rate or check the data")
 
 
-# ----------------------------------------------------------------------------- training
+def log_progress(run: Run, folder: RunFolder, progress: Progress, lr: float) -> None:
+    """One training line: loss, learning rate, speed, MFU, and the time left."""
+    cfg, procs = run.cfg, run.procs
+    steps = run.iter_num - progress.window_iter
+    if not procs.master or steps <= 0:
+        return
+    loss = float(progress.loss_sum) / progress.finite_steps if progress.finite_steps else math.nan  # syncs
+    dt = (time.time() - progress.window_start) / steps
+    progress.step_seconds = dt
+    tokens_per_iter = run.plan.tokens_per_update
+    line = (f"iter {run.iter_num}/{cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+            f"{tokens_per_iter / dt:,.0f} tok/s")
+    peak = peak_flops(procs.device, procs.dtype)
+    if peak:  # global FLOPs over the peak of all the devices that did them
+        flops = run.raw_model.flops_per_token(cfg.model.block_size) * tokens_per_iter
+        line += f", mfu {100 * flops / dt / (peak * procs.world_size):.1f}%"
+    line += f", eta {format_seconds(time_left(run, progress))}"
+    print0(line)
+    folder.log({"train/loss_step": loss, "ms_per_iter": dt * 1000}, step=run.iter_num)
+    progress.loss_sum, progress.finite_steps = 0.0, 0
+    progress.restart_window(run.iter_num)
 
-def main(argv: list[str]) -> None:
-    cfg = parse_config(TrainConfig, argv, __doc__)
-    if not cfg.init_from:
-        raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
-    known = ["scratch", "resume", *hf.PRETRAINED]
-    if cfg.init_from not in known and not Path(cfg.init_from).exists():  # a typo, not a folder
-        close = difflib.get_close_matches(cfg.init_from, known, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise UserError(f"bad value for init_from: {cfg.init_from!r} is neither {', '.join(known)} nor an "
-                        f"existing Hugging Face folder{hint}")
-    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
-                "log_interval", "max_nonfinite_steps"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"bad value for {key}: {getattr(cfg, key)} (must be at least 1)")
-    if cfg.max_iters < 0:
-        raise UserError(f"bad value for max_iters: {cfg.max_iters} (must be >= 0)")
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    if cfg.init_from != "resume" and ckpt_path.exists() and not cfg.overwrite:
-        raise UserError(f"{ckpt_path} already exists: continue that run with --init_from=resume, train into "
-                        f"a new --out_dir, or pass --overwrite=true to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"out_dir {out_dir} is a file, not a folder; choose another --out_dir")
 
-    # --- processes and device
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world_size = 0, 1
-    device = resolve_device(cfg.device)
-    if cfg.threads < 0:
-        raise UserError(f"bad value for threads: {cfg.threads} (0 means torch's default)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if ddp:
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        if cfg.gradient_accumulation_steps % world_size:
-            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a "
-                            f"multiple of the number of processes ({world_size})")
-    master = rank == 0
-    local_accum = cfg.gradient_accumulation_steps // world_size
-    dtype = resolve_dtype(cfg.dtype, device)
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("this GPU has no bfloat16 support: use --dtype=float16")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = (contextlib.nullcontext() if dtype == torch.float32
-                else torch.autocast(device_type=device.type, dtype=dtype))
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    print0(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, {world_size} process(es); "
-           f"tokens per iteration: {cfg.gradient_accumulation_steps} accumulation x {cfg.batch_size} "
-           f"batch x {cfg.block_size} block = {tokens_per_iter:,}")
+def time_left(run: Run, progress: Progress) -> float:
+    """Seconds until the run ends: the time budget, or the updates and evaluations still to do."""
+    cfg = run.cfg
+    if cfg.max_seconds > 0:
+        return max(0.0, cfg.max_seconds - run.elapsed())
+    updates = max(0, cfg.max_iters - run.iter_num)
+    evaluations = updates // cfg.eval_interval + 1
+    return updates * progress.step_seconds + evaluations * progress.eval_seconds
 
-    # --- data
-    data_dir, meta = load_dataset(cfg.dataset)
-    train_data = BatchSampler(data_dir / "train.bin", meta["dtype"], cfg.block_size, cfg.seed, device)
-    val_data = BatchSampler(data_dir / "val.bin", meta["dtype"], cfg.block_size, cfg.seed + 1, device)
 
-    # --- model, optimizer, state
-    model_config = None
-    pretrained = None  # our GPT holding Hugging Face GPT-2 weights, when init_from names some
-    pretrained_source = None  # the init_from that gave the weights, kept through resumes
-    if is_pretrained_source(cfg.init_from):
-        check_gpt2_dataset(meta, cfg.dataset, cfg.init_from)
-        pretrained = hf.load_pretrained(cfg.init_from, dropout=cfg.dropout)
-        model_config, pretrained_source = pretrained.config, cfg.init_from
-        if meta["vocab_size"] > model_config.vocab_size:
-            raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} token ids but {cfg.init_from} knows "
-                            f"only {model_config.vocab_size}; use a dataset prepared with the gpt2 tokenizer")
-        cfg = with_pretrained_shape(cfg, model_config)
-    torch.manual_seed(cfg.seed)
-    iter_num, best_val_loss, ckpt, resumed_seconds = 0, float("inf"), None, 0.0
-    evaluated_at = -1  # the last iteration whose evaluation is in metrics.jsonl
-    if cfg.init_from == "resume":
-        if not ckpt_path.is_file():
-            raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}: "
-                            f"train with --init_from=scratch first or point --out_dir at the run")
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        pretrained_source = ckpt.get("pretrained_from")
-        if pretrained_source:  # a finetune: its shape came from the pretrained config, not the keys
-            model_config = GPTConfig(**{**ckpt["model_config"], "dropout": cfg.dropout})
-            cfg = with_pretrained_shape(cfg, model_config)
-        model_config = model_config or cfg.model_config(meta["vocab_size"])
-        check_resume_compatible(ckpt["model_config"], model_config, ckpt_path)
-        if ckpt.get("meta", {}).get("vocab_size") not in (None, meta["vocab_size"]):
-            raise UserError(f"cannot resume: the checkpoint was trained on a vocabulary of "
-                            f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        evaluated_at = ckpt.get("evaluated_at", iter_num)  # a preempted run saves before evaluating
-        resumed_seconds = ckpt.get("elapsed_s", 0.0)  # time already spent from a max_seconds budget
-    model_config = model_config or cfg.model_config(meta["vocab_size"])
-    if cfg.block_size > model_config.block_size:
-        raise UserError(f"block_size {cfg.block_size} exceeds the {model_config.block_size} positions of the "
-                        f"pretrained model; use --block_size={model_config.block_size} or less")
-    model = (pretrained if pretrained is not None else GPT(model_config)).to(device)
-    del pretrained
-    if ckpt is not None:
-        load_weights(model, ckpt["model"], ckpt_path)
-    print0(f"model: {model.num_params() / 1e6:.2f}M parameters (non-embedding), vocab {meta['vocab_size']} "
-           f"({meta['tokenizer']})")
-    optimizer = build_optimizer(model, cfg, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt and scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        train_data.load_state_dict(ckpt["sampler"])
-        if len(ckpt.get("rng_per_rank", [])) == world_size:  # each process continues its own dropout stream
-            set_rng_state(ckpt["rng_per_rank"][rank], device)
-        elif master and "rng" in ckpt:
-            set_rng_state(ckpt["rng"], device)
-        else:  # a different number of processes than the run saved: fresh streams
-            torch.manual_seed(cfg.seed + rank + iter_num)
-        print0(f"resumed from {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
-        del ckpt
-    elif ddp:
-        torch.manual_seed(cfg.seed + rank)  # same weights were made above; dropout differs per rank
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-    raw_model = model  # the uncompiled, unwrapped module: its state dict is what we save
-    if cfg.compile:
-        print0("compiling the model (takes a minute)...")
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    if master:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            probe = out_dir / ".write_test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"cannot write to out_dir {out_dir}: {e.strerror or e}; choose another --out_dir") from None
-        if not cfg.eval_only:  # an evaluation leaves the run's files as they are
-            (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    logger = WandbLogger(cfg) if (cfg.wandb_log and master) else NullLogger()
-    peak = peak_flops(device, dtype)
-    flops_per_iter = raw_model.flops_per_token(cfg.block_size) * tokens_per_iter
+def evaluate_and_record(run: Run, folder: RunFolder, stop: StopRequest, lr: float, progress: Progress) -> bool:
+    """Evaluate, print, append to metrics.jsonl, and checkpoint if due; False if abandoned for a stop."""
+    cfg = run.cfg
+    started = time.time()
+    losses = evaluate(run, stop)
+    if losses is None:
+        return False
+    progress.eval_seconds = time.time() - started
+    run.evaluated_at = run.iter_num
+    elapsed = run.elapsed()
+    print0(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+           f"{elapsed:.1f}s (evaluation {progress.eval_seconds:.1f}s)")
+    if not cfg.eval_only:
+        folder.record({"iter": run.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                       "elapsed_s": round(elapsed, 3)}, step=run.iter_num)
+    improved = losses["val"] < run.best_val_loss
+    run.best_val_loss = min(run.best_val_loss, losses["val"])
+    if run.iter_num > 0 and not cfg.eval_only:
+        if not math.isfinite(losses["val"]):
+            print0(f"not saving a checkpoint: the val loss is {losses['val']}; {run.ckpt_path} is kept")
+        elif improved or cfg.always_save_checkpoint:
+            save(run, "evaluation" if not improved else f"evaluation, best val loss {losses['val']:.4f}")
+        else:
+            print0(f"not saving: val loss {losses['val']:.4f} is not below the best {run.best_val_loss:.4f} "
+                   f"(always_save_checkpoint=false); {run.ckpt_path} keeps {run.saved}")
+    progress.restart_window(run.iter_num)
+    return True
 
-    @torch.no_grad()
-    def estimate_loss() -> dict:
-        """Mean loss over eval_iters fixed batches per split, shared out over the processes."""
-        model.eval()
-        losses = {}
-        for split, sampler in (("train", train_data), ("val", val_data)):
-            eval_rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))  # same batches every time
-            offsets = eval_rng.integers(0, sampler.num_tokens - cfg.block_size, size=(cfg.eval_iters, cfg.batch_size))
-            total = torch.zeros((), device=device)
-            for k in tqdm(range(rank, cfg.eval_iters, world_size), desc=f"eval {split}", leave=False,
-                          disable=not master or not sys.stderr.isatty()):
-                x, y = sampler.batch(offsets[k])
-                with autocast:
-                    _, loss = raw_model(x, y)
-                total += loss.float()
-            if ddp:
-                torch.distributed.all_reduce(total)
-            losses[split] = total.item() / cfg.eval_iters
-        model.train()
-        return losses
 
-    def save(why: str) -> bool:
-        """Checkpoint the current state (call on every rank); refuses non-finite weights."""
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):  # same weights on every rank
-            print0(f"not saving a checkpoint at iteration {iter_num} ({why}): the weights are not finite; "
-                   f"{ckpt_path} is kept")
-            return False
-        rng_states = gather_rng_states(device, ddp)  # collective under DDP
-        if master:
-            state = checkpoint_state(raw_model, optimizer, scaler, cfg, meta, iter_num=iter_num,
-                                     evaluated_at=evaluated_at, best_val_loss=best_val_loss,
-                                     rng_states=rng_states, sampler_state=sampler_state,
-                                     pretrained_from=pretrained_source, elapsed_s=elapsed)
-            save_checkpoint(state, ckpt_path)
-            print0(f"saved checkpoint to {ckpt_path} (iteration {iter_num}, {why})")
-        return True
+def stop_and_save(run: Run, stop: StopRequest, during: str) -> None:
+    """A stop request: save at the current iteration (an abandoned evaluation reruns on resume)."""
+    save(run, "stop requested")
+    print0(f"stopped by {stop.signal_name or 'a stop request on another process'} during {during} at iteration "
+           f"{run.iter_num}; continue with --init_from=resume --out_dir={run.cfg.out_dir}")
 
-    def next_batches():
-        """This process's micro-batches for one update, cut from the global batch every rank draws."""
-        offsets = train_data.draw_offsets(cfg.gradient_accumulation_steps * cfg.batch_size)
-        mine = offsets.reshape(world_size, local_accum, cfg.batch_size)[rank]  # (local_accum, B)
-        return [train_data.batch(row) for row in mine]
 
-    # --- the loop
-    metrics_path = out_dir / "metrics.jsonl"
-    if master and cfg.init_from != "resume" and metrics_path.exists():
-        metrics_path.unlink()
-    if master and cfg.init_from == "resume" and not cfg.eval_only:
-        trim_metrics(metrics_path, evaluated_at)
-    if cfg.init_from == "resume" and iter_num >= cfg.max_iters and not cfg.eval_only:
-        print0(f"the checkpoint is at iteration {iter_num}, max_iters is {cfg.max_iters}: nothing to train "
+def warn_if_slow(run: Run) -> None:
+    """On a CPU, one line before a long first step: the expected time per update and per evaluation."""
+    cfg, procs = run.cfg, run.procs
+    if procs.device.type != "cpu" or not procs.master:
+        return
+    flops_per_token = run.raw_model.flops_per_token(cfg.model.block_size)
+    rate = measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
+    per_update = flops_per_token * run.plan.tokens_per_update / rate
+    per_eval = flops_per_token / 3 * 2 * cfg.eval_iters * cfg.batch_size * cfg.model.block_size / rate
+    if per_update > 2 or per_eval > 60:
+        print0(f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {format_seconds(per_update)} per "
+               f"update and {format_seconds(per_eval)} per evaluation; for a quicker run lower n_layer, n_embd, "
+               f"block_size or batch_size (and eval_iters), or start from config/quickstart_cpu.toml")
+
+
+def describe(run: Run) -> None:
+    """What the run is about to do: device, precision, batch arithmetic, model size."""
+    procs, plan, cfg = run.procs, run.plan, run.cfg
+    micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
+        f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
+    print0(f"device {procs.device}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
+           f"process(es), compile {'on' if run.eval_model is not run.raw_model else 'off'}; tokens per update: "
+           f"{plan.global_seqs} sequences x {plan.block_size} = {plan.tokens_per_update:,} (per process "
+           f"{plan.stop - plan.start} sequences in micro-batch(es) of {micro})")
+    model, meta = run.raw_model, run.meta
+    print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
+           f"in all; vocab {meta['vocab_size']} ({meta['tokenizer']})")
+    if cfg.init_from == "resume" and run.iter_num >= cfg.max_iters and not cfg.eval_only:
+        print0(f"the checkpoint is at iteration {run.iter_num}, max_iters is {cfg.max_iters}: nothing to train "
                f"(raise --max_iters to continue)")
-    start_time = time.time() - resumed_seconds  # elapsed counts the whole loop, evaluations included
-    sampler_state = train_data.state_dict()  # as of before the pending batches were drawn
-    batches = next_batches()
-    last_log_time, last_log_iter = time.time(), iter_num
-    loss_sum, finite_steps = torch.zeros((), device=device), 0  # over the updates since the last log line
-    nonfinite_run = 0  # consecutive updates skipped because the loss was not finite
-    stop = StopRequest()
-    with stop:
-        while True:
-            elapsed = time.time() - start_time
-            if ddp and cfg.max_seconds > 0:  # every rank must take the same LR and stop at the same step
-                elapsed_t = torch.tensor(elapsed, dtype=torch.float64, device=device)
-                torch.distributed.broadcast(elapsed_t, src=0)
-                elapsed = elapsed_t.item()
-            out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
-            finished = iter_num >= cfg.max_iters or out_of_time
-            lr = learning_rate_at(iter_num, cfg, elapsed)
-            set_learning_rate(optimizer, lr)
 
-            due = iter_num % cfg.eval_interval == 0 or finished or cfg.eval_only
-            if due and (iter_num != evaluated_at or cfg.eval_only):
-                losses = estimate_loss()
-                evaluated_at = iter_num
-                elapsed = time.time() - start_time
-                print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                       f"{elapsed:.1f}s")
-                if master and not cfg.eval_only:
-                    record = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                              "lr": lr, "elapsed_s": round(elapsed, 3)}
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    logger.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num)
-                improved = losses["val"] < best_val_loss
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > 0 and (improved or cfg.always_save_checkpoint) and not cfg.eval_only:
-                    if math.isfinite(losses["val"]):
-                        save("evaluation")
-                    else:
-                        print0(f"not saving a checkpoint: the val loss is {losses['val']}; {ckpt_path} is kept")
-                last_log_time = time.time()  # evaluation time is not training time
-            if finished or cfg.eval_only:
-                if out_of_time:
-                    print0(f"time budget of {cfg.max_seconds:g}s spent after {iter_num} iterations")
-                break
 
-            # one update: forward/backward over the micro-batches, then clip and step
-            step_loss = torch.zeros((), device=device)
-            for micro_step, (x, y) in enumerate(batches):
-                sync = micro_step == local_accum - 1
-                no_sync = model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
-                with no_sync:
-                    with autocast:
-                        _, loss = model(x, y)
-                        loss = loss / local_accum
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach().float()
-            sampler_state = train_data.state_dict()
-            batches = next_batches()  # read the next batch while the device finishes this one
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            # One device sync per update decides whether to step. A non-finite loss skips the update;
-            # in fp16 an inf gradient is the GradScaler's business (it skips and lowers its scale), in
-            # other precisions a non-finite gradient norm is skipped like a non-finite loss.
-            bad = ~torch.isfinite(step_loss)
-            if grad_norm is not None and not scaler.is_enabled():
-                bad = bad | ~torch.isfinite(grad_norm)
-            if ddp:  # every rank must agree to skip and to stop: one tiny all_reduce per update
-                flags = torch.stack([bad.float(), torch.tensor(float(stop.requested), device=device)])
-                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-                skip, stop_now = (v > 0 for v in flags.tolist())
-            else:
-                skip, stop_now = bool(bad), stop.requested
-            if skip:
-                nonfinite_run += 1
-                what = f"the loss is {step_loss.item()}"
-                if math.isfinite(step_loss.item()):  # the loss was fine, the gradient was not (or another rank's)
-                    what = "the gradient is not finite" if not ddp else "the loss or gradient is not finite on a process"
-                print0(f"iter {iter_num + 1}: {what}; skipped this update ({nonfinite_run} in a row, "
-                       f"stopping at {cfg.max_nonfinite_steps})")
-                optimizer.zero_grad(set_to_none=True)
-                if grad_norm is not None and scaler.is_enabled():
-                    scaler.update()  # unscale_ ran; update() resets the scaler for the next step
-                if nonfinite_run >= cfg.max_nonfinite_steps:
-                    raise UserError(f"the loss was not finite for {nonfinite_run} updates in a row (up to "
-                                    f"iteration {iter_num + 1}); stopped without saving, so the last good "
-                                    f"checkpoint stays in {ckpt_path}; lower --learning_rate or check the data")
-            else:
-                nonfinite_run = 0
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum += step_loss
-                finite_steps += 1
-            iter_num += 1
-
-            if iter_num % cfg.log_interval == 0 and master:
-                loss_value = loss_sum.item() / finite_steps if finite_steps else math.nan  # .item() waits for the device
-                now = time.time()
-                dt = (now - last_log_time) / (iter_num - last_log_iter)
-                line = (f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                        f"{tokens_per_iter / dt:,.0f} tok/s")
-                if peak:
-                    line += f", mfu {100 * flops_per_iter / dt / peak:.1f}%"
-                print0(line)
-                logger.log({"train/loss_step": loss_value, "ms_per_iter": dt * 1000}, step=iter_num)
-                last_log_time, last_log_iter = now, iter_num
-                loss_sum, finite_steps = torch.zeros((), device=device), 0
-
-            if stop_now:  # SIGTERM or Ctrl-C: keep this step's work and leave cleanly
-                save("stop requested")
-                print0(f"stopped by {stop.signal_name or 'a stop signal'} at iteration {iter_num}; "
-                       f"continue with --init_from=resume --out_dir={out_dir}")
-                break
-
-    logger.finish()
-    if ddp:
-        destroy_process_group()
+def main(argv: list[str], stop: StopRequest | None = None) -> None:
+    cfg, ckpt = load_config(argv)
+    procs = setup_processes(cfg)
+    try:
+        with RunFolder(cfg.out_dir, procs.master, cfg, read_only=cfg.eval_only) as folder:
+            if ckpt is None and not cfg.eval_only:
+                folder.check_fresh_start(cfg.overwrite)
+            run = build_run(cfg, procs, ckpt)
+            del ckpt
+            describe(run)
+            warn_if_slow(run)
+            folder.start(run.cfg, run.evaluated_at, resumed=cfg.init_from == "resume")
+            with stop or StopRequest() as requests:
+                train_loop(run, folder, requests)
+            if not cfg.eval_only:
+                print0(f"done: {run.ckpt_path} holds {run.saved}")
+    finally:
+        shutdown(procs)
 
 
 if __name__ == "__main__":

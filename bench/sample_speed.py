@@ -10,11 +10,11 @@ depend on what the weights are), then
      from a one-token prompt; the variants are interleaved in each repeat and the table shows the
      median new tokens/s (a batch of 8 counts 8 tokens per step) and the speed-up of the cache;
   2. writes that model as a real checkpoint (the dict train.py saves, through
-     checkpoint.save_checkpoint, char vocabulary of tiny Shakespeare) and times the whole process
+     checkpoint.build_checkpoint, char vocabulary of tiny Shakespeare) and times the whole process
      `python sample.py --out_dir=<it> --max_new_tokens=500` as a subprocess (median wall time),
      next to `python -c "import torch"` for scale (and, with --compare_passive, sample.py with
      OpenMP's threads sleeping between ops instead of spinning).
-Threads are chosen as sample.py chooses them (cli.free_cpu_threads: one per core that other
+Threads are chosen as sample.py chooses them (device.free_cpu_threads: one per core that other
 processes leave free); below the table, batch 1 is also timed with every Linear through plain
 F.linear, and with bfloat16 weights (half the bytes to read per token).
 The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
@@ -31,7 +31,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from cli import cpu_snapshot, free_cpu_threads, option, parse_config, run_main  # noqa: E402
+from cli import option, parse_config, run_main  # noqa: E402
+from device import cpu_snapshot, free_cpu_threads  # noqa: E402
 
 STARTED = cpu_snapshot()  # threads are chosen as sample.py chooses them, from the load measured from here
 
@@ -39,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import model as model_module  # noqa: E402
-from checkpoint import CHECKPOINT_NAME, save_checkpoint  # noqa: E402
+from checkpoint import CHECKPOINT_NAME, build_checkpoint, save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # the 65 distinct characters of tiny Shakespeare, sorted (the vocabulary of shakespeare_char)
@@ -71,18 +72,13 @@ def char_meta(vocab: list[str]) -> dict:
 
 
 def write_checkpoint(out_dir: Path, model: GPT, meta: dict) -> Path:
-    """Save model as train.py does: the same keys, with a fresh optimizer state and iteration 0."""
-    from train import TrainConfig, checkpoint_state  # only here: the timed sample.py never imports train.py
-
-    mc = model.config
-    train_config = TrainConfig(out_dir=str(out_dir), n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd,
-                               block_size=mc.block_size)
+    """Save model as train.py does (checkpoint.build_checkpoint), with AdamW's state after one step."""
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     for p in model.parameters():  # one step with zero gradients: AdamW's moments exist, as after training
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    state = checkpoint_state(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), train_config, meta)
+    state = build_checkpoint(model, meta=meta, optimizer=optimizer)
     path = Path(out_dir) / CHECKPOINT_NAME
     save_checkpoint(state, path)
     return path

@@ -4,20 +4,22 @@
     python bench/train_speed.py --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12 \\
         --variant "fp32: --dtype=float32" --variant "bf16: --dtype=bfloat16" --iters=30 --repeats=5
 
-The config is read exactly as train.py reads it (TOML files, then --key=value, keys of
-train.TrainConfig). One iteration is what train.py does per update: draw the batch, forward and
-backward under autocast, clip the gradient norm, step the optimizer, zero the gradients.
+The config is read exactly as train.py reads it (train.load_config: TOML files, then --key=value),
+the run is built by train.build_run, and one iteration is train.train_step: the update train.py
+makes (micro-batches under autocast, DDP-style loss weighting, GradScaler, clipping, the non-finite
+check, optimizer step, next batch drawn). Only the learning rate stays at its peak.
 
 Each `--variant "NAME: --key=value ..."` adds overrides on top of the base config (no variant: the
-base config alone). All variants are built first; then, `--repeats` times, each variant in turn
-runs `--warmup` untimed and `--iters` timed iterations (interleaved, so that a neighbour's load
-hits every variant alike). Reported: median ms/iter over all timed iterations (and the 10th-90th
-percentile range), tokens/s, achieved FLOP/s from GPT.flops_per_token, and MFU against the peak
-of this device measured in the same run (median time of a large matmul in the variant's dtype).
-Bench options: --iters (20), --warmup (3), --repeats (3), --variant (repeatable), --no_peak.
+base config alone); `--matrix` adds the four variants eager/compiled x AdamW/Muon. All variants are
+built first; then, `--repeats` times, each variant in turn runs `--warmup` untimed and `--iters`
+timed iterations (interleaved, so that a neighbour's load hits every variant alike). Reported:
+median ms/iter over all timed iterations (and the 10th-90th percentile range), tokens/s, achieved
+FLOP/s from GPT.flops_per_token, and MFU against two peaks: the data sheet's (GPUs, device.GPU_PEAKS)
+and this device's measured one (median of chains of large matmuls in the variant's dtype, after a
+warm-up: device.measure_matmul_flops; 8192^3 on a GPU, 2048^3 on a CPU).
+Bench options: --iters (20), --warmup (3), --repeats (3), --variant (repeatable), --matrix, --no_peak.
 """
 
-import contextlib
 import math
 import os
 import statistics
@@ -29,14 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import torch  # noqa: E402
 
-from cli import UserError, parse_config, resolve_device, run_main  # noqa: E402
-from data import BatchSampler, load_dataset  # noqa: E402
-from model import GPT  # noqa: E402
-from optim import build_optimizer, set_learning_rate  # noqa: E402
-from train import TrainConfig, resolve_dtype  # noqa: E402
+from cli import UserError, run_main  # noqa: E402
+from device import measure_matmul_flops, peak_flops, synchronize  # noqa: E402
+from optim import set_learning_rate  # noqa: E402
+from train import build_run, load_config, setup_processes, train_step  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()
 BENCH_OPTIONS = {"iters": 20, "warmup": 3, "repeats": 3}
+MATRIX = [("eager adamw", ["--compile=false", "--optimizer=adamw"]), ("compiled adamw", ["--compile=true", "--optimizer=adamw"]),
+          ("eager muon", ["--compile=false", "--optimizer=muon"]), ("compiled muon", ["--compile=true", "--optimizer=muon"])]
 
 
 def split_args(argv: list[str]):
@@ -61,73 +64,42 @@ def split_args(argv: list[str]):
             variants.append((name.strip(), overrides.split()))
         elif arg == "--no_peak":
             no_peak = True
+        elif arg == "--matrix":
+            variants.extend(MATRIX)
         else:
             config_args.append(arg)
     return bench, variants or [("base", [])], config_args, no_peak
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of an n x n x n matmul in dtype on device (median of repeats): the MFU denominator."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    times = []
-    for _ in range(repeats + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times[1:])  # the first call warms up
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Variant:
-    """One config's model, optimizer and batches, able to run timed training iterations."""
+    """One config's run (model, optimizer, data: train.build_run), able to run timed updates."""
 
-    def __init__(self, name: str, cfg: TrainConfig):
-        self.name, self.cfg = name, cfg
-        self.device = resolve_device(cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
-        data_dir, meta = load_dataset(cfg.dataset)
-        self.sampler = BatchSampler(data_dir / "train.bin", meta["dtype"], cfg.block_size, cfg.seed, self.device)
-        torch.manual_seed(cfg.seed)
-        self.raw_model = GPT(cfg.model_config(meta["vocab_size"])).to(self.device)
-        self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
-        self.optimizer = build_optimizer(self.raw_model, cfg, self.device.type)
-        set_learning_rate(self.optimizer, cfg.learning_rate)
-        self.autocast = (contextlib.nullcontext() if self.dtype == torch.float32
-                         else torch.autocast(device_type=self.device.type, dtype=self.dtype))
-        self.tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-        self.flops_per_iter = self.raw_model.flops_per_token(cfg.block_size) * self.tokens_per_iter
+    def __init__(self, name: str, argv: list[str]):
+        self.name = name
+        cfg, _ = load_config(argv)
+        self.cfg = cfg
+        self.procs = setup_processes(cfg)
+        self.run = build_run(cfg, self.procs, None)
+        set_learning_rate(self.run.optimizer, cfg.learning_rate)
+        self.device, self.dtype = self.procs.device, self.procs.dtype
+        self.tokens_per_iter = self.run.plan.tokens_per_update
+        self.flops_per_iter = self.run.raw_model.flops_per_token(cfg.model.block_size) * self.tokens_per_iter
         self.times: list[float] = []
         self.last_loss = math.nan
 
     def iteration(self) -> None:
-        cfg = self.cfg
-        for _ in range(cfg.gradient_accumulation_steps):
-            x, y = self.sampler.batch(self.sampler.draw_offsets(cfg.batch_size))
-            with self.autocast:
-                _, loss = self.model(x, y)
-            (loss / cfg.gradient_accumulation_steps).backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = loss.item()  # waits for the device, as train.py's logging does
+        result = train_step(self.run)
+        self.last_loss = result.loss.item()  # waits for the device, as train.py's logging does
 
-    def run(self, warmup: int, iters: int) -> None:
+    def run_timed(self, warmup: int, iters: int) -> None:
         torch.set_num_threads(self.cfg.threads or DEFAULT_THREADS)  # variants may differ in threads
         for _ in range(warmup):
             self.iteration()
         for _ in range(iters):
-            sync(self.device)
+            synchronize(self.device)
             t0 = time.perf_counter()
             self.iteration()
-            sync(self.device)
+            synchronize(self.device)
             self.times.append(time.perf_counter() - t0)
 
 
@@ -136,22 +108,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return device.type
+
+
 def main(argv: list[str]) -> None:
     bench, variant_specs, config_args, no_peak = split_args(argv)
-    variants = [Variant(name, parse_config(TrainConfig, config_args + overrides, __doc__))
-                for name, overrides in variant_specs]
+    variants = [Variant(name, config_args + overrides) for name, overrides in variant_specs]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     threads = sorted({v.cfg.threads or DEFAULT_THREADS for v in variants})
-    print(f"torch {torch.__version__}, threads {'/'.join(map(str, threads))}, cpu capability "
+    print(f"{device_name(variants[0].device)}; torch {torch.__version__}, threads {'/'.join(map(str, threads))}, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, load average {load:.2f}")
     peaks = {}
     for v in variants:
         if not no_peak and (v.device, v.dtype) not in peaks:
-            peaks[(v.device, v.dtype)] = measure_peak_flops(v.device, v.dtype)
+            size = 8192 if v.device.type == "cuda" else 2048
+            peaks[(v.device, v.dtype)] = measure_matmul_flops(v.device, v.dtype, size=size, seconds=2.0)
     for repeat in range(bench["repeats"]):
         for v in variants:  # interleaved: every variant sees the same stretch of machine load
-            v.run(bench["warmup"], bench["iters"])
-    header = f"{'variant':<16} {'ms/iter':>8} {'p10-p90':>13} {'tok/s':>9} {'GFLOP/s':>8} {'peak':>7} {'MFU':>6} {'vs 1st':>7}"
+            v.run_timed(bench["warmup"], bench["iters"])
+    header = (f"{'variant':<16} {'ms/iter':>8} {'p10-p90':>13} {'tok/s':>10} {'GFLOP/s':>8} {'peak':>7} {'MFU':>6} "
+              f"{'MFU(sheet)':>10} {'vs 1st':>7}")
     print(header)
     print("-" * len(header))
     first_ms = None
@@ -163,11 +146,13 @@ def main(argv: list[str]) -> None:
         spread = f"{1000 * percentile(v.times, 0.1):.1f}-{1000 * percentile(v.times, 0.9):.1f}"
         peak_text = f"{peak / 1e9:7.0f}" if peak else f"{'-':>7}"
         mfu_text = f"{100 * achieved / peak:5.1f}%" if peak else f"{'-':>6}"
-        print(f"{v.name:<16} {ms:8.2f} {spread:>13} {v.tokens_per_iter / (ms / 1000):9,.0f} "
-              f"{achieved / 1e9:8.1f} {peak_text} {mfu_text} {first_ms / ms:6.2f}x")
+        sheet = peak_flops(v.device, v.dtype)
+        sheet_text = f"{100 * achieved / sheet:9.1f}%" if sheet else f"{'-':>10}"
+        print(f"{v.name:<16} {ms:8.2f} {spread:>13} {v.tokens_per_iter / (ms / 1000):10,.0f} "
+              f"{achieved / 1e9:8.1f} {peak_text} {mfu_text} {sheet_text} {first_ms / ms:6.2f}x")
     print(f"medians over {bench['repeats']} x {bench['iters']} timed iterations per variant "
-          f"({bench['warmup']} warmup each round); peak = {('-' if no_peak else 'median 1024^3 matmul')} "
-          f"in GFLOP/s; 'vs 1st' = speed relative to the first variant")
+          f"({bench['warmup']} warmup each round); peak = {('-' if no_peak else 'measured matmul peak')} "
+          f"in GFLOP/s; MFU(sheet) against the data-sheet peak; 'vs 1st' = speed relative to the first variant")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import cli
+import device
 from cli import UserError, parse_config
 from conftest import run_script
 from train import TrainConfig
@@ -19,8 +20,8 @@ def parse(*argv):
 def test_values_are_parsed_by_the_fields_type():
     cfg = parse("--learning_rate=1", "--max_iters=7", "--compile=False", "--bias=TRUE", "--dataset=x")
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
-    assert cfg.max_iters == 7 and cfg.compile is False and cfg.bias is True and cfg.dataset == "x"
-    assert parse("--compile").compile is True
+    assert cfg.max_iters == 7 and cfg.compile == "false" and cfg.model.bias is True and cfg.dataset == "x"
+    assert parse("--compile").compile == "true" and parse("--compile=auto").compile == "auto"
     assert parse("--weight_decay=1e-2").weight_decay == 0.01
 
 
@@ -28,14 +29,47 @@ def test_toml_then_command_line_in_order(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('n_layer = 3\nlearning_rate = 2  # an int for a float key is fine\ndataset = "d"\n')
     cfg = parse(str(path), "--n_layer=5")
-    assert (cfg.n_layer, cfg.learning_rate, cfg.dataset) == (5, 2.0, "d")
+    assert (cfg.model.n_layer, cfg.learning_rate, cfg.dataset) == (5, 2.0, "d")
+
+
+def test_model_keys_flat_or_in_a_model_table(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('max_iters = 3\n[model]\nn_layer = 2\nmlp_ratio = 3\nrope_base = 500\n')
+    cfg = parse(str(path), "--n_head=2", "--n_embd=64")
+    assert (cfg.max_iters, cfg.model.n_layer, cfg.model.mlp_ratio, cfg.model.rope_base) == (3, 2, 3.0, 500.0)
+    assert (cfg.model.n_head, cfg.model.n_embd) == (2, 64)
+
+
+def test_every_model_field_is_a_key_with_help():
+    """Derived from GPTConfig: a new model field is a config key, documented by its comment."""
+    import dataclasses
+    from cli import config_keys
+    from model import GPTConfig
+
+    keys = config_keys(TrainConfig)
+    for f in dataclasses.fields(GPTConfig):
+        if f.name == "vocab_size":  # set from the dataset, not a key
+            assert f.name not in keys
+            continue
+        assert keys[f.name].group == "model" and keys[f.name].type is not None
+        assert len(keys[f.name].help) > 10, f"{f.name} has no comment in model.py"
+
+
+@pytest.mark.parametrize("text", ['max_iters = "10"\n', 'learning_rate = "3e-4"\n', 'bias = "true"\n'])
+def test_toml_types_are_enforced(tmp_path, text):
+    path = tmp_path / "typed.toml"
+    path.write_text(text)
+    key = text.split(" =")[0]
+    with pytest.raises(UserError, match=rf"bad value for {key} in .*typed.toml: .* is not .*without quotes"):
+        parse(str(path))
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--n_layr=3"], "did you mean n_layer"),
     (["--learning_rate=fast"], "learning_rate.*not a float"),
     (["--max_iters=1.5"], "max_iters.*not an int"),
-    (["--compile=maybe"], "compile.*not a bool"),
+    (["--compile=maybe"], "compile.*choose one of auto, true, false"),
+    (["--bias=maybe"], "bias.*not a bool"),
     (["--dtype=float8"], "dtype.*choose one of"),
     (["--n_layer"], "missing value for --n_layer"),
     (["-x"], "options are written --key=value"),
@@ -48,7 +82,8 @@ def test_bad_command_lines(argv, message):
 @pytest.mark.parametrize("text, message", [
     ("batch_sise = 3\n", "unknown config key 'batch_sise' in .*did you mean batch_size"),
     ("batch_size = 'big'\n", "batch_size.*not an int"),
-    ("compile = 1\n", "compile.*not a bool"),
+    ("compile = 1\n", "compile.*not a string"),
+    ("bias = 1\n", "bias.*not a bool"),
     ("dataset = 3\n", "dataset.*not a string"),
     ("n_layer = = 3\n", "invalid TOML"),
 ])
@@ -75,8 +110,10 @@ def test_config_files_in_the_repo_are_valid():
 def test_help_lists_every_key_with_type_and_default():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
-    for name in TrainConfig.__dataclass_fields__:
+    from cli import config_keys
+    for name in config_keys(TrainConfig):
         assert f"--{name}=" in result.stdout
+    assert "--debug" in result.stdout and "--version" in result.stdout
     assert "--learning_rate=0.0006  (float)" in result.stdout
 
 
@@ -90,24 +127,24 @@ def test_cli_errors_are_one_line_without_traceback():
 
 @pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (2.0, 1)])
 def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, monkeypatch):
-    monkeypatch.setattr(cli, "_usable_cpus", lambda: {0, 1})
+    monkeypatch.setattr(device, "_usable_cpus", lambda: {0, 1})
     # 2 s later: all cores were busy for others + 0.5 core-seconds per second, 0.5 of them ours
-    monkeypatch.setattr(cli, "cpu_snapshot", lambda: (100.0 + 2 * (others + 0.5), 11.0, 52.0))
+    monkeypatch.setattr(device, "cpu_snapshot", lambda: (100.0 + 2 * (others + 0.5), 11.0, 52.0))
     since = (100.0, 10.0, 50.0)
-    assert cli.cores_used_by_others(since) == pytest.approx(others)
-    assert cli.free_cpu_threads(2, since) == threads
-    assert cli.free_cpu_threads(2, None) == 2  # no measurement (not Linux): the default
+    assert device.cores_used_by_others(since) == pytest.approx(others)
+    assert device.free_cpu_threads(2, since) == threads
+    assert device.free_cpu_threads(2, None) == 2  # no measurement (not Linux): the default
 
 
-@pytest.mark.skipif(cli.cpu_snapshot() is None, reason="no /proc/stat on this system (Linux only)")
+@pytest.mark.skipif(device.cpu_snapshot() is None, reason="no /proc/stat on this system (Linux only)")
 def test_a_busy_process_is_measured():
-    since = cli.cpu_snapshot()
+    since = device.cpu_snapshot()
     busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.0\nwhile time.time() < end: pass"])
     busy.wait()
     time.sleep(0.1)
-    assert cli.cores_used_by_others(since) > 0.5  # one core spun for ~1 s of a ~1.2 s window
-    quiet = cli.cpu_snapshot()
+    assert device.cores_used_by_others(since) > 0.5  # one core spun for ~1 s of a ~1.2 s window
+    quiet = device.cpu_snapshot()
     end = time.monotonic() + 0.5
     while time.monotonic() < end:  # our own work does not count
         pass
-    assert cli.cores_used_by_others(quiet) < 0.5
+    assert device.cores_used_by_others(quiet) < 0.5

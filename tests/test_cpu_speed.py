@@ -11,7 +11,8 @@ import torch
 from conftest import run_script
 
 from model import GPT, GPTConfig
-from train import TrainConfig, cpu_has_bf16_units, learning_rate_at, resolve_dtype
+from device import cpu_has_bf16_units, resolve_dtype
+from train import TrainConfig, learning_rate_at
 
 TINY_RUN = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",
             "--eval_iters=2", "--log_interval=1", "--warmup_iters=2"]

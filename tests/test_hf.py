@@ -21,7 +21,7 @@ import torch
 from conftest import TIKTOKEN_CACHE, run_script, write_char_dataset
 
 import hf
-from checkpoint import save_checkpoint
+from checkpoint import build_checkpoint, save_checkpoint
 from cli import UserError
 from model import GPT, GPTConfig
 
@@ -77,10 +77,8 @@ def random_ours(config: GPTConfig, seed=0) -> GPT:
 
 
 def save_our_checkpoint(model: GPT, run_dir: Path, tokenizer="byte") -> Path:
-    import dataclasses
     meta = {"tokenizer": tokenizer, "vocab_size": model.config.vocab_size}
-    save_checkpoint({"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-                     "meta": meta, "iter_num": 0}, run_dir / "ckpt.pt")
+    save_checkpoint(build_checkpoint(model, meta=meta), run_dir / "ckpt.pt")
     return run_dir
 
 
@@ -262,7 +260,7 @@ def test_finetune_from_local_gpt2_folder_end_to_end(tmp_path, gpt2_dataset):
     assert [e["iter"] for e in evals] == [0, 12]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, evals
     saved = json.loads((out_dir / "config.json").read_text())
-    assert (saved["n_layer"], saved["n_embd"], saved["dropout"]) == (2, 32, 0.1)
+    assert (saved["model"]["n_layer"], saved["model"]["n_embd"], saved["model"]["dropout"]) == (2, 32, 0.1)
 
     # resume keeps the pretrained shape although the config's keys say 12 layers
     result = run_script("train.py", "config/finetune_shakespeare.toml", "--init_from=resume",

@@ -69,9 +69,14 @@ def test_a_tiny_batch_overfits(variant):
 
 
 def test_gpt2_small_has_124m_parameters():
-    model = GPT(GPTConfig(vocab_size=50257))
+    model = GPT(GPTConfig(vocab_size=50257, vocab_multiple=1))
     assert sum(p.numel() for p in model.parameters()) == 124_439_808
     assert model.lm_head.weight is model.transformer.wte.weight
+    padded = GPT(GPTConfig(vocab_size=50257))  # rows rounded up to 50304, as nanoGPT does
+    assert padded.transformer.wte.weight.shape == (50304, 768)
+    assert sum(p.numel() for p in padded.parameters()) == 124_439_808 + 47 * 768
+    # the blocks alone (what "non-embedding" means): 12 x 7,087,872
+    assert padded.num_params() == model.num_params() == 12 * 7_087_872 + 2 * 768
 
 
 def test_weight_decay_applies_to_matrices_only():
@@ -135,3 +140,27 @@ def test_one_row_linear_on_several_threads_matches_f_linear(threads, bias, monke
         x = torch.randn(1, other.in_features)
         assert torch.equal(other(x), F.linear(x, other.weight, other.bias))
     assert len(bmm_calls) == 3
+
+
+def test_padded_vocabulary_rows_are_never_targets_nor_sampled():
+    """65 ids in 128 rows: logits and loss see only the 65; sampling cannot pick a padding row even
+    when its weights would make it the likeliest."""
+    torch.manual_seed(0)
+    padded = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=65, tie_embeddings=False))
+    assert padded.lm_head.weight.shape[0] == 128 and padded.config.padded_vocab_size == 128
+    plain = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=65, vocab_multiple=1,
+                          tie_embeddings=False))
+    state = {k: (v[:65] if k in ("transformer.wte.weight", "lm_head.weight") else v)
+             for k, v in padded.state_dict().items()}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        padded.lm_head.weight[65:] = 100.0  # padding rows that would win every argmax
+    x = torch.randint(0, 65, (2, 16))
+    logits, loss = padded(x, x)
+    plain_logits, plain_loss = plain(x, x)
+    assert logits.shape == (2, 16, 65)
+    torch.testing.assert_close(logits, plain_logits)
+    torch.testing.assert_close(loss, plain_loss)  # the softmax normalises over the 65 real ids only
+    out = padded.generate(x[:, :2], 14, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert int(out.max()) < 65
+    assert int(padded.generate(x[:, :2], 14, temperature=0).max()) < 65

@@ -54,24 +54,21 @@ def assert_same_state(a, b, where="checkpoint"):
 
 def comparable(ckpt: dict) -> dict:
     """The parts of a checkpoint that must not depend on where the run was stopped."""
-    return {k: ckpt[k] for k in ("model", "optimizer", "iter_num", "best_val_loss", "rng", "rng_per_rank", "sampler")}
+    return {k: ckpt[k] for k in ("model", "optimizer", "iter_num", "best_val_loss", "rng_per_rank", "sampler")}
 
 
-def stop_after_steps(n: int):
-    """A StopRequest that asks to stop after n updates, as if SIGTERM had arrived during update n.
-    (The loop reads `requested` once per update in a single process.)"""
+class StopDuringUpdate(train.StopRequest):
+    """Asks to stop during update n (from iteration n - 1 to n), as if SIGTERM had arrived then;
+    train.main takes it as its `stop`."""
 
-    class StopAfter(train.StopRequest):
-        checks = 0
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
 
-        @property
-        def requested(self):
-            StopAfter.checks += 1
-            if StopAfter.checks >= n and self.signal_name is None:
-                self.signal_name = "SIGTERM"
-            return self.signal_name is not None
-
-    return StopAfter
+    def should_stop(self, iter_num: int) -> bool:
+        if iter_num >= self.n - 1:
+            self.request("SIGTERM")
+        return self.requested
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +90,11 @@ def test_split_run_is_bitwise_identical_to_one_run(reference_run, small_char_dat
 
 
 @pytest.mark.parametrize("stop_at", [7, 10])  # between evaluations, and on an evaluation iteration
-def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, monkeypatch, capsys, stop_at):
+def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, capsys, stop_at):
     metrics, final = reference_run
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "StopRequest", stop_after_steps(stop_at))
-        train.main(tiny_args(small_char_dataset, tmp_path))
+    train.main(tiny_args(small_char_dataset, tmp_path), stop=StopDuringUpdate(stop_at))
     out = capsys.readouterr().out
-    assert f"stopped by SIGTERM at iteration {stop_at}" in out
+    assert f"stopped by SIGTERM during training at iteration {stop_at}" in out
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == stop_at  # the checkpoint is where training stopped
     # a stop on an evaluation iteration saves before evaluating; the resumed run evaluates it
@@ -157,7 +152,7 @@ def test_scratch_run_refuses_to_replace_a_checkpoint(small_char_dataset, tmp_pat
     with pytest.raises(UserError, match="already exists: continue that run with --init_from=resume.*--overwrite=true"):
         train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
     # a failing start with --overwrite=true does not touch the old run either
-    with pytest.raises(UserError, match="invalid model shape"):
+    with pytest.raises(UserError, match="invalid model config"):
         train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5, n_head=3, overwrite=True))
     assert (tmp_path / "ckpt.pt").read_bytes() == before
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before

@@ -74,7 +74,7 @@ path, k = sys.argv[1], int(sys.argv[2])
 weights = torch.empty(4_000_000)  # 16 MB: each save takes long enough to be killed in the middle
 while True:
     weights.fill_(k)
-    save_checkpoint({"k": k, "model": {"w": weights}, "model_config": {}}, path)
+    save_checkpoint({"k": k, "model": {"w": weights}, "model_config": {}, "format_version": 2}, path)
     print(k, flush=True)
     k += 1
 """
@@ -104,7 +104,7 @@ def test_checkpoint_survives_sigkill_at_random_moments(tmp_path):
         mid_save_kills += bool(list(tmp_path.glob(".ckpt.pt.*.tmp")))  # the next round's first save removes it
     print(f"kills that landed inside a save: {mid_save_kills} of 5")
     (tmp_path / ".ckpt.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-save leaves
-    save_checkpoint({"k": -1, "model": {}, "model_config": {}}, ckpt_path)
+    save_checkpoint({"k": -1, "model": {}, "model_config": {}, "format_version": 2}, ckpt_path)
     assert list(tmp_path.glob(".ckpt.pt.*.tmp")) == []
     assert load_checkpoint(ckpt_path)["k"] == -1
 
@@ -113,7 +113,7 @@ def test_checkpoint_survives_sigkill_at_random_moments(tmp_path):
                                      RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")])
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
     path = tmp_path / "ckpt.pt"
-    save_checkpoint({"model": {"w": torch.ones(3)}, "model_config": {}}, path)
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_config": {}, "format_version": 2}, path)
     before = path.read_bytes()
 
     def failing_save(obj, f, *args, **kwargs):
@@ -122,7 +122,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failur
 
     monkeypatch.setattr(checkpoint.torch, "save", failing_save)
     with pytest.raises(UserError) as info:
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "model_config": {}}, path)
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "model_config": {}, "format_version": 2}, path)
     message = str(info.value)
     assert "\n" not in message and "could not save checkpoint" in message and "previous checkpoint" in message
     assert ("No space left" if isinstance(failure, OSError) else "file write failed") in message
@@ -131,7 +131,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failur
 
 
 def test_saved_checkpoint_has_the_usual_file_mode(tmp_path):
-    save_checkpoint({"model": {}, "model_config": {}}, tmp_path / "ckpt.pt")
+    save_checkpoint({"model": {}, "model_config": {}, "format_version": 2}, tmp_path / "ckpt.pt")
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == 0o666 & ~umask
@@ -147,7 +147,7 @@ def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if line.startswith("iter 3:"):  # training is under way (the handler is installed)
+            if line.startswith("iter 3/"):  # training is under way (the handler is installed)
                 break
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
@@ -155,8 +155,8 @@ def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "SIGTERM received: finishing this step, then saving a checkpoint" in err
-    stopped = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM at iteration ")]
+    assert "SIGTERM received: finishing this step (or abandoning the evaluation), then saving a checkpoint" in err
+    stopped = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM during training at iteration ")]
     assert len(stopped) == 1, out
     stop_iter = int(stopped[0].split("iteration ")[1].split(";")[0])
     assert "--init_from=resume" in stopped[0]
@@ -378,7 +378,7 @@ BAD_INPUTS = [
     ("n_embd not divisible by n_head", T, ["--n_head=3"], "must be divisible by n_head"),
     ("n_layer 0", T, ["--n_layer=0"], "n_layer must be at least 1"),
     ("n_embd -1", T, ["--n_embd=-1"], "n_embd must be at least 1"),
-    ("block_size 0", T, ["--block_size=0"], "block_size: 0 (must be at least 1)"),
+    ("block_size 0", T, ["--block_size=0"], "block_size must be at least 1"),
     ("batch_size 0", T, ["--batch_size=0"], "batch_size: 0 (must be at least 1)"),
     ("max_nonfinite_steps 0", T, ["--max_nonfinite_steps=0"], "must be at least 1"),
     ("device cuda", T, ["--device=cuda"], "device cuda is not available"),

@@ -1,0 +1,218 @@
+"""The hardware: which device, which precision, how many CPU threads, and the device's peak speed.
+
+Shared by train.py, sample.py, eval and the benchmarks, so that they all make the same choices:
+
+    device = resolve_device("auto")            # cuda if present, then mps, then cpu
+    dtype = resolve_dtype("auto", device)      # the one precision policy (see its docstring)
+    with autocast(device, dtype): ...          # mixed precision, or nothing for float32
+    peak = peak_flops(device, dtype)           # dense FLOP/s of one such device, for MFU; None if unknown
+    torch.set_num_threads(free_cpu_threads(torch.get_num_threads(), since=cpu_snapshot()))
+"""
+
+import contextlib
+import os
+import time
+
+import torch
+
+from cli import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device for auto|cpu|cuda|cuda:N|mps, or UserError when that device is not here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} is not available (no CUDA GPU found): use --device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name} is not there: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device mps is not available on this machine: use --device=cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def cpu_has_bf16_units() -> bool:
+    """True when this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16).
+
+    Elsewhere bf16 matmuls are emulated and slower than float32, so `dtype=auto` keeps float32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:  # not Linux: ask oneDNN, which answers for the CPU it runs on
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+
+
+def cuda_has_bf16_units(device: torch.device) -> bool:
+    """bfloat16 tensor cores: compute capability 8.0 (Ampere) and newer.
+
+    torch.cuda.is_bf16_supported() also says yes on older GPUs where bf16 is emulated (slowly),
+    so it cannot choose between bf16 and float16 + a gradient scaler.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute precision for `dtype=name` on `device`: one policy for training and sampling.
+
+    auto: bfloat16 on GPUs with bf16 tensor cores, float16 on older GPUs (training adds a gradient
+    scaler), bfloat16 on CPUs with bf16 matrix units (AMX or AVX512-BF16), float32 elsewhere (mps,
+    and CPUs that would emulate bf16). An explicit name is taken as it is, except bfloat16 on a GPU
+    that would emulate it, which is refused.
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if cuda_has_bf16_units(device) else torch.float16
+        if device.type == "cpu" and cpu_has_bf16_units():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
+    if name == "bfloat16" and device.type == "cuda" and not cuda_has_bf16_units(device):
+        raise UserError(f"{torch.cuda.get_device_name(device)} has no bfloat16 tensor cores (compute capability "
+                        f"below 8.0): use --dtype=float16 (or auto)")
+    return DTYPES[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed-precision context for forward passes: matmuls in dtype, reductions in float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_tf32(device: torch.device) -> None:
+    """float32 matmuls on tensor cores (TF32): what float32 means on a GPU here."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# Dense bf16/fp16 tensor-core peaks of one GPU (FLOP/s), from the vendors' data sheets; float32 runs
+# as TF32 at half of it. Checked in order: the first name contained in the device name wins.
+GPU_PEAKS = [("H100 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12),
+             ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 125e12),
+             ("A10", 125e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12)]
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Data-sheet peak FLOP/s of ONE device of this kind in dtype; None where unknown (MFU omitted).
+
+    MFU under DDP divides the FLOPs of all processes by this times the number of processes.
+    """
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in GPU_PEAKS:
+        if key in name:
+            return peak if dtype != torch.float32 else peak / 2
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of asynchronous GPU work need it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 1.0,
+                         min_repeats: int = 5) -> float:
+    """Measured dense matmul FLOP/s: the median time of size^3 matmuls in dtype, after a warm-up.
+
+    Each timed sample is a chain of matmuls long enough (about 5 ms) that launch overhead does not
+    count; samples are taken for about `seconds` (at least min_repeats). On a GPU use size >= 8192:
+    smaller matmuls do not fill it.
+    """
+    generator = torch.Generator().manual_seed(0)  # its own: a run's RNG streams must not move
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+
+    def chain(n: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n):
+            torch.mm(a, b)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    chain(2)  # warm-up: kernels chosen, caches and clocks up
+    per_matmul = chain(3) / 3
+    n = max(1, int(0.005 / max(per_matmul, 1e-9)))
+    samples = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < min_repeats or time.perf_counter() < deadline:
+        samples.append(chain(n) / n)
+    samples.sort()
+    return 2 * size ** 3 / samples[len(samples) // 2]
+
+
+# ----------------------------------------------------------------------------- CPU threads
+
+def _usable_cpus() -> set[int] | None:
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def cpu_snapshot():
+    """A reading of CPU time for `cores_used_by_others`; None where there is no /proc/stat (not Linux)."""
+    cpus = _usable_cpus()
+    busy_ticks = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:  # "cpuN user nice system idle iowait irq softirq steal ..." (in clock ticks)
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and (cpus is None or int(name[3:]) in cpus):
+                    ticks = [int(v) for v in fields[:8]]
+                    busy_ticks += sum(ticks) - ticks[3] - ticks[4]
+    except (OSError, ValueError, IndexError):
+        return None
+    own = os.times()
+    return busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def cores_used_by_others(since) -> float | None:
+    """Cores (of those this process may run on) kept busy by other processes since `since`, on average.
+
+    `since` is a `cpu_snapshot()`. None when it cannot be known: no /proc/stat, or under 0.2 s.
+    """
+    now = cpu_snapshot()
+    if since is None or now is None or now[2] - since[2] < 0.2:
+        return None
+    others = (now[0] - since[0]) - (now[1] - since[1])  # busy CPU seconds of all processes but this one
+    return max(0.0, others / (now[2] - since[2]))
+
+
+def free_cpu_threads(default: int, since) -> int:
+    """`default` threads (torch's: one per core) scaled down by the share of cores others kept busy.
+
+    torch runs CPU ops as OpenMP parallel regions whose threads spin while they wait for the next
+    one. When another process holds a core, a thread that needs that core waits for the scheduler on
+    every op, and a run of tiny ops (sampling: a dozen per layer per token) gets several times slower
+    than on fewer threads. On 2 cores: one other busy process gives 1 thread; 0.4 of a core, 2.
+    """
+    others = cores_used_by_others(since)
+    cpus = _usable_cpus()
+    if others is None or not cpus:
+        return default
+    return max(1, min(default, round(default * (1 - others / len(cpus)))))
