@@ -558,12 +558,24 @@ def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, to
 # command line
 
 
-def main(argv=None):
-    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help for the prepare scripts: the description as written, and each option's default said once.
 
+    "(default: X)" is added to an option's help unless the help already says what the default is
+    ("default: all cores"), the default is None (the help says what happens without the option),
+    or the option is a flag (store_true: its default is always off).
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.nargs == 0 or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def main(argv=None):
     parser = cli.ArgumentParser(  # bad flags: one line, not usage
-        prog="python prepare/text.py", description=__doc__, formatter_class=Formatter)
+        prog="python prepare/text.py", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files, folders (recursive) or glob patterns ('**' for any depth); .jsonl and .gz understood")
     parser.add_argument("--out_dir", required=True, help="folder for train.bin, val.bin and meta.json")
@@ -575,7 +587,8 @@ def main(argv=None):
     parser.add_argument("--include", default=None, metavar="GLOB",
                         help="only files in input folders whose name (or path below the folder) matches, e.g. '*.txt'")
     parser.add_argument("--text_field", default="text", help="the JSON field holding the text in .jsonl files")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer threads (the output does not depend on it)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="tokenizer threads (default: all cores; the output does not depend on it)")
     parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
                         help="undecodable (non-UTF-8) bytes: strict stops naming the file; replace substitutes U+FFFD")
     parser.add_argument("--max_tokens", type=int, default=None, help="stop at the first document end after this many tokens")
