@@ -3,6 +3,10 @@
     python prepare/text.py --input notes/ --out_dir data/notes --tokenizer char
     python prepare/text.py --input 'corpus/**/*.jsonl.gz' --out_dir data/corpus --tokenizer gpt2
 
+The default tokenizer, gpt2 (GPT-2 BPE), needs tiktoken's r50k_base file: tiktoken downloads it once
+into its cache; offline, set TIKTOKEN_CACHE_DIR to a folder holding it (`python prepare/shared.py`
+makes one while online), or use --tokenizer char or byte, which need no file.
+
 What it reads
   * files, folders (walked recursively, hidden files and the output folder skipped, `--include '*.md'`
     filters names) and
@@ -580,7 +584,8 @@ def main(argv=None):
                         help="files, folders (recursive) or glob patterns ('**' for any depth); .jsonl and .gz understood")
     parser.add_argument("--out_dir", required=True, help="folder for train.bin, val.bin and meta.json")
     parser.add_argument("--tokenizer", choices=KINDS, default="gpt2",
-                        help="char: distinct characters; byte: UTF-8 bytes; gpt2: tiktoken BPE with <|endoftext|> after each document")
+                        help="char: distinct characters; byte: UTF-8 bytes; gpt2: tiktoken BPE with <|endoftext|> after "
+                             "each document (needs tiktoken's r50k_base file: downloaded once, or TIKTOKEN_CACHE_DIR)")
     parser.add_argument("--val_fraction", type=float, default=0.1,
                         help="share of documents for val.bin (share of the token stream's tail when there are few documents)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation documents")

@@ -496,7 +496,7 @@ def test_bad_flags_are_one_line_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# prepare/shared.py (the folder the tests read), without the network
+# GPT-2 BPE offline, and prepare/shared.py (the folder the tests read), without the network
 
 # Proxies that refuse every connection: a child process that tries to download fails at once.
 NO_NETWORK = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
@@ -504,6 +504,14 @@ NO_NETWORK = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY
 NO_NETWORK.update(NO_PROXY="", no_proxy="")
 R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"  # tiktoken_ext/openai_public.py
 R50K_NAME = hashlib.sha1(R50K_URL.encode()).hexdigest()  # tiktoken's cache key: the SHA-1 of the URL
+
+
+def test_gpt2_prepare_offline_says_how_to_get_the_file(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n")
+    env = dict(NO_NETWORK, TIKTOKEN_CACHE_DIR=str(tmp_path / "empty_cache"))
+    proc = run("prepare/text.py", "--input", str(tmp_path / "a.txt"), "--out_dir", str(tmp_path / "out"), env=env)
+    assert_one_line_error(proc, "r50k_base", "python prepare/shared.py", "TIKTOKEN_CACHE_DIR=", "--tokenizer=byte")
+    assert not (tmp_path / "empty_cache").exists() or not any((tmp_path / "empty_cache").iterdir())
 
 
 def _fake_tiktoken_download(source: Path | None) -> str:
