@@ -11,10 +11,11 @@ and, for prepare/text.py, `encode_array(text) -> np.ndarray` (uint32) that skips
     char  the sorted distinct characters of the training text; a character outside that vocabulary
           is an error (re-prepare the data, or use a prompt made of known characters).
     byte  the 256 UTF-8 byte values; any text can be encoded, decode replaces broken sequences.
-    gpt2  tiktoken's "r50k_base" (the GPT-2 ranks, <|endoftext|> = 50256). Offline, set
-          TIKTOKEN_CACHE_DIR to a folder holding its cache file (this project ships one in
-          ../shared/tiktoken_cache). Text is encoded as ordinary text: "<|endoftext|>" written in a
-          document is not turned into the special token.
+    gpt2  tiktoken's "r50k_base" (the GPT-2 ranks, <|endoftext|> = 50256). Its ranks are not stored
+          in datasets or checkpoints: tiktoken reads them from its cache file, downloaded once when
+          online. Offline, set TIKTOKEN_CACHE_DIR to a folder holding that file; `python
+          prepare/shared.py` makes one (../shared/tiktoken_cache) while online. Text is encoded as
+          ordinary text: "<|endoftext|>" written in a document is not turned into the special token.
 
 A dataset folder (train.bin, val.bin, meta.json) records its tokenizer in meta.json; use
 `read_meta(folder)` and `tokenizer_from_meta(meta)` to get it back. Usage:
@@ -26,6 +27,7 @@ A dataset folder (train.bin, val.bin, meta.json) records its tokenizer in meta.j
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from cli import UserError
 KINDS = ("char", "byte", "gpt2")
 META_FORMAT_VERSION = 1
 GPT2_ENCODING = "r50k_base"  # same ranks and special token as tiktoken's "gpt2", one cache file
+SHARED_DIR = Path(__file__).resolve().parent.parent / "shared"  # what prepare/shared.py fills by default
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -128,12 +131,12 @@ class GPT2Tokenizer:
         try:
             self.enc = tiktoken.get_encoding(GPT2_ENCODING)
         except Exception as e:  # tiktoken raises requests/urllib/OSError-flavoured errors offline
-            where = os.environ.get("TIKTOKEN_CACHE_DIR")
-            cache = f" (TIKTOKEN_CACHE_DIR={where} has no usable {GPT2_ENCODING} file)" if where else ""
+            cache = SHARED_DIR / "tiktoken_cache"
             raise UserError(
-                f"cannot load the {GPT2_ENCODING} BPE ranks{cache}: {type(e).__name__}; "
-                "set TIKTOKEN_CACHE_DIR to a folder holding the r50k_base cache (e.g. ../shared/tiktoken_cache) "
-                "or connect to the network"
+                f"GPT-2 BPE needs tiktoken's {GPT2_ENCODING} file: it is not in {_tiktoken_cache()} and downloading "
+                f"it failed ({type(e).__name__}). Get it while online with `python prepare/shared.py` (fills {cache}) "
+                f"and set TIKTOKEN_CACHE_DIR={cache} (or any folder holding the file); to prepare data without "
+                "it, use --tokenizer=byte or --tokenizer=char"
             ) from None
         self.vocab_size = self.enc.n_vocab  # 50257
         self.eot_token = self.enc.eot_token  # 50256
@@ -155,6 +158,14 @@ class GPT2Tokenizer:
         if bad:
             raise UserError(f"token id {bad[0]} out of range for gpt2 (vocab {self.vocab_size})")
         return self.enc.decode(ids, errors="replace")
+
+
+def _tiktoken_cache() -> str:
+    """Where tiktoken looks for its cache files (as tiktoken.load.read_file_cached decides)."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if var in os.environ:
+            return f"{var}={os.environ[var]}" if os.environ[var] else f"tiktoken's cache ({var} is empty: no cache)"
+    return f"tiktoken's cache {os.path.join(tempfile.gettempdir(), 'data-gym-cache')} (TIKTOKEN_CACHE_DIR is not set)"
 
 
 def build_tokenizer(kind: str, vocab: list[str] | None = None):

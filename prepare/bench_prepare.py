@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse
 import os
 import random
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 
 import cli
 from cli import UserError
+from prepare.text import HelpFormatter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -114,11 +114,12 @@ def run_measured(script: str, *args: str, env: dict | None = None) -> tuple[floa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(prog="python prepare/bench_prepare.py",
+                                description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--size_mb", type=float, default=200, help="size of the generated corpus")
     parser.add_argument("--corpus", default=None, help="use this text file instead of generating one")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads for prepare/text.py")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="threads for prepare/text.py (default: all cores)")
     args = parser.parse_args(argv)
     if not os.environ.get("TIKTOKEN_CACHE_DIR") and (REPO_ROOT.parent / "shared" / "tiktoken_cache").is_dir():
         os.environ["TIKTOKEN_CACHE_DIR"] = str(REPO_ROOT.parent / "shared" / "tiktoken_cache")

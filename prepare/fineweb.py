@@ -17,12 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse
 import itertools
 
 import cli
 from cli import UserError
-from prepare.text import prepare_dataset, print_summary
+from prepare.text import HelpFormatter, prepare_dataset, print_summary
 
 
 def _load_stream(dataset: str, config: str | None, split: str):
@@ -58,8 +57,8 @@ def documents(stream, text_field: str, max_documents: int | None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(prog="python prepare/fineweb.py", description=__doc__.strip().splitlines()[0],
+                                formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="HuggingFaceFW/fineweb", help="Hugging Face dataset name")
     parser.add_argument("--config", default="sample-10BT", help="dataset configuration ('' for none)")
     parser.add_argument("--split", default="train", help="dataset split to stream")

@@ -15,12 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse
 import sysconfig
 
 import cli
 from cli import UserError
-from prepare.text import prepare_dataset, print_summary
+from prepare.text import HelpFormatter, prepare_dataset, print_summary
 from tokenizer import KINDS
 
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -39,8 +38,8 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(prog="python prepare/python_stdlib.py",
+                                description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--out_dir", default="data/python_stdlib", help="output folder (relative to the current folder)")
     parser.add_argument("--tokenizer", choices=KINDS, default="byte", help="byte, char or gpt2 (BPE)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the files for val.bin")

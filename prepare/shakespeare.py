@@ -21,7 +21,7 @@ from prepare.shakespeare_char import run
 
 
 def main(argv=None):
-    return run(argv, "gpt2", "data/shakespeare", __doc__)
+    return run(argv, "gpt2", "data/shakespeare", __doc__, "shakespeare.py")
 
 
 if __name__ == "__main__":

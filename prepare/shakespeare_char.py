@@ -15,17 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse
-import os
-import tempfile
-import urllib.error
-import urllib.request
-
 import cli
 from cli import UserError
-from prepare.text import prepare_dataset, print_summary
-
-URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+from prepare.shared import SHAKESPEARE_URL as URL
+from prepare.shared import download
+from prepare.text import HelpFormatter, prepare_dataset, print_summary
 
 
 def fetch(out_dir: Path, url: str = URL, timeout: float = 20.0) -> Path:
@@ -33,29 +27,14 @@ def fetch(out_dir: Path, url: str = URL, timeout: float = 20.0) -> Path:
     cached = out_dir / "input.txt"
     if cached.is_file() and cached.stat().st_size > 0:
         return cached
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {url}")
-    fd, tmp = tempfile.mkstemp(prefix=".input-", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
-            while block := response.read(1 << 20):
-                f.write(block)
-        os.replace(tmp, cached)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise UserError(
-            f"could not download tiny Shakespeare ({reason}); without network pass the text with "
-            "--input PATH, e.g. --input ../shared/data/tinyshakespeare.txt"
-        ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    download(url, cached, timeout, hint="without network pass the text with --input PATH, "
+                                        "e.g. --input ../shared/data/tinyshakespeare.txt")
     return cached
 
 
-def run(argv, tokenizer: str, default_out: str, doc: str):
-    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def run(argv, tokenizer: str, default_out: str, doc: str, script: str):
+    parser = cli.ArgumentParser(prog=f"python prepare/{script}", description=doc.strip().splitlines()[0],
+                                formatter_class=HelpFormatter)
     parser.add_argument("--input", default=None, help="a local copy of tinyshakespeare input.txt (no download)")
     parser.add_argument("--out_dir", default=default_out, help="output folder (relative to the current folder)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the tokens (the tail) for val.bin")
@@ -77,7 +56,7 @@ def run(argv, tokenizer: str, default_out: str, doc: str):
 
 
 def main(argv=None):
-    return run(argv, "char", "data/shakespeare_char", __doc__)
+    return run(argv, "char", "data/shakespeare_char", __doc__, "shakespeare_char.py")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
     python prepare/text.py --input notes/ --out_dir data/notes --tokenizer char
     python prepare/text.py --input 'corpus/**/*.jsonl.gz' --out_dir data/corpus --tokenizer gpt2
 
+The default tokenizer, gpt2 (GPT-2 BPE), needs tiktoken's r50k_base file: tiktoken downloads it once
+into its cache; offline, set TIKTOKEN_CACHE_DIR to a folder holding it (`python prepare/shared.py`
+makes one while online), or use --tokenizer char or byte, which need no file.
+
 What it reads
   * files, folders (walked recursively, hidden files and the output folder skipped, `--include '*.md'`
     filters names) and
@@ -558,24 +562,38 @@ def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, to
 # command line
 
 
-def main(argv=None):
-    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help for the prepare scripts: the description as written, and each option's default said once.
 
+    "(default: X)" is added to an option's help unless the help already says what the default is
+    ("default: all cores"), the default is None (the help says what happens without the option),
+    or the option is a flag (store_true: its default is always off).
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.nargs == 0 or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def main(argv=None):
     parser = cli.ArgumentParser(  # bad flags: one line, not usage
-        prog="python prepare/text.py", description=__doc__, formatter_class=Formatter)
+        prog="python prepare/text.py", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files, folders (recursive) or glob patterns ('**' for any depth); .jsonl and .gz understood")
     parser.add_argument("--out_dir", required=True, help="folder for train.bin, val.bin and meta.json")
     parser.add_argument("--tokenizer", choices=KINDS, default="gpt2",
-                        help="char: distinct characters; byte: UTF-8 bytes; gpt2: tiktoken BPE with <|endoftext|> after each document")
+                        help="char: distinct characters; byte: UTF-8 bytes; gpt2: tiktoken BPE with <|endoftext|> after "
+                             "each document (needs tiktoken's r50k_base file: downloaded once, or TIKTOKEN_CACHE_DIR)")
     parser.add_argument("--val_fraction", type=float, default=0.1,
                         help="share of documents for val.bin (share of the token stream's tail when there are few documents)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation documents")
     parser.add_argument("--include", default=None, metavar="GLOB",
                         help="only files in input folders whose name (or path below the folder) matches, e.g. '*.txt'")
     parser.add_argument("--text_field", default="text", help="the JSON field holding the text in .jsonl files")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizer threads (the output does not depend on it)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="tokenizer threads (default: all cores; the output does not depend on it)")
     parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
                         help="undecodable (non-UTF-8) bytes: strict stops naming the file; replace substitutes U+FFFD")
     parser.add_argument("--max_tokens", type=int, default=None, help="stop at the first document end after this many tokens")

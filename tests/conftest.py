@@ -1,7 +1,8 @@
 """Shared test fixtures: paths, a character-level Shakespeare dataset, and a script runner.
 
-The corpus and the GPT-2 vocabulary come from ../shared beside the checkout (as in CI); nothing is
-downloaded. Datasets are written with the same format the prepare scripts produce.
+The corpus and the GPT-2 vocabulary come from ../shared beside the checkout (as in CI; `python
+prepare/shared.py` makes that folder while online); nothing is downloaded. Datasets are written with
+the same format the prepare scripts produce.
 """
 
 import json
@@ -49,7 +50,8 @@ def write_char_dataset(out_dir: Path, text: str, val_fraction: float = 0.1) -> d
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
     if not SHAKESPEARE.is_file():
-        pytest.skip(f"corpus not found at {SHAKESPEARE} (expected ../shared beside the checkout)")
+        pytest.skip(f"corpus not found at {SHAKESPEARE} (expected ../shared beside the checkout; "
+                    "`python prepare/shared.py` fills it while online)")
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 

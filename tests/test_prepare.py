@@ -3,6 +3,7 @@ and the corpus scripts (shakespeare_char, shakespeare, python_stdlib, fineweb) o
 """
 
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -31,17 +32,20 @@ META_KEYS = {"format_version", "tokenizer", "vocab_size", "dtype", "train_tokens
              "documents", "source"}
 
 
+MAKE_SHARED = "`python prepare/shared.py` fills it while online"
+
+
 @pytest.fixture
 def gpt2_cache(monkeypatch):
     if not TIKTOKEN_CACHE.is_dir():
-        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE}")
+        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE}; {MAKE_SHARED}")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
 
 @pytest.fixture(scope="module")
 def shakespeare() -> str:
     if not SHAKESPEARE.is_file():
-        pytest.skip(f"corpus not found at {SHAKESPEARE}")
+        pytest.skip(f"corpus not found at {SHAKESPEARE}; {MAKE_SHARED}")
     return SHAKESPEARE.read_text(encoding="utf-8")
 
 
@@ -458,3 +462,115 @@ def test_fineweb_streams_documents(tmp_path, monkeypatch, gpt2_cache):
     meta = fineweb.main(["--out_dir", str(tmp_path / "fw"), "--max_documents", "4000", "--val_fraction", "0.01"])
     assert meta["documents"]["train"] + meta["documents"]["val"] == 4000
     assert meta["documents"]["val"] > 10
+
+
+# ---------------------------------------------------------------------------------------------
+# --help of every prepare script
+
+
+PREPARE_SCRIPTS = sorted(p.name for p in (REPO_ROOT / "prepare").glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("script", PREPARE_SCRIPTS)
+def test_help_states_each_default_once(script):
+    proc = run(f"prepare/{script}", "--help")
+    assert proc.returncode == 0, proc.stderr
+    # one entry per option: a line "  -x, --name ..." and its wrapped continuation lines
+    entries = []
+    for line in proc.stdout.split("\noptions:\n", 1)[1].splitlines():
+        if line.startswith("  -"):
+            entries.append(line)
+        elif entries:
+            entries[-1] += line
+    assert len(entries) > 2
+    for entry in entries:
+        entry = " ".join(entry.split())  # argparse wraps lines anywhere, "(default:" included
+        assert entry.count("default:") <= 1, entry  # not "(default: all cores) (default: None)"
+        assert "(default: None)" not in entry and "(default: False)" not in entry, entry
+    assert proc.stdout.startswith(f"usage: python prepare/{script}")  # as one runs it, for the error hints
+
+
+def test_bad_flags_are_one_line_errors():
+    for script in ("shakespeare_char.py", "python_stdlib.py", "fineweb.py", "shared.py"):
+        assert_one_line_error(run(f"prepare/{script}", "--nope"), "--nope", f"python prepare/{script} --help")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2 BPE offline, and prepare/shared.py (the folder the tests read), without the network
+
+# Proxies that refuse every connection: a child process that tries to download fails at once.
+NO_NETWORK = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                                         "http_proxy", "https_proxy", "all_proxy")}
+NO_NETWORK.update(NO_PROXY="", no_proxy="")
+R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"  # tiktoken_ext/openai_public.py
+R50K_NAME = hashlib.sha1(R50K_URL.encode()).hexdigest()  # tiktoken's cache key: the SHA-1 of the URL
+
+
+def test_gpt2_prepare_offline_says_how_to_get_the_file(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n")
+    env = dict(NO_NETWORK, TIKTOKEN_CACHE_DIR=str(tmp_path / "empty_cache"))
+    proc = run("prepare/text.py", "--input", str(tmp_path / "a.txt"), "--out_dir", str(tmp_path / "out"), env=env)
+    assert_one_line_error(proc, "r50k_base", "python prepare/shared.py", "TIKTOKEN_CACHE_DIR=", "--tokenizer=byte")
+    assert not (tmp_path / "empty_cache").exists() or not any((tmp_path / "empty_cache").iterdir())
+
+
+def _fake_tiktoken_download(source: Path | None) -> str:
+    """Code that replaces tiktoken's downloader in prepare/shared.py's child: it serves `source`, or fails."""
+    return f"""
+import tiktoken.load
+def read_file(blobpath, source={None if source is None else str(source)!r}):
+    if source is None or blobpath != {R50K_URL!r}:
+        raise ConnectionError("no network in this test: " + blobpath)
+    with open(source, "rb") as f:
+        return f.read()
+tiktoken.load.read_file = read_file
+"""
+
+
+def test_shared_folder_is_filled_and_then_found(tmp_path, monkeypatch, capsys, shakespeare, gpt2_cache):
+    """Files in tiktoken's layout, fetched by tiktoken itself (its download replaced by a local copy)."""
+    from prepare import shared
+
+    child = shared.TIKTOKEN_CHILD
+    monkeypatch.setattr(shared, "TIKTOKEN_CHILD", _fake_tiktoken_download(TIKTOKEN_CACHE / R50K_NAME) + child)
+    to = tmp_path / "shared"
+    shared.main(["--to", str(to), "--url", SHAKESPEARE.as_uri()])
+    layout = sorted(p.relative_to(to).as_posix() for p in to.rglob("*"))
+    assert layout == ["data", "data/tinyshakespeare.txt", "tiktoken_cache", f"tiktoken_cache/{R50K_NAME}"]
+    assert (to / "data" / "tinyshakespeare.txt").read_bytes() == SHAKESPEARE.read_bytes()
+    assert f"export TIKTOKEN_CACHE_DIR={to / 'tiktoken_cache'}" in capsys.readouterr().out
+
+    # GPT-2 BPE loads from the new folder with no network
+    import tiktoken.load
+    import tiktoken.registry
+    from tokenizer import GPT2Tokenizer
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(to / "tiktoken_cache"))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(tiktoken.load, "read_file", lambda blobpath: pytest.fail(f"downloads {blobpath}"))
+    assert GPT2Tokenizer().encode("Hello world") == [15496, 995]
+
+    # a second run finds both files: nothing is downloaded (both sources now fail), nothing changes
+    monkeypatch.setattr(shared, "TIKTOKEN_CHILD", _fake_tiktoken_download(None) + child)
+    shared.main(["--to", str(to), "--url", (tmp_path / "nowhere.txt").as_uri()])
+    assert capsys.readouterr().out.count("already there") == 2
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*")) == layout
+
+
+def test_shared_offline_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from prepare import shared
+
+    to = tmp_path / "shared"
+    proc = run("prepare/shared.py", "--to", str(to), "--url", (tmp_path / "missing.txt").as_uri(), env=NO_NETWORK)
+    assert_one_line_error(proc, "could not download", "missing.txt", "network")
+    assert not (to / "data" / "tinyshakespeare.txt").exists()
+
+    # tiktoken's download fails: the text already there is kept, no cache file nor temporary folder stays
+    (to / "data").mkdir(parents=True, exist_ok=True)
+    (to / "data" / "tinyshakespeare.txt").write_text("First Citizen:\n")
+    monkeypatch.setattr(shared, "TIKTOKEN_CHILD", _fake_tiktoken_download(None) + shared.TIKTOKEN_CHILD)
+    with pytest.raises(UserError) as err:
+        shared.main(["--to", str(to), "--url", (tmp_path / "missing.txt").as_uri()])
+    msg = str(err.value)
+    assert "r50k_base" in msg and "network" in msg and "\n" not in msg
+    assert sorted(p.relative_to(to).as_posix() for p in to.rglob("*")) == ["data", "data/tinyshakespeare.txt"]

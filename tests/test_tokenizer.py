@@ -2,6 +2,7 @@
 
 import json
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +26,23 @@ TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "tiktoken_cache"
 @pytest.fixture
 def gpt2_cache(monkeypatch):
     if not TIKTOKEN_CACHE.is_dir():
-        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE} (expected ../shared beside the checkout)")
+        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE} (expected ../shared beside the checkout; "
+                    "`python prepare/shared.py` fills it while online)")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
 
 @pytest.fixture
 def no_network(monkeypatch):
+    """No download can happen: sockets refuse, and so does tiktoken's own downloader."""
+    import tiktoken.load
+
     def refuse(*args, **kwargs):
         raise OSError("network disabled by the test")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(tiktoken.load, "read_file", refuse)
 
 
 def test_char_round_trip():
@@ -110,6 +116,7 @@ def test_gpt2_lone_surrogate_does_not_crash(gpt2_cache):
 
 
 def test_gpt2_without_cache_or_network(tmp_path, monkeypatch, no_network):
+    """The error says what is missing, where it was looked for, and every way to get it or do without it."""
     import tiktoken.registry
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache
@@ -117,7 +124,24 @@ def test_gpt2_without_cache_or_network(tmp_path, monkeypatch, no_network):
     with pytest.raises(UserError) as err:
         build_tokenizer("gpt2")
     msg = str(err.value)
-    assert "TIKTOKEN_CACHE_DIR" in msg and "network" in msg and "\n" not in msg
+    assert "\n" not in msg
+    assert "r50k_base" in msg and f"TIKTOKEN_CACHE_DIR={tmp_path}" in msg  # what is missing, and where
+    assert "python prepare/shared.py" in msg and "online" in msg  # how to get it
+    assert f"TIKTOKEN_CACHE_DIR={REPO_ROOT.parent / 'shared' / 'tiktoken_cache'}" in msg  # where that puts it
+    assert "--tokenizer=byte" in msg and "--tokenizer=char" in msg  # how to prepare data without it
+    assert list(tmp_path.iterdir()) == []  # nothing was fetched
+
+
+def test_gpt2_error_names_tiktokens_default_cache(tmp_path, monkeypatch, no_network):
+    import tiktoken.registry
+
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("DATA_GYM_CACHE_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tiktoken's default cache: an empty tmp/data-gym-cache
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    with pytest.raises(UserError) as err:
+        build_tokenizer("gpt2")
+    assert f"{tmp_path / 'data-gym-cache'} (TIKTOKEN_CACHE_DIR is not set)" in str(err.value)
 
 
 def test_unknown_kind_names_the_choices():
