@@ -50,7 +50,7 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         choices = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-                   "mlp": ("gelu", "relu2", "swiglu")}
+                   "mlp": ("gelu", "gelu_exact", "relu2", "swiglu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -197,6 +197,8 @@ class MLP(nn.Module):
         h = self.c_fc(x)
         if self.kind == "gelu":
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+        elif self.kind == "gelu_exact":
+            h = F.gelu(h)  # erf GELU, as nanoGPT's nn.GELU()
         elif self.kind == "relu2":
             h = F.relu(h).square()
         else:
