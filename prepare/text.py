@@ -215,6 +215,21 @@ def _memory_documents(make_documents, progress: _Progress):
         yield iter((doc,))
 
 
+def iter_documents(inputs, include: str | None = None, text_field: str = "text", errors: str = "strict"):
+    """The text of each document `prepare_dataset` would read from `inputs`, in its order, empties skipped.
+
+    For eval.py, which scores text as prepared: a file is one document, as is each line of a .jsonl
+    file; .gz is decompressed; bad input is a one-line UserError, as in prepare_dataset.
+    """
+    if errors not in ("strict", "replace"):
+        raise UserError(f"--errors must be strict or replace, got {errors!r}")
+    files = expand_inputs(inputs, include)
+    for chunks in _file_documents(files, text_field, errors, _Progress(0, False, "")):
+        text = "".join(chunks)
+        if text:
+            yield text
+
+
 # ----------------------------------------------------------------------------------------------
 # cutting documents into pieces
 
