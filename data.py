@@ -9,6 +9,7 @@ its own seeded generator, whose state goes into checkpoints for exact resume. Th
 memory-mapped afresh for every batch, so pages read for old batches are not kept mapped.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,9 @@ CHECKOUT = Path(__file__).resolve().parent  # the prepare scripts write data/<na
 
 def is_dataset_name(dataset: str) -> bool:
     """A bare name ("shakespeare_char"), not a path ("data/x", "./x", "/abs/x", "~/x", "..")."""
-    path = Path(dataset)
-    return len(path.parts) == 1 and not path.is_absolute() and dataset not in (".", "..") \
-        and not dataset.startswith("~")
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    return (bool(dataset) and not any(sep in dataset for sep in separators) and dataset not in (".", "..")
+            and not dataset.startswith("~"))
 
 
 def dataset_candidates(dataset: str) -> list[Path]:
@@ -62,9 +63,9 @@ def find_dataset(dataset: str) -> Path:
     prepare = ("prepare one with python prepare/text.py --input FILES --out_dir DIR, "
                "or python prepare/shakespeare_char.py")
     if len(candidates) == 1:
-        folder = candidates[0]
+        folder = candidates[0]  # (named below as the user wrote it)
         why = "holds no meta.json (nor nanoGPT's train.bin + val.bin)" if folder.is_dir() else "is not a folder"
-        raise UserError(f"dataset {dataset!r} not found: {folder} {why} ({prepare})")
+        raise UserError(f"dataset {dataset!r} not found: {dataset} {why} ({prepare})")
     places = ", ".join(str(c) for c in candidates[:-1]) + f" or {candidates[-1]}"
     raise UserError(f"dataset {dataset!r} not found: no meta.json (nor nanoGPT's train.bin + val.bin) in "
                     f"{places} ({prepare})")
