@@ -200,7 +200,7 @@ def describe_vocabulary(meta: dict) -> str:
     """One phrase saying which tokenizer a converted meta dict stands for and where it came from."""
     if meta["tokenizer"] == "char":
         return f"char vocabulary of {meta['vocab_size']} from {meta['source'].removeprefix('nanoGPT ')}"
-    return f"{meta['tokenizer']} tokens ({meta['source']})"
+    return meta["source"]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -239,12 +239,24 @@ def _run_paths(path) -> tuple[Path, Path]:
     return ckpt_file, ckpt_file.parent
 
 
+def _unique(paths: list[Path]) -> list[Path]:
+    """paths without the ones that name a folder already listed (however spelled), in order."""
+    seen, out = set(), []
+    for path in paths:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
+
+
 def _hint_meta(hint: str, run_dir: Path, cwd: Path, rows: int) -> tuple[dict | None, list[str]]:
     """The vocabulary an explicit dataset folder (or meta.pkl, or dataset name) gives; places tried."""
     given = Path(hint)
     candidates = [given]
     if not given.is_absolute() and len(given.parts) == 1:  # a dataset name: where nanoGPT keeps those
         candidates += [cwd / "data" / hint, run_dir.parent / "data" / hint]
+    candidates = _unique(candidates)
     for place in candidates:
         if place.is_file():
             return read_meta_pkl(place), [str(place)]
@@ -255,7 +267,7 @@ def _hint_meta(hint: str, run_dir: Path, cwd: Path, rows: int) -> tuple[dict | N
         if is_nanogpt_data_folder(place):  # nanoGPT's GPT-2 BPE data: no meta.pkl by design
             return (gpt2_meta(place, f"nanoGPT data folder {place} without meta.pkl: GPT-2 BPE")
                     if rows >= GPT2_VOCAB else None), [str(place)]
-    places = ", ".join(map(str, dict.fromkeys(candidates)))
+    places = ", ".join(map(str, candidates))
     raise UserError(f"dataset {hint!r} not found: no meta.pkl, meta.json or train.bin + val.bin in {places}; "
                     f"pass --dataset=FOLDER holding the meta.pkl of the data the model was trained on")
 
@@ -277,8 +289,7 @@ def find_vocabulary(ckpt: dict, path, dataset_hint=None, cwd=None) -> dict:
         config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
         dataset = config.get("dataset")
         if isinstance(dataset, str) and dataset:
-            for place in dict.fromkeys([cwd / "data" / dataset / "meta.pkl",
-                                        run_dir.parent / "data" / dataset / "meta.pkl"]):
+            for place in _unique([cwd / "data" / dataset / "meta.pkl", run_dir.parent / "data" / dataset / "meta.pkl"]):
                 tried.append(str(place.parent))
                 if place.is_file():
                     meta = read_meta_pkl(place)
