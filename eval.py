@@ -104,7 +104,7 @@ def score_tokens(model, tokens, block_size: int, context: int, batch_size: int, 
     the model's own (its forward with targets, unscored targets set to -1), so whatever the model
     does to its logits (soft-capping, padded vocabularies) is what is scored.
     """
-    tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)  # (N,)
+    tokens = np.asarray(tokens)  # (N,); a memory-mapped split stays mapped, windows are read as needed
     device = next(model.parameters()).device
     spans = windows(len(tokens), block_size, context)
     autocast = autocast or contextlib.nullcontext()
@@ -117,10 +117,11 @@ def score_tokens(model, tokens, block_size: int, context: int, batch_size: int, 
         group = [spans[i]]
         while i + len(group) < len(spans) and len(group) < batch_size and spans[i + len(group)][1] == length:
             group.append(spans[i + len(group)])
-        starts = torch.tensor([s for s, _, _ in group])
-        index = starts[:, None] + torch.arange(length)  # (B, length) positions of the inputs
-        x, y = tokens[index], tokens[index + 1]  # (B, length) each
-        y = y.masked_fill(torch.arange(length)[None, :] < torch.tensor([f for _, _, f in group])[:, None], -1)
+        starts = np.array([s for s, _, _ in group])
+        window = torch.from_numpy(tokens[starts[:, None] + np.arange(length + 1)].astype(np.int64))  # (B, length + 1)
+        x, y = window[:, :-1], window[:, 1:]  # (B, length) each: inputs, next tokens
+        first = torch.tensor([f for _, _, f in group])
+        y = y.masked_fill(torch.arange(length)[None, :] < first[:, None], -1)  # -1: scored by an earlier window
         n = int((y >= 0).sum())
         with autocast:
             _, loss = model(x.to(device), y.to(device))
@@ -152,7 +153,9 @@ def evaluate(model, tokens, byte_lengths, block_size: int, context: int, batch_s
     tokens = np.asarray(tokens)
     nll, n = score_tokens(model, tokens, block_size, context, batch_size, autocast=autocast,
                           show_progress=show_progress)
-    n_bytes = int(byte_lengths[tokens[1:]].sum())  # every token but the first is scored
+    n_bytes = 0  # every token but the first is scored; counted in chunks, a split may be memory-mapped
+    for start in range(1, len(tokens), 1 << 24):
+        n_bytes += int(byte_lengths[tokens[start:start + (1 << 24)]].sum())
     loss = nll / n
     return {"nats_per_token": loss, "bits_per_byte": nll / math.log(2) / n_bytes if n_bytes else None,
             "perplexity": math.exp(loss) if loss < 700 else float("inf"), "tokens": n, "bytes": n_bytes,
@@ -204,9 +207,9 @@ def input_tokens(cfg: EvalConfig, tokenizer) -> tuple[np.ndarray, str]:
 
 
 def dataset_tokens(folder: Path, meta: dict, split: str, max_tokens: int) -> np.ndarray:
-    path = folder / f"{split}.bin"
-    data = np.memmap(path, dtype=meta["dtype"], mode="r")
-    return np.asarray(data[:max_tokens] if max_tokens else data, dtype=np.int64)
+    """The split's tokens, memory-mapped (read as the windows need them), the first max_tokens if given."""
+    data = np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r")
+    return data[:max_tokens] if max_tokens else data
 
 
 def resolve_dtype(name: str, device: torch.device):
