@@ -412,6 +412,20 @@ def _torch_load_safely(ckpt_file: Path, map_location, mmap: bool) -> dict:
         raise UserError(f"checkpoint {ckpt_file} is truncated or corrupt ({first[:120]}); restore it or retrain") from None
 
 
+def run_checkpoint_path(init_from) -> Path | None:
+    """The ckpt.pt that `init_from` names (a checkpoint file, or a run folder holding ckpt.pt), else None.
+
+    For train.py --init_from: a nanoGPT run (or one of ours) to start from, told apart from a
+    Hugging Face folder (config.json + weights, no ckpt.pt) and from names like gpt2 or resume.
+    """
+    path = Path(init_from)
+    if path.is_file() and path.suffix == ".pt":
+        return path
+    if path.is_dir() and (path / "ckpt.pt").is_file():
+        return path / "ckpt.pt"
+    return None
+
+
 def load_any_checkpoint(path, dataset=None, map_location="cpu", mmap: bool = False, cwd=None) -> dict:
     """Our checkpoint, or a nanoGPT run's converted (convert_checkpoint), from a run folder or a file.
 

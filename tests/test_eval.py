@@ -251,3 +251,17 @@ def test_bad_input_is_one_line(char_run, args, fragment, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert info.value.code == 1 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert fragment in err
+
+
+def test_script_output_in_a_log(char_run):
+    """Run as a script with its output piped: the result on stdout, plain lines (no '\\r') on stderr."""
+    from conftest import run_script
+
+    result = run_script("eval.py", f"--out_dir={char_run / 'run'}", f"--input={char_run / 'ok.txt'}",
+                        "--device=cpu", env={"CI": ""})
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1].startswith("scoring: done")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and "nats/token" in lines[1] and "bits/byte" in lines[1] and "perplexity" in lines[1]
+    assert f"{len(TEXT) - 1:,} tokens ({len(TEXT.encode('utf-8')) - len(TEXT[0].encode('utf-8')):,} bytes)" in lines[0]

@@ -231,6 +231,16 @@ def test_vocab_fields_reproduce_the_padded_rows(monkeypatch):
     assert nanogpt.vocab_fields(100, 128)["vocab_multiple"] == 32  # the smallest power of two that fits
 
 
+def test_run_checkpoint_path_tells_runs_from_other_sources(nanogpt_checkout, tmp_path):
+    run = nanogpt_checkout["ckpt"].parent
+    assert nanogpt.run_checkpoint_path(run) == run / "ckpt.pt"
+    assert nanogpt.run_checkpoint_path(run / "ckpt.pt") == run / "ckpt.pt"
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    for other in ("gpt2", "resume", "scratch", tmp_path / "hf", tmp_path / "nothing"):
+        assert nanogpt.run_checkpoint_path(other) is None
+
+
 def test_damaged_model_args_are_one_line(nanogpt_checkout):
     raw = torch.load(nanogpt_checkout["ckpt"], weights_only=True)
     broken = {**raw, "model_args": {k: v for k, v in raw["model_args"].items() if k != "n_head"}}
