@@ -163,13 +163,13 @@ def _time_unit(seconds: float) -> tuple[float, str]:
 
 def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     """A matplotlib Figure of the runs (see the module docstring); UserError for unreadable runs."""
+    run_dirs = [run_folder(d) for d in run_dirs]
+    runs = [read_metrics(d) for d in run_dirs]  # bad run folders are reported first, matplotlib or not
     require_matplotlib()
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    run_dirs = [run_folder(d) for d in run_dirs]
-    runs = [read_metrics(d) for d in run_dirs]
     labels = [_label(name, options) for name, options in
               zip(run_names(run_dirs), differing_options([read_config(d) for d in run_dirs]))]
     max_seconds = max((s for records in runs for s in _series(records, "elapsed_s", "iter")[0]), default=0.0)
