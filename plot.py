@@ -15,6 +15,7 @@ train.py keeps <out_dir>/loss.png up to date with `save_loss_plot(out_dir)`, whi
 Needs matplotlib: pip install -e ".[plot]". Tests: python -m pytest tests/test_plot.py -q
 """
 
+import argparse
 import json
 import math
 import os
@@ -283,7 +284,7 @@ def save_loss_plot(run_dir) -> Path | None:
 
 def main(argv=None) -> Path:
     parser = cli.ArgumentParser(prog="python plot.py", description=__doc__,
-                                formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holding metrics.jsonl)")
     parser.add_argument("--out", default="runs.png", help="the PNG file to write (default: runs.png)")
     parser.add_argument("--title", default=None, help="the figure's title (default: the run name, or 'N runs')")
