@@ -151,11 +151,33 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
-    """Load a checkpoint written by save_checkpoint; any problem becomes a one-line UserError.
+def load_checkpoint(path, map_location="cpu", mmap: bool = False, dataset=None, cwd=None) -> dict:
+    """Load a checkpoint (a run folder or the file); any problem becomes a one-line UserError.
 
+    Ours are upgraded to the current format; nanoGPT's (recognised by their model_args) are
+    converted to it by nanogpt.convert_checkpoint, which finds their vocabulary (dataset: a folder
+    holding nanoGPT's meta.pkl; cwd: where nanoGPT's sample.py would look for data/).
     mmap=True maps the file instead of reading it: tensors are read from disk when first used, so
     parts never used (the optimizer state, when sampling) cost nothing.
+    """
+    state = read_archive(path, map_location, mmap)
+    path = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
+    if isinstance(state, dict) and "model_args" in state and "model_config" not in state:
+        import nanogpt  # only for nanoGPT's checkpoints
+
+        return nanogpt.convert_checkpoint(state, path, dataset, cwd)
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a checkpoint written by train.py or nanoGPT (no model weights)")
+    state = upgrade(state, path)
+    if "model_config" not in state:
+        raise UserError(f"{path} is not a checkpoint written by train.py (no model_config)")
+    return state
+
+
+def read_archive(path, map_location="cpu", mmap: bool = False):
+    """torch.load(weights_only=True) of a checkpoint file, after checking the archive and its CRCs.
+
+    Pickled code or classes are refused (and never run); a damaged file is a one-line UserError.
     """
     path = Path(path)
     if path.is_dir():
@@ -172,25 +194,19 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> dict:
         raise UserError(f"checkpoint {path} is corrupt ({damaged} fails its CRC check); "
                         f"restore it from a backup or retrain")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's message is a paragraph; keep its line naming the refused object
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         named = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
         detail = (named or lines or ["unsupported content"])[0]
         raise UserError(f"refused to load {path}: it holds pickled code or objects, not only tensors and "
-                        f"plain data ({detail[:160]}); only load checkpoints written by train.py") from None
+                        f"plain data ({detail[:160]}); nothing in it was run: only load checkpoints from train.py or nanoGPT") from None
     except Exception as e:  # a damaged archive fails in many ways (RuntimeError, EOFError, KeyError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         first = first.split(". This is an internal")[0]  # drop miniz's boilerplate
         raise UserError(f"checkpoint {path} is truncated or corrupt ({first[:120]}); "
                         f"restore it from a backup or retrain") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path} is not a checkpoint written by train.py (no model weights)")
-    state = upgrade(state, path)
-    if "model_config" not in state:
-        raise UserError(f"{path} is not a checkpoint written by train.py (no model_config)")
-    return state
 
 
 def _weights_error(path, error: Exception) -> UserError:
@@ -226,11 +242,12 @@ def model_from_checkpoint(ckpt: dict, path, **config_changes):
         raise _weights_error(path, e) from None
 
 
-def load_model(path, device="cpu"):
+def load_model(path, device="cpu", dataset=None):
     """(model in eval mode on device, checkpoint dict) for sampling, evaluation or export.
 
-    The file is memory-mapped, so the optimizer state, which these never read, costs nothing.
+    Ours or nanoGPT's (dataset: see load_checkpoint). The file is memory-mapped, so the optimizer
+    state, which these never read, costs nothing.
     """
-    ckpt = load_checkpoint(path, map_location="cpu", mmap=True)
+    ckpt = load_checkpoint(path, map_location="cpu", mmap=True, dataset=dataset)
     model = model_from_checkpoint(ckpt, path)
     return model.to(device).eval(), ckpt

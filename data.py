@@ -1,35 +1,89 @@
 """Random token windows from a prepared dataset folder (train.bin, val.bin, meta.json).
 
-`find_dataset` resolves the `dataset` key (a folder, or a name under data/) and checks that the
-files agree with meta.json. `BatchSampler` draws (B, T) input/target windows at random offsets with
+`find_dataset` resolves the `dataset` key: a path means that folder; a name means the folder of that
+name, or data/<name>, under the current folder, else data/<name> in this checkout (see
+`dataset_candidates`). `load_dataset` checks that the files agree with meta.json; a nanoGPT data
+folder (train.bin, val.bin and maybe meta.pkl, no meta.json) is read too, saying which tokenizer it
+assumed (nanogpt.py). `BatchSampler` draws (B, T) input/target windows at random offsets with
 its own seeded generator, whose state goes into checkpoints for exact resume. The token file is
 memory-mapped afresh for every batch, so pages read for old batches are not kept mapped.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cli import UserError
+from nanogpt import is_nanogpt_data_folder, nanogpt_data_meta
 from tokenizer import read_meta
 
 SPLITS = ("train", "val")
+CHECKOUT = Path(__file__).resolve().parent  # the prepare scripts write data/<name> under the folder they run in
+
+
+def is_dataset_name(dataset: str) -> bool:
+    """A bare name ("shakespeare_char"), not a path ("data/x", "./x", "/abs/x", "~/x", "..")."""
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    return (bool(dataset) and not any(sep in dataset for sep in separators) and dataset not in (".", "..")
+            and not dataset.startswith("~"))
+
+
+def dataset_candidates(dataset: str) -> list[Path]:
+    """The folders `dataset` may mean, in lookup order, without repeats.
+
+    A path means that folder only. A name means, in order: ./<name>, ./data/<name> (where
+    prepare/shakespeare_char.py and the others write by default when run in the current folder),
+    then <checkout>/data/<name>, so `python /path/to/checkout/train.py` run from another folder
+    finds what the prepare scripts wrote inside the checkout.
+    """
+    path = Path(dataset).expanduser()
+    if not is_dataset_name(dataset):
+        return [path]
+    candidates, seen = [], set()
+    for candidate in (path, Path("data") / dataset, CHECKOUT / "data" / dataset):
+        key = candidate.resolve()
+        if key not in seen:
+            seen.add(key)
+            candidates.append(candidate)
+    return candidates
+
+
+def _is_dataset_folder(folder: Path) -> bool:
+    return (folder / "meta.json").is_file() or is_nanogpt_data_folder(folder)
 
 
 def find_dataset(dataset: str) -> Path:
-    """The folder holding meta.json for `dataset`: the path itself, or data/<dataset>."""
-    for candidate in (Path(dataset), Path("data") / dataset):
-        if (candidate / "meta.json").is_file():
+    """The first of `dataset_candidates` holding meta.json (or nanoGPT's train.bin + val.bin)."""
+    candidates = dataset_candidates(dataset)
+    for candidate in candidates:
+        if _is_dataset_folder(candidate):
             return candidate
-    raise UserError(f"dataset {dataset!r} not found: no meta.json in {dataset} or data/{dataset} "
-                    f"(prepare one with python prepare/text.py --input FILES --out_dir DIR, "
-                    f"or python prepare/shakespeare_char.py)")
+    prepare = ("prepare one with python prepare/text.py --input FILES --out_dir DIR, "
+               "or python prepare/shakespeare_char.py")
+    if len(candidates) == 1:
+        folder = candidates[0]  # (named below as the user wrote it)
+        why = "holds no meta.json (nor nanoGPT's train.bin + val.bin)" if folder.is_dir() else "is not a folder"
+        raise UserError(f"dataset {dataset!r} not found: {dataset} {why} ({prepare})")
+    places = ", ".join(str(c) for c in candidates[:-1]) + f" or {candidates[-1]}"
+    raise UserError(f"dataset {dataset!r} not found: no meta.json (nor nanoGPT's train.bin + val.bin) in "
+                    f"{places} ({prepare})")
 
 
-def load_dataset(dataset: str) -> tuple[Path, dict]:
-    """Resolve and validate a dataset folder; returns (folder, meta)."""
+def load_dataset(dataset: str, log=print) -> tuple[Path, dict]:
+    """Resolve and validate a dataset folder; returns (folder, meta).
+
+    A nanoGPT data folder gets a meta dict built from its meta.pkl (characters) or, without one,
+    for GPT-2 BPE; `log` receives one line saying which (train.py passes its rank-0 print).
+    """
     folder = find_dataset(dataset)
+    if not (folder / "meta.json").is_file():
+        meta = nanogpt_data_meta(folder)
+        assumed = (f"a char vocabulary of {meta['vocab_size']} from its meta.pkl" if meta["tokenizer"] == "char"
+                   else "GPT-2 BPE tokens, since it has no meta.pkl")
+        log(f"dataset {folder} is in nanoGPT's layout (no meta.json): reading {assumed}")
+        return folder, meta
     meta = read_meta(folder)  # also checks each present .bin file's size against meta.json
     for split in SPLITS:
         path = folder / f"{split}.bin"

@@ -91,6 +91,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The precision for sampling and evaluation: resolve_dtype's, except that auto stays float32 on
+    a CPU. There, training's bf16 (autocast, with float32 master weights) is about speed, while a
+    score or a sample should not depend on the CPU it ran on: on CPUs with bf16 units, bf16 logits
+    differ from float32's in the 4th digit and can change sampled tokens. Ask for --dtype=bfloat16
+    to have it anyway. (On GPUs, auto is the same bf16 / float16 as training's.)"""
+    if name == "auto" and device.type == "cpu":
+        return torch.float32
+    return resolve_dtype(name, device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed-precision context for forward passes: matmuls in dtype, reductions in float32."""
     if dtype == torch.float32:

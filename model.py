@@ -212,7 +212,7 @@ class MLP(nn.Module):
         if self.kind == "gelu":
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
         elif self.kind == "gelu_exact":
-            h = F.gelu(h)
+            h = F.gelu(h)  # erf GELU, as nanoGPT's nn.GELU()
         elif self.kind == "relu2":
             h = F.relu(h).square()
         else:

@@ -37,7 +37,7 @@ STARTED = cpu_snapshot()  # how busy the other processes keep the CPU is measure
 import torch  # noqa: E402
 
 from checkpoint import load_model  # noqa: E402
-from device import free_cpu_threads, resolve_device, resolve_dtype  # noqa: E402
+from device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from model import GPT  # noqa: E402
 from tokenizer import tokenizer_from_meta  # noqa: E402
 
@@ -47,7 +47,9 @@ REPLACEMENT_CHAR = "\ufffd"  # what decoding puts where a UTF-8 character is cut
 
 @dataclass
 class SampleConfig:
-    out_dir: str = option("out", "folder holding ckpt.pt (or the checkpoint file itself)")
+    out_dir: str = option("out", "folder holding ckpt.pt (or the checkpoint file itself); ours or nanoGPT's")
+    dataset: str = option("", "for a nanoGPT run: the folder holding its meta.pkl, if not found where nanoGPT "
+                          "looks (data/<dataset>/ here, or beside the run's checkout)")
     init_from: str = option("", "instead of out_dir: gpt2|gpt2-medium|gpt2-large|gpt2-xl (Hugging Face "
                             "hub) or a folder in the Hugging Face GPT-2 layout; GPT-2 BPE tokenizer")
     start: str = option("\n", "prompt text, or FILE:path to read the prompt from a file")
@@ -61,7 +63,7 @@ class SampleConfig:
     stream: bool = option(True, "with one sample, print the text token by token as it is generated")
     seed: int = option(1337, "random seed: the same seed gives the same samples")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
+    dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU: device.inference_dtype), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
     use_cache: bool = option(True, "use the key/value cache (false: recompute the context each token)")
     threads: int = option(0, "CPU threads; 0: one per core not kept busy by other processes (measured while "
@@ -82,16 +84,6 @@ def validate(cfg: SampleConfig) -> None:
         raise UserError(f"bad value for top_k: {cfg.top_k} (must be >= 0; 0 disables)")
     if cfg.threads < 0:
         raise UserError(f"bad value for threads: {cfg.threads} (must be >= 0; 0 chooses)")
-
-
-def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype: device.resolve_dtype's policy (the same as training's), except that
-    dtype=auto stays float32 on a CPU. Training autocasts with float32 master weights, so only its
-    matmuls run in bf16; sampling would store the weights in bf16, and then its tokens differ from
-    float32's (tests/test_sampling.py checks cached decoding against recompute in float32)."""
-    if name == "auto" and device.type == "cpu":
-        return torch.float32
-    return resolve_dtype(name, device)
 
 
 def read_prompt(start: str) -> str:
@@ -215,8 +207,10 @@ def main(argv: list[str]) -> None:
         model = hf.load_pretrained(cfg.init_from).to(device).eval()
         ckpt = {"meta": {"tokenizer": "gpt2"}}
     else:
-        model, ckpt = load_model(cfg.out_dir, device)
-    model = model.to(sampling_dtype(cfg.dtype, device))
+        model, ckpt = load_model(cfg.out_dir, device, dataset=cfg.dataset or None)
+        if "nanogpt_vocabulary" in ckpt:
+            print(f"{cfg.out_dir} is a nanoGPT run: {ckpt['nanogpt_vocabulary']}", file=sys.stderr)
+    model = model.to(inference_dtype(cfg.dtype, device))
     meta = ckpt.get("meta") or {}
     tokenizer = tokenizer_from_meta(meta)
     eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None

@@ -181,6 +181,13 @@ def build_tokenizer(kind: str, vocab: list[str] | None = None):
     raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
 
 
+def same_vocabulary(a: dict, b: dict) -> bool:
+    """Whether two meta dicts (a dataset's, a checkpoint's) give token ids the same meaning."""
+    if a.get("tokenizer") != b.get("tokenizer"):
+        return False
+    return a.get("tokenizer") != "char" or a.get("vocab") == b.get("vocab")
+
+
 def tokenizer_from_meta(meta: dict):
     """The tokenizer a dataset was prepared with, from its meta.json dict."""
     kind = meta.get("tokenizer")

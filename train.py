@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +39,17 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import CHECKPOINT_NAME, build_checkpoint, load_checkpoint, load_weights, rng_state, save_checkpoint
+from checkpoint import (CHECKPOINT_NAME, build_checkpoint, load_checkpoint, load_weights, model_from_checkpoint,
+                        rng_state, save_checkpoint)
 from cli import UserError, build_config, config_from_dict, option, option_group, read_overrides, run_main
 from data import BatchSampler, load_dataset
 from device import (autocast, cpu_has_bf16_units, enable_tf32, measure_matmul_flops, peak_flops, resolve_device,
                     resolve_dtype)
 from model import GPT, GPTConfig
+import plot
 from optim import build_optimizer, set_learning_rate
+from progress import PlainProgress, progress as progress_bar
+from tokenizer import same_vocabulary
 
 
 @dataclass
@@ -164,9 +169,13 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
 
 def adopt_pretrained_shape(cfg: TrainConfig, given: dict) -> TrainConfig:
     """cfg with the model of the pretrained weights init_from names (block_size may be lowered)."""
-    import hf  # optional dependencies, needed only for pretrained weights
+    run_ckpt = run_checkpoint_path(cfg.init_from)
+    if run_ckpt is not None:  # a run folder or ckpt.pt: ours, or nanoGPT's
+        shape = GPTConfig(**load_checkpoint(run_ckpt, mmap=True, dataset=cfg.dataset)["model_config"])
+    else:
+        import hf  # optional dependencies, needed only for Hugging Face weights
 
-    shape = hf.pretrained_config(cfg.init_from)
+        shape = hf.pretrained_config(cfg.init_from)
     block_size = given.get("block_size", shape.block_size)
     if block_size > shape.block_size:
         raise UserError(f"block_size {block_size} exceeds the {shape.block_size} positions of {cfg.init_from}; "
@@ -329,7 +338,7 @@ class Run:
 
 def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None) -> Run:
     """Data, model, optimizer and progress: fresh, from pretrained weights, or restored from ckpt."""
-    data_dir, meta = load_dataset(cfg.dataset)
+    data_dir, meta = load_dataset(cfg.dataset, log=print0)
     block_size = cfg.model.block_size
     train_data = BatchSampler(data_dir / "train.bin", meta["dtype"], block_size, cfg.seed, procs.device)
     val_data = BatchSampler(data_dir / "val.bin", meta["dtype"], block_size, cfg.seed + 1, procs.device)
@@ -363,7 +372,10 @@ def make_model(cfg: TrainConfig, meta: dict, ckpt: dict | None) -> tuple[GPT, st
         return model, ckpt.get("pretrained_from")
     if cfg.init_from == "scratch":
         return GPT(dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])), None
-    import hf  # optional dependencies, needed only for pretrained weights
+    run_ckpt = run_checkpoint_path(cfg.init_from)
+    if run_ckpt is not None:
+        return weights_of_run(cfg, meta, run_ckpt), str(run_ckpt)
+    import hf  # optional dependencies, needed only for Hugging Face weights
 
     if meta["tokenizer"] != "gpt2":
         raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, but {cfg.dataset} "
@@ -376,6 +388,29 @@ def make_model(cfg: TrainConfig, meta: dict, ckpt: dict | None) -> tuple[GPT, st
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} token ids but {cfg.init_from} knows only "
                         f"{model.config.vocab_size}; use a dataset prepared with the gpt2 tokenizer")
     return model, cfg.init_from
+
+
+def run_checkpoint_path(init_from: str) -> Path | None:
+    """The ckpt.pt that init_from names (the file, or a run folder holding one), else None."""
+    path = Path(init_from)
+    if path.is_file() and path.suffix == ".pt":
+        return path
+    return path / CHECKPOINT_NAME if (path / CHECKPOINT_NAME).is_file() else None
+
+
+def weights_of_run(cfg: TrainConfig, meta: dict, path: Path) -> GPT:
+    """The model of another run's checkpoint (ours or nanoGPT's), to train on: a fresh optimizer."""
+    ckpt = load_checkpoint(path, dataset=cfg.dataset)
+    if not same_vocabulary(ckpt["meta"], meta):
+        theirs = ckpt["meta"]
+        raise UserError(f"init_from={cfg.init_from} was trained on the {theirs.get('tokenizer')} tokenizer (vocab "
+                        f"{theirs.get('vocab_size')}), dataset {cfg.dataset} on {meta['tokenizer']} (vocab "
+                        f"{meta['vocab_size']}); prepare the data with the run's tokenizer")
+    model = model_from_checkpoint(ckpt, path, dropout=cfg.model.dropout)
+    if cfg.model.block_size < model.config.block_size:
+        model.crop_block_size(cfg.model.block_size)
+    print0(f"init_from={cfg.init_from}: weights of {path} (iteration {ckpt.get('iter_num', '?')}), fresh optimizer")
+    return model
 
 
 def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
@@ -493,7 +528,7 @@ def evaluate(run: Run, stop: "StopRequest") -> dict | None:
     """
     cfg, procs = run.cfg, run.procs
     run.eval_model.eval()
-    losses, progress = {}, EvalProgress(2 * len(range(procs.rank, cfg.eval_iters, procs.world_size)))
+    losses, bar = {}, EvalProgress(2 * len(range(procs.rank, cfg.eval_iters, procs.world_size)))
     try:
         for split, sampler in (("train", run.train_data), ("val", run.val_data)):
             eval_rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))  # the same batches every time
@@ -507,12 +542,12 @@ def evaluate(run: Run, stop: "StopRequest") -> dict | None:
                 with autocast(procs.device, procs.dtype):
                     _, loss = run.eval_model(x, y)
                 total += loss.float()
-                progress.advance(split)
+                bar.advance()
             if procs.ddp:
                 dist.all_reduce(total)
             losses[split] = total.item() / cfg.eval_iters
     finally:
-        progress.close()
+        bar.close()
         run.eval_model.train()
     return losses
 
@@ -527,27 +562,22 @@ def stop_agreed(run: Run, requested: bool) -> bool:
 
 
 class EvalProgress:
-    """Evaluation progress for people watching: a bar on a terminal, a plain line every 10 s in a log."""
+    """Evaluation progress on stdout, beside the training lines: a bar on a terminal; in a log, a
+    plain line every 10 s (and a closing one) only when an evaluation takes that long."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.started, self.last_line = total, 0, time.time(), time.time()
         self.bar = None
-        if int(os.environ.get("RANK", "0")) == 0 and sys.stderr.isatty():
-            from tqdm import tqdm
+        if int(os.environ.get("RANK", "0")) == 0:
+            self.bar = progress_bar(total, desc="eval", unit="batch", file=sys.stdout)
 
-            self.bar = tqdm(total=total, desc="eval", leave=False)
-
-    def advance(self, split: str) -> None:
-        self.done += 1
+    def advance(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
-        elif time.time() - self.last_line >= 10 and self.done < self.total:
-            self.last_line = time.time()
-            rate = self.done / (self.last_line - self.started)
-            print0(f"  eval: {self.done}/{self.total} batches ({split}), {(self.total - self.done) / rate:.0f}s left")
 
     def close(self) -> None:
-        if self.bar is not None:
+        if isinstance(self.bar, PlainProgress) and self.bar.last == self.bar.start:
+            self.bar.abandon()  # a short evaluation: its result line says enough
+        elif self.bar is not None:
             self.bar.close()
 
 
@@ -589,10 +619,14 @@ class RunFolder:
 
     LOCK_NAME = ".lock"
 
+    PLOT_EVERY_S = 30.0  # loss.png is redrawn at most this often while training, and at the end
+
     def __init__(self, out_dir: str, master: bool, cfg: TrainConfig, read_only: bool = False):
         self.path, self.master, self.cfg, self.read_only = Path(out_dir), master, cfg, read_only
         self.lock_fd = None
         self.logger = NullLogger()
+        self.plotter: threading.Thread | None = None  # draws loss.png beside the training
+        self.plotted_at, self.unplotted = 0.0, False
 
     def __enter__(self):
         if self.path.exists() and not self.path.is_dir():
@@ -626,6 +660,10 @@ class RunFolder:
 
     def __exit__(self, *exc):
         self.logger.finish()
+        if self.plotter is not None:
+            self.plotter.join()
+        if self.unplotted:  # the last evaluations, drawn before the lock is let go
+            plot.save_loss_plot(self.path)
         if self.lock_fd is not None:
             os.close(self.lock_fd)  # releases the lock
             self.lock_fd = None
@@ -660,6 +698,14 @@ class RunFolder:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.log({"train/loss": record["train_loss"], "val/loss": record["val_loss"], "lr": record["lr"]}, step)
+        self.unplotted = True
+        busy = self.plotter is not None and self.plotter.is_alive()
+        if not busy and time.time() - self.plotted_at >= self.PLOT_EVERY_S:
+            # out_dir/loss.png (when matplotlib is installed), drawn in a thread: about a second of
+            # work that the training need not wait for; save_loss_plot never raises
+            self.plotted_at, self.unplotted = time.time(), False
+            self.plotter = threading.Thread(target=plot.save_loss_plot, args=(self.path,), daemon=True)
+            self.plotter.start()
 
     def log(self, metrics: dict, step: int) -> None:
         if self.master:

@@ -31,7 +31,8 @@ What it writes (see tokenizer.py for the meta.json keys)
 
 How it runs
   * streaming: files are read in chunks and tokens written as they come, so memory stays at tens
-    of MB whatever the corpus size (tqdm shows progress in input bytes). The char tokenizer reads
+    of MB whatever the corpus size. Progress is counted in input bytes: a bar on a terminal, a
+    plain line every few seconds when the output goes to a log (progress.py). The char tokenizer reads
     the input twice: once to collect its vocabulary, once to encode.
   * parallel: documents are cut into ~1 MB pieces tokenized by `--workers` threads (tiktoken and
     numpy release the GIL). gpt2 pieces are cut only after a line break that has non-space text on
@@ -65,6 +66,7 @@ import numpy as np
 
 import cli
 from cli import UserError
+from progress import progress as progress_report
 from tokenizer import KINDS, META_FORMAT_VERSION, build_tokenizer, token_dtype
 
 PIECE_CHARS = 1 << 20  # characters per tokenization task (a document is cut into pieces this big)
@@ -133,22 +135,19 @@ def _is_jsonl(path: Path) -> bool:
 
 
 class _Progress:
-    """Counts input bytes (compressed bytes for .gz) into a tqdm bar, or nowhere."""
+    """Counts input bytes (compressed bytes for .gz): a bar on a terminal, plain lines in a log, or nowhere."""
 
     def __init__(self, total: int, enabled: bool, desc: str):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, leave=False)
+        self.bar = progress_report(total or None, desc, "B", unit_scale=True) if enabled else None
 
     def add(self, n: int):
         if self.bar is not None and n:
             self.bar.update(n)
 
-    def close(self):
+    def close(self, failed: bool = False):
+        """Finish the report; after a failure without a last "done" line (the error line follows)."""
         if self.bar is not None:
-            self.bar.close()
+            getattr(self.bar, "abandon", self.bar.close)() if failed else self.bar.close()
 
 
 @contextlib.contextmanager
@@ -218,6 +217,21 @@ def _memory_documents(make_documents, progress: _Progress):
             raise UserError(f"documents must be strings, got {type(doc).__name__}")
         progress.add(len(doc))
         yield iter((doc,))
+
+
+def iter_documents(inputs, include: str | None = None, text_field: str = "text", errors: str = "strict"):
+    """The text of each document `prepare_dataset` would read from `inputs`, in its order, empties skipped.
+
+    For eval.py, which scores text as prepared: a file is one document, as is each line of a .jsonl
+    file; .gz is decompressed; bad input is a one-line UserError, as in prepare_dataset.
+    """
+    if errors not in ("strict", "replace"):
+        raise UserError(f"--errors must be strict or replace, got {errors!r}")
+    files = expand_inputs(inputs, include)
+    for chunks in _file_documents(files, text_field, errors, _Progress(0, False, "")):
+        text = "".join(chunks)
+        if text:
+            yield text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,8 +406,10 @@ def prepare_dataset(
         bar = _Progress(total_bytes, progress, "vocabulary")
         try:
             vocab = _collect_vocab(documents(bar))
-        finally:
-            bar.close()
+        except BaseException:
+            bar.close(failed=True)
+            raise
+        bar.close()
         if not vocab:
             raise UserError("the input holds no text; check --input (empty files are skipped)")
     tok = build_tokenizer(tokenizer, vocab)
@@ -503,10 +519,13 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
             submit(task)
         while pending:
             drain_one()
+    except BaseException:
+        bar.close(failed=True)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        bar.close()  # (a no-op after a failure)
         for f in files.values():
             f.close()
     # (n_docs counts documents read; after a max_tokens stop fewer were written)

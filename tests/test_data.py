@@ -1,6 +1,7 @@
 """The memory-mapped batch loader and dataset checks."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,47 @@ def test_files_that_disagree_with_meta(tmp_path):
     folder = write_tokens(tmp_path / "d", np.zeros(500), np.zeros(50), train_tokens=400)
     with pytest.raises(UserError, match="holds 1000 bytes but meta.json says 400 uint16 tokens; the folder's files disagree"):
         load_dataset(str(folder))
+
+
+# ----------------------------------------------------------------------------- finding a dataset
+
+def test_missing_dataset_path_is_named_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        load_dataset("data/nosuch")
+    message = str(info.value)
+    assert "data/nosuch is not a folder" in message and "data/data" not in message
+
+
+def test_dataset_name_resolves_in_the_checkout_from_elsewhere(tmp_path, monkeypatch):
+    import data
+
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_tokens(checkout / "data" / "mine", np.arange(100) % 256, np.arange(20) % 256, vocab_size=256)
+    monkeypatch.setattr(data, "CHECKOUT", checkout)
+    monkeypatch.chdir(elsewhere)
+    folder, meta = load_dataset("mine")
+    assert folder == checkout / "data" / "mine" and meta["train_tokens"] == 100
+    # the current folder comes first: ./data/<name> (where the prepare scripts write by default) wins
+    write_tokens(elsewhere / "data" / "mine", np.arange(30) % 256, np.arange(20) % 256, vocab_size=256)
+    folder, meta = load_dataset("mine")
+    assert folder == Path("data") / "mine" and meta["train_tokens"] == 30
+    # a path is only that path, never looked up in the checkout
+    with pytest.raises(UserError, match="dataset './mine' not found: ./mine is not a folder"):
+        load_dataset("./mine")
+
+
+def test_missing_dataset_name_lists_every_place_tried(tmp_path, monkeypatch):
+    import data
+
+    monkeypatch.setattr(data, "CHECKOUT", tmp_path / "checkout")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        load_dataset("nosuch")
+    message = str(info.value)
+    assert "\n" not in message and "prepare/text.py" in message
+    for place in ("nosuch", "data/nosuch", str(tmp_path / "checkout" / "data" / "nosuch")):
+        assert place in message
+    assert data.dataset_candidates("nosuch") == [Path("nosuch"), Path("data") / "nosuch",
+                                                 tmp_path / "checkout" / "data" / "nosuch"]

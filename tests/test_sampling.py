@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sample
-from checkpoint import build_checkpoint, save_checkpoint
+from checkpoint import build_checkpoint, load_model, save_checkpoint
 from cli import UserError
 from conftest import REPO_ROOT, TIKTOKEN_CACHE, run_script
 from model import GPT, GPTConfig, KVCache
@@ -345,9 +345,9 @@ def test_generate_text_streams_as_tokens_arrive():
 
 def test_load_model_rebuilds_the_saved_model_exactly(tmp_path):
     for variant in VARIANTS.values():
-        model = tiny(seed=3, **variant)
+        model = tiny(**{"seed": 3, **variant})
         save_like_train(model, char_meta(), tmp_path)
-        loaded, _ = sample.load_model(str(tmp_path), torch.device("cpu"))
+        loaded, _ = load_model(str(tmp_path), torch.device("cpu"))
         idx = torch.randint(0, len(VOCAB), (2, 20))
         assert torch.equal(loaded(idx, idx)[0], model(idx, idx)[0])
         if model.config.tie_embeddings:
@@ -371,7 +371,7 @@ def test_cli_same_seed_same_text_other_seed_other_text(char_ckpt):
 
 def test_cli_stop_text_ends_the_sample(char_ckpt):
     tok = CharTokenizer(VOCAB)
-    model, _ = sample.load_model(str(char_ckpt), torch.device("cpu"))
+    model, _ = load_model(str(char_ckpt), torch.device("cpu"))
     cfg = sample.SampleConfig(max_new_tokens=60, temperature=0)
     (greedy,) = sample.generate_text(model, tok, tok.encode("ROMEO:"), cfg)
     stop = greedy[10:13]

@@ -1,0 +1,279 @@
+"""A model's loss on any text: nats per token, bits per byte and perplexity.
+
+    python eval.py --out_dir=out-shakespeare-char --input=notes/              # files, folders, globs
+    python eval.py --out_dir=out-shakespeare-char --dataset=shakespeare_char --split=val
+    python eval.py --init_from=gpt2 --input=book.txt --json                  # OpenAI's GPT-2 (Hugging Face)
+    python eval.py --out_dir=../nanoGPT/out-shakespeare-char --input=book.txt  # a nanoGPT run
+    python eval.py --help
+
+The model: one of our checkpoints or a nanoGPT run (--out_dir; a nanoGPT run's meta.pkl is found
+where nanoGPT's sample.py finds it, or give --dataset=FOLDER holding it), or GPT-2 in the Hugging
+Face layout (--init_from=gpt2|gpt2-medium|gpt2-large|gpt2-xl|FOLDER, needs the .[hf] extra).
+
+The text: --input is read as prepare/text.py reads it (files, folders with --include, globs; .jsonl
+lines and .gz files; each file or .jsonl line one document) and tokenized with the model's tokenizer
+as prepare would (GPT-2 BPE puts <|endoftext|> after each document). Or --dataset with --split: the
+tokens of a prepared dataset folder, ours or nanoGPT's (--max_tokens scores only the first N).
+
+Scoring: the tokens are read in windows of up to block_size tokens (the model's inputs), run as
+batches of --batch_size windows. Each window scores only the tokens that no earlier window scored,
+and each of those sees at least --context tokens before it (default block_size // 2; tokens near the
+start see all there is). Every token but the very first (which has no context) is scored exactly
+once. --context=1 gives disjoint windows (fastest, least context); --context=block_size a sliding
+window of one new token per window, each token seeing the full block_size tokens before it (slowest).
+
+Printed: the mean loss in nats per scored token, bits per byte (total nats / ln 2 / the UTF-8 bytes
+of the text the scored tokens stand for; the <|endoftext|> separator counts no bytes), perplexity
+(e^loss), and the numbers of tokens and bytes scored. --json prints one JSON object instead. A
+progress bar is drawn on a terminal only (plain lines in a log, see progress.py).
+"""
+
+import contextlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import checkpoint
+from cli import UserError, option, parse_config, run_main
+from device import inference_dtype, resolve_device
+from progress import progress
+from tokenizer import same_vocabulary, tokenizer_from_meta
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = option("out", "run folder holding ckpt.pt (ours or nanoGPT's), or the checkpoint file")
+    init_from: str = option("", "instead of out_dir: gpt2|gpt2-medium|gpt2-large|gpt2-xl (Hugging Face hub) "
+                            "or a folder in the Hugging Face GPT-2 layout")
+    input: str = option("", "text to score: a file, a folder (recursive) or a glob pattern (quote it)")
+    include: str = option("", "with a folder --input: only files whose name matches this glob, e.g. '*.md'")
+    text_field: str = option("text", "the JSON field holding the text in .jsonl files")
+    errors: str = option("strict", "undecodable bytes: strict stops naming the file; replace substitutes U+FFFD",
+                         ["strict", "replace"])
+    dataset: str = option("", "a prepared dataset folder or name to score (with --split); for a nanoGPT run "
+                          "also where its meta.pkl is")
+    split: str = option("val", "which token file of --dataset to score", ["train", "val"])
+    max_tokens: int = option(0, "score only the first this many tokens of the text (0: all)")
+    block_size: int = option(0, "window length in tokens (0: the model's block_size)")
+    context: int = option(0, "tokens of context each scored token sees at least (0: block_size // 2)")
+    batch_size: int = option(8, "windows per forward pass (lower it if memory runs short)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
+                        ["auto", "float32", "bfloat16", "float16"])
+    json: bool = option(False, "print one JSON object instead of text")
+
+
+def note(text: str) -> None:
+    """Side remarks go to stderr, so that stdout holds only the result (--json stays parseable)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def windows(n_tokens: int, block_size: int, context: int) -> list[tuple[int, int, int]]:
+    """The windows that score a stream of n_tokens: (start, length, first) each.
+
+    A window's inputs are tokens[start : start + length] (length <= block_size) and its targets
+    tokens[start + 1 : start + length + 1]; it scores the targets from index `first` on, i.e. the
+    positions start + first + 1 .. start + length. Positions 1 .. n_tokens - 1 are each scored once,
+    in order, and a scored position p sees min(p, >= context) tokens before it.
+    """
+    if not 1 <= context <= block_size:
+        raise ValueError(f"context must be in 1..block_size ({block_size}), got {context}")
+    out = []
+    next_pos = 1  # the first position not scored yet; position 0 has no context and is never scored
+    while next_pos < n_tokens:
+        start = max(0, next_pos - context)
+        length = min(block_size, n_tokens - 1 - start)
+        out.append((start, length, next_pos - start - 1))
+        next_pos = start + length + 1
+    return out
+
+
+@torch.inference_mode()
+def score_tokens(model, tokens, block_size: int, context: int, batch_size: int, *, autocast=None,
+                 show_progress: bool = False) -> tuple[float, int]:
+    """(sum of the negative log-likelihoods in nats, number of tokens scored) of a token stream.
+
+    tokens: a 1-D array or tensor of ids. The windows are those of `windows(...)`; windows of the
+    same length run together, batch_size at a time, on the model's device. The loss of each batch is
+    the model's own (its forward with targets, unscored targets set to -1), so whatever the model
+    does to its logits (soft-capping, padded vocabularies) is what is scored.
+    """
+    tokens = np.asarray(tokens)  # (N,); a memory-mapped split stays mapped, windows are read as needed
+    device = next(model.parameters()).device
+    spans = windows(len(tokens), block_size, context)
+    autocast = autocast or contextlib.nullcontext()
+    model.eval()
+    total_nll, n_scored = 0.0, 0
+    bar = progress(len(spans), "scoring", "windows", enabled=show_progress)
+    i = 0
+    while i < len(spans):
+        length = spans[i][1]
+        group = [spans[i]]
+        while i + len(group) < len(spans) and len(group) < batch_size and spans[i + len(group)][1] == length:
+            group.append(spans[i + len(group)])
+        starts = np.array([s for s, _, _ in group])
+        window = torch.from_numpy(tokens[starts[:, None] + np.arange(length + 1)].astype(np.int64))  # (B, length + 1)
+        x, y = window[:, :-1], window[:, 1:]  # (B, length) each: inputs, next tokens
+        first = torch.tensor([f for _, _, f in group])
+        y = y.masked_fill(torch.arange(length)[None, :] < first[:, None], -1)  # -1: scored by an earlier window
+        n = int((y >= 0).sum())
+        with autocast:
+            _, loss = model(x.to(device), y.to(device))
+        total_nll += float(loss) * n  # the model's loss is the mean over the scored targets
+        n_scored += n
+        bar.update(len(group))
+        i += len(group)
+    bar.close()
+    return total_nll, n_scored
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token counts 0."""
+    if tokenizer.kind == "byte":
+        lengths = np.ones(256, dtype=np.int64)
+    elif tokenizer.kind == "char":
+        lengths = np.array([len(c.encode("utf-8", "surrogatepass")) for c in tokenizer.vocab], dtype=np.int64)
+    else:  # GPT-2 BPE: every token is a byte string (a piece of a character, sometimes)
+        enc = tokenizer.enc
+        lengths = np.array([len(enc.decode_single_token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+    if tokenizer.eot_token is not None:
+        lengths[tokenizer.eot_token] = 0  # a separator between documents, not text
+    return lengths
+
+
+def evaluate(model, tokens, byte_lengths, block_size: int, context: int, batch_size: int, *, autocast=None,
+             show_progress: bool = False) -> dict:
+    """Loss in nats per token, bits per byte, perplexity, and the tokens and bytes scored."""
+    tokens = np.asarray(tokens)
+    nll, n = score_tokens(model, tokens, block_size, context, batch_size, autocast=autocast,
+                          show_progress=show_progress)
+    n_bytes = 0  # every token but the first is scored; counted in chunks, a split may be memory-mapped
+    for start in range(1, len(tokens), 1 << 24):
+        n_bytes += int(byte_lengths[tokens[start:start + (1 << 24)]].sum())
+    loss = nll / n
+    return {"nats_per_token": loss, "bits_per_byte": nll / math.log(2) / n_bytes if n_bytes else None,
+            "perplexity": math.exp(loss) if loss < 700 else float("inf"), "tokens": n, "bytes": n_bytes,
+            "total_nats": nll}
+
+
+# ----------------------------------------------------------------------------- model and text
+
+def load_model(cfg: EvalConfig, dataset_folder: Path | None):
+    """(model on the CPU, its tokenizer meta, a name for it) for --init_from or --out_dir."""
+    if cfg.init_from:
+        import hf  # optional dependencies, needed only here
+
+        return hf.load_pretrained(cfg.init_from), {"tokenizer": "gpt2"}, cfg.init_from
+    model, ckpt = checkpoint.load_model(cfg.out_dir, dataset=dataset_folder)
+    if "nanogpt_vocabulary" in ckpt:
+        note(f"{cfg.out_dir} is a nanoGPT run: {ckpt['nanogpt_vocabulary']}")
+    return model, ckpt.get("meta") or {}, cfg.out_dir
+
+
+def input_tokens(cfg: EvalConfig, tokenizer) -> tuple[np.ndarray, str]:
+    """The --input text tokenized as prepare/text.py would (eot after each document for GPT-2)."""
+    from prepare.text import iter_documents
+
+    arrays, n_docs = [], 0
+    eot = np.array([tokenizer.eot_token], dtype=np.int64) if tokenizer.eot_token is not None else None
+    for text in iter_documents([cfg.input], cfg.include or None, cfg.text_field, cfg.errors):
+        try:
+            ids = np.asarray(tokenizer.encode_array(text), dtype=np.int64)
+        except UserError as e:
+            reason = str(e).split(";")[0]
+            raise UserError(f"cannot score {cfg.input} with this model's {tokenizer.kind} vocabulary: {reason}; "
+                            f"a char model scores only text made of the characters it was trained on") from None
+        arrays += [ids, eot] if eot is not None else [ids]
+        n_docs += 1
+        if cfg.max_tokens and sum(len(a) for a in arrays) >= cfg.max_tokens:
+            break
+    if not arrays:
+        raise UserError(f"{cfg.input} holds no text to score (empty files are skipped)")
+    return np.concatenate(arrays), f"{cfg.input} ({n_docs} document{'s' if n_docs != 1 else ''})"
+
+
+def dataset_tokens(folder: Path, meta: dict, split: str, max_tokens: int) -> np.ndarray:
+    """The split's tokens, memory-mapped (read as the windows need them), the first max_tokens if given."""
+    data = np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r")
+    return data[:max_tokens] if max_tokens else data
+
+
+def validate(cfg: EvalConfig) -> None:
+    if not cfg.input and not cfg.dataset:
+        raise UserError("nothing to score: give --input=FILE_OR_FOLDER, or --dataset=FOLDER (with --split)")
+    for name in ("max_tokens", "block_size", "context"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"bad value for {name}: {getattr(cfg, name)} (must be >= 0; 0 picks the default)")
+    if cfg.batch_size < 1:
+        raise UserError(f"bad value for batch_size: {cfg.batch_size} (must be at least 1)")
+    if cfg.init_from in ("scratch", "resume"):
+        raise UserError(f"--init_from={cfg.init_from} has no meaning here: leave it out to score the model in "
+                        f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
+
+
+def main(argv: list[str]) -> dict:
+    cfg = parse_config(EvalConfig, argv, __doc__)
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    dtype = inference_dtype(cfg.dtype, device)
+
+    folder, data_meta = None, None
+    if cfg.dataset:
+        from data import load_dataset
+
+        folder, data_meta = load_dataset(cfg.dataset, log=note)
+    model, model_meta, model_name = load_model(cfg, folder)
+    model = model.to(device).eval()
+
+    if cfg.input:  # --dataset, if given too, only said where a nanoGPT run's vocabulary is
+        tokenizer = tokenizer_from_meta(model_meta)
+        tokens, described = input_tokens(cfg, tokenizer)
+    else:
+        if model_meta.get("tokenizer") and not same_vocabulary(model_meta, data_meta):
+            raise UserError(f"dataset {cfg.dataset} is tokenized with {data_meta['tokenizer']} "
+                            f"(vocab {data_meta['vocab_size']}) but the model {model_name} with "
+                            f"{model_meta['tokenizer']} (vocab {model_meta.get('vocab_size', '?')}); score a dataset "
+                            f"prepared like the model's, or the text itself with --input")
+        tokenizer = tokenizer_from_meta(data_meta)
+        tokens = dataset_tokens(folder, data_meta, cfg.split, cfg.max_tokens)
+        described = f"{folder / (cfg.split + '.bin')}"
+    if cfg.max_tokens:
+        tokens = tokens[:cfg.max_tokens]
+    if len(tokens) < 2:
+        raise UserError(f"{described} is {len(tokens)} token(s) long: nothing to score (the first token has no "
+                        f"context); give more text")
+    if int(tokens.max()) >= model.config.vocab_size:
+        raise UserError(f"{described} has token id {int(tokens.max())} but the model {model_name} knows only "
+                        f"{model.config.vocab_size}; it was not trained on this tokenizer")
+
+    block_size = cfg.block_size or model.config.block_size
+    if block_size > model.config.block_size:
+        raise UserError(f"block_size {block_size} exceeds the model's {model.config.block_size} positions; "
+                        f"use --block_size={model.config.block_size} or less")
+    context = cfg.context or max(1, block_size // 2)
+    if context > block_size:
+        raise UserError(f"bad value for context: {context} (must be 1..block_size, {block_size})")
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None)
+    result = evaluate(model, tokens, token_byte_lengths(tokenizer), block_size, context, cfg.batch_size,
+                      autocast=autocast, show_progress=True)
+    result.update({"model": str(model_name), "text": described, "block_size": block_size, "context": context})
+    if cfg.json:
+        print(json.dumps(result))
+    else:
+        bpb = f"{result['bits_per_byte']:.4f}" if result["bits_per_byte"] is not None else "n/a (no bytes)"
+        print(f"{model_name} on {described}: {result['tokens']:,} tokens ({result['bytes']:,} bytes) scored in "
+              f"windows of {block_size} tokens with at least {context} tokens of context")
+        print(f"loss {result['nats_per_token']:.4f} nats/token, {bpb} bits/byte, "
+              f"perplexity {result['perplexity']:.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
