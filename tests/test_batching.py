@@ -1,0 +1,106 @@
+"""Batches stated in tokens: every shipped config shares its update over 1, 2, 4 or 8 processes.
+
+`tokens_per_update` (or gradient_accumulation_steps x batch_size sequences) is the global batch.
+Each process takes a contiguous share of the same drawn sequences (shares differ by at most one),
+in micro-batches of at most batch_size, and weights each micro-batch's loss by its share of the
+global batch, so the update is the same whatever the number of processes (checked against one
+process with real gloo runs, also for shares of unequal size).
+
+    python -m pytest tests/test_batching.py -q
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from cli import UserError, build_config, read_overrides
+from conftest import REPO_ROOT
+from test_train import TINY, read_metrics
+
+CONFIGS = sorted((REPO_ROOT / "config").glob("*.toml"))
+
+
+def config_of(path, *argv) -> train.TrainConfig:
+    """A shipped config as train.py reads it (without fetching pretrained weights for init_from)."""
+    return build_config(train.TrainConfig, read_overrides(train.TrainConfig, [str(path), *argv]))
+
+
+def processes(rank: int, world: int) -> train.Processes:
+    return train.Processes(rank, rank, world, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_divides_over_1_2_4_8_processes(path, world):
+    cfg = config_of(path)
+    plans = [train.plan_batches(cfg, processes(rank, world)) for rank in range(world)]
+    global_seqs = plans[0].global_seqs
+    assert plans[0].tokens_per_update == global_seqs * cfg.model.block_size
+    assert [(p.start, p.stop) for p in plans] == [(r * global_seqs // world, (r + 1) * global_seqs // world)
+                                                 for r in range(world)]  # contiguous, covering every row
+    shares = [p.stop - p.start for p in plans]
+    assert sum(shares) == global_seqs and max(shares) - min(shares) <= 1
+    for plan, share in zip(plans, shares):
+        assert sum(plan.micro_sizes) == share and max(plan.micro_sizes) <= cfg.batch_size
+    # the weights of all micro-batches of all processes add up to one mean over the global batch
+    # (DDP averages the processes' gradients: each micro-batch counts 1 / (divisor x world))
+    total = sum(1 / (p.loss_divisor(m) * world) for p in plans for m in p.micro_sizes)
+    assert total == pytest.approx(1.0)
+
+
+def test_tokens_per_update_sets_the_batch_and_accumulation():
+    cfg = config_of(CONFIGS[0], "--tokens_per_update=4096", "--block_size=64", "--batch_size=16")
+    plan = train.plan_batches(cfg, processes(0, 1))
+    assert (plan.global_seqs, plan.micro_sizes) == (64, [16, 16, 16, 16])
+    plan = train.plan_batches(cfg, processes(1, 8))  # 8 each: one micro-batch smaller than batch_size
+    assert (plan.start, plan.stop, plan.micro_sizes) == (8, 16, [8])
+
+
+def test_a_batch_that_cannot_be_shared_is_one_line():
+    cfg = config_of(CONFIGS[0], "--tokens_per_update=128", "--block_size=64")
+    with pytest.raises(UserError, match=r"2 sequence\(s\) cannot be shared by 4 processes.*tokens_per_update"):
+        train.plan_batches(cfg, processes(0, 4))
+    with pytest.raises(UserError, match="not a multiple of block_size 64"):
+        train.check_config(config_of(CONFIGS[0], "--tokens_per_update=100", "--block_size=64"))
+
+
+def torchrun(*args, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO_ROOT / "train.py"), *args]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_unequal_shares_under_ddp_match_one_process(small_char_dataset, tmp_path):
+    """3 sequences on 2 gloo processes (1 + 2) give the update of one process with all 3."""
+    common = [f"--dataset={small_char_dataset}", *TINY, "--max_iters=4", "--eval_interval=4",
+              "--tokens_per_update=96", "--batch_size=2"]  # 3 sequences of 32
+    single = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *common, f"--out_dir={tmp_path / 'one'}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    assert "micro-batch(es) of 2+1" in single.stdout
+    ddp = torchrun(*common, f"--out_dir={tmp_path / 'two'}")
+    assert "2 process(es)" in ddp.stdout
+    one, two = load_checkpoint(tmp_path / "one")["model"], load_checkpoint(tmp_path / "two")["model"]
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5)
+    assert read_metrics(tmp_path / "two")[-1]["val_loss"] == pytest.approx(
+        read_metrics(tmp_path / "one")[-1]["val_loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_shipped_gpu_config_runs_unchanged_under_two_processes(small_char_dataset, tmp_path):
+    """config/shakespeare_char.toml's batch arithmetic (64 x 256 tokens) on 2 gloo processes; only
+    the model is made tiny and the run short, so that a CPU test can afford it."""
+    result = torchrun(str(REPO_ROOT / "config" / "shakespeare_char.toml"), f"--dataset={small_char_dataset}",
+                      f"--out_dir={tmp_path / 'run'}", "--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16",
+                      "--max_iters=2", "--eval_interval=2", "--eval_iters=2", "--compile=false")
+    assert "64 sequences x 256 = 16,384" in result.stdout and "per process 32 sequences" in result.stdout
+    assert load_checkpoint(tmp_path / "run")["iter_num"] == 2
