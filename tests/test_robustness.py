@@ -365,6 +365,10 @@ S = "sample"
 P = "prepare"
 
 # (id, script, argv template, a fragment the one-line message must contain); {name} is filled from bad_inputs
+# A GPU that is not there: any CUDA device on a CPU machine (CI), one past the last on a GPU machine.
+MISSING_GPU = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+MISSING_GPU_MESSAGE = "is not there" if torch.cuda.is_available() else "device cuda is not available"
+
 BAD_INPUTS = [
     ("missing dataset", T, ["--dataset={root}/nope"], "not found"),
     ("empty data files", T, ["--dataset={empty_files}"], "holds 0 bytes but meta.json says"),
@@ -381,8 +385,8 @@ BAD_INPUTS = [
     ("block_size 0", T, ["--block_size=0"], "block_size must be at least 1"),
     ("batch_size 0", T, ["--batch_size=0"], "batch_size: 0 (must be at least 1)"),
     ("max_nonfinite_steps 0", T, ["--max_nonfinite_steps=0"], "must be at least 1"),
-    ("device cuda", T, ["--device=cuda"], "device cuda is not available"),
-    ("device cuda:7", T, ["--device=cuda:7"], "cuda:7"),
+    ("device cuda", T, [f"--device={MISSING_GPU}"], MISSING_GPU_MESSAGE),
+    ("device cuda:99", T, ["--device=cuda:99"], "cuda:99"),
     ("device tpu", T, ["--device=tpu"], "unknown device 'tpu'"),
     ("out_dir is a file", T, ["--out_dir={a_file}"], "is a file, not a folder"),
     ("out_dir under a file", T, ["--out_dir={a_file}/run"], "cannot write to out_dir"),
@@ -407,7 +411,7 @@ BAD_INPUTS = [
     ("sample: pickled code", S, ["--out_dir={pickled_code}"], "refused to load"),
     ("sample: prompt file missing", S, ["--out_dir={run}", "--start=FILE:{root}/nope.txt"], "prompt file not found"),
     ("sample: characters not in vocab", S, ["--out_dir={run}", "--start=h\u00e9llo \u20ac"], "not in this char vocabulary"),
-    ("sample: device cuda", S, ["--out_dir={run}", "--device=cuda"], "device cuda is not available"),
+    ("sample: device cuda", S, ["--out_dir={run}", f"--device={MISSING_GPU}"], MISSING_GPU_MESSAGE),
     ("sample: invalid TOML", S, ["{bad_toml}"], "invalid TOML"),
     ("sample: top_p 0", S, ["--out_dir={run}", "--top_p=0"], "top_p"),
     ("prepare: input missing", P, ["--input", "{root}/nope.txt", "--out_dir", "{root}/p"], "input not found"),

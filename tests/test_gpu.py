@@ -1,0 +1,112 @@
+"""The GPU path: mixed-precision training steps, compile, resume and sampling on CUDA, DDP over NCCL.
+
+Every test here needs a CUDA GPU and is skipped, with that reason printed, where there is none (CI
+runs on CPUs). On a GPU machine:
+
+    python -m pytest tests/test_gpu.py -q          # the DDP test also needs 2+ GPUs
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from conftest import REPO_ROOT, run_script
+from device import cuda_has_bf16_units, resolve_dtype
+from model import GPT, GPTConfig
+from test_resume import assert_same_state, comparable, read_metrics, tiny_args
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none found)")
+
+
+def gpu_args(dataset, out_dir, **overrides):
+    return tiny_args(dataset, out_dir, **{"device": "cuda", "dtype": "auto", "compile": "false", **overrides})
+
+
+def test_dtype_auto_picks_bf16_on_ampere_and_newer_else_fp16():
+    expected = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    assert resolve_dtype("auto", torch.device("cuda")) == expected == (
+        torch.bfloat16 if cuda_has_bf16_units(torch.device("cuda")) else torch.float16)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_training_learns(small_char_dataset, tmp_path, dtype):
+    if dtype == "bfloat16" and not cuda_has_bf16_units(torch.device("cuda")):
+        pytest.skip("this GPU has no bf16 tensor cores (compute capability < 8.0)")
+    train.main(gpu_args(small_char_dataset, tmp_path, dtype=dtype, max_iters=30, eval_interval=30,
+                        learning_rate=3e-3, dropout=0.0))
+    metrics = read_metrics(tmp_path)
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.3
+    ckpt = load_checkpoint(tmp_path)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values())  # master weights stay float32
+    if dtype == "float16":  # the gradient scaler ran and is saved for resume
+        assert ckpt["scaler"]["scale"] > 0
+
+
+def test_compiled_training_on_gpu_matches_eager(small_char_dataset, tmp_path):
+    common = dict(max_iters=20, eval_interval=10, dropout=0.0, dtype="float32")
+    train.main(gpu_args(small_char_dataset, tmp_path / "eager", compile="false", **common))
+    train.main(gpu_args(small_char_dataset, tmp_path / "compiled", compile="true", **common))
+    for a, b in zip(read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-3)
+
+
+def test_resume_on_gpu_is_exact(small_char_dataset, tmp_path):
+    """The checkpoint loads on the CPU (RNG states stay CPU tensors); a split run equals one run."""
+    train.main(gpu_args(small_char_dataset, tmp_path / "one", dtype="float32"))
+    train.main(gpu_args(small_char_dataset, tmp_path / "split", dtype="float32", max_iters=10))
+    train.main(gpu_args(small_char_dataset, tmp_path / "split", dtype="float32", init_from="resume", max_iters=20))
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "one")
+    assert_same_state(comparable(load_checkpoint(tmp_path / "split")), comparable(load_checkpoint(tmp_path / "one")))
+    ckpt = load_checkpoint(tmp_path / "split")
+    assert "cuda" in ckpt["rng_per_rank"][0] and ckpt["rng_per_rank"][0]["cuda"].device.type == "cpu"
+
+
+def test_optimizer_step_counts_stay_on_the_cpu_after_resume(small_char_dataset, tmp_path):
+    """Muon/AdamW keep `step` as a CPU tensor: reading it per parameter costs no device sync."""
+    train.main(gpu_args(small_char_dataset, tmp_path, optimizer="muon", max_iters=5))
+    cfg, ckpt = train.load_config(gpu_args(small_char_dataset, tmp_path, optimizer="muon", init_from="resume",
+                                           max_iters=10))
+    run = train.build_run(cfg, train.setup_processes(cfg), ckpt)
+    steps = [s["step"] for s in run.optimizer.state.values() if "step" in s]
+    assert steps and all(s.device.type == "cpu" for s in steps)
+    moments = [s["exp_avg"] for s in run.optimizer.state.values() if "exp_avg" in s]
+    assert moments and all(m.device.type == "cuda" for m in moments)
+
+
+def test_sampling_on_gpu(small_char_dataset, tmp_path):
+    train.main(gpu_args(small_char_dataset, tmp_path, max_iters=5))
+    result = run_script("sample.py", f"--out_dir={tmp_path}", "--device=cuda", "--max_new_tokens=50",
+                        "--start=ROMEO:", "--temperature=0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ROMEO:") and len(result.stdout) > 50
+
+
+def test_kv_cache_matches_recompute_on_gpu():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=65)).cuda().eval()
+    prompt = torch.randint(0, 65, (2, 5), device="cuda")
+    cached = model.generate(prompt, 40, temperature=0)
+    recomputed = model.generate(prompt, 40, temperature=0, use_cache=False)
+    assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 or more CUDA GPUs")
+def test_ddp_over_nccl_matches_one_gpu(small_char_dataset, tmp_path):
+    common = [*gpu_args(small_char_dataset, tmp_path, dtype="float32", dropout=0.0, max_iters=6, eval_interval=6,
+                        gradient_accumulation_steps=2)]
+    common = [a for a in common if not a.startswith("--out_dir=")]
+    one = run_script("train.py", *common, f"--out_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(REPO_ROOT / "train.py"), *common, f"--out_dir={tmp_path / 'two'}"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = load_checkpoint(tmp_path / "one")["model"], load_checkpoint(tmp_path / "two")["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
