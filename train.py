@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -319,10 +320,11 @@ class Run:
     def ckpt_path(self) -> Path:
         return Path(self.cfg.out_dir) / CHECKPOINT_NAME
 
-    def elapsed(self) -> float:
-        """Seconds of this run so far (all processes agree under DDP when a time budget needs it)."""
+    def elapsed(self, agree: bool = False) -> float:
+        """Seconds of this run so far. agree=True (a collective under DDP: every rank calls it) gives
+        every process rank 0's reading when a time budget needs the same LR and last step on all."""
         elapsed = self.elapsed_before + time.time() - self.started_at
-        if self.procs.ddp and self.cfg.max_seconds > 0:  # same LR and same last step on every rank
+        if agree and self.procs.ddp and self.cfg.max_seconds > 0:
             value = torch.tensor(elapsed, dtype=torch.float64, device=self.procs.device)
             dist.broadcast(value, src=0)
             elapsed = value.item()
@@ -414,9 +416,15 @@ def weights_of_run(cfg: TrainConfig, meta: dict, path: Path) -> GPT:
 
 
 def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.compile == "auto":
-        return device.type == "cuda"
-    return cfg.compile == "true"
+    """compile=auto: on GPUs. On CPUs it is asked for in the configs where it measured faster (it
+    costs ~10-30 s of compilation up front); there torch.compile needs a C++ compiler."""
+    wanted = device.type == "cuda" if cfg.compile == "auto" else cfg.compile == "true"
+    if wanted and device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",
+                                                                               "clang++")):
+        print0("compile=true needs a C++ compiler on a CPU and none was found (set CXX or install g++); "
+               "training without torch.compile")
+        return False
+    return wanted
 
 
 def restore(run: Run, ckpt: dict) -> None:
@@ -823,7 +831,7 @@ def train_loop(run: Run, folder: RunFolder, stop: StopRequest) -> None:
     run.started_at = run.last_save_time = time.time()
     first_update = True
     while True:
-        elapsed = run.elapsed()
+        elapsed = run.elapsed(agree=True)
         out_of_time = cfg.max_seconds > 0 and elapsed >= cfg.max_seconds
         finished = run.iter_num >= cfg.max_iters or out_of_time
         lr = learning_rate_at(run.iter_num, cfg, elapsed)
@@ -882,8 +890,9 @@ def log_progress(run: Run, folder: RunFolder, progress: Progress, lr: float) -> 
     dt = (time.time() - progress.window_start) / steps
     progress.step_seconds = dt
     tokens_per_iter = run.plan.tokens_per_update
-    line = (f"iter {run.iter_num}/{cfg.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-            f"{tokens_per_iter / dt:,.0f} tok/s")
+    where = f"{run.iter_num}/{cfg.max_iters}" if cfg.max_seconds <= 0 else \
+        f"{run.iter_num} ({run.elapsed():.0f}/{cfg.max_seconds:g}s)"
+    line = f"iter {where}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tokens_per_iter / dt:,.0f} tok/s"
     peak = peak_flops(procs.device, procs.dtype)
     if peak:  # global FLOPs over the peak of all the devices that did them
         flops = run.raw_model.flops_per_token(cfg.model.block_size) * tokens_per_iter
