@@ -16,6 +16,7 @@ This file imports nothing from the project: copy it alone into another codebase.
 
 import inspect
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -97,17 +98,21 @@ class RMSNorm(nn.Module):
 class Linear(nn.Linear):
     """nn.Linear, plus a faster path for a single row on CPU (the matrix-vector product of decoding).
 
-    torch runs a CPU matrix-vector product on one thread. Viewed as a batch of row blocks of the
-    weight, the same products run as one batched matmul that uses every thread: 1.3x more tokens/s
-    at batch 1 on 2 cores (bench/sample_speed.py). Below ~128K weights the threads cost more than
-    they save. Each output is still one row of W times x, so results match F.linear up to float
-    rounding (tests/test_model.py compares them).
+    On some CPUs torch runs a matrix-vector product on one thread. Viewed as a batch of row blocks of
+    the weight, the same products run as one batched matmul that uses every thread: 1.3x more tokens/s
+    at batch 1 on a 2-core AMD EPYC (bench/sample_speed.py); on a 2-core Intel Xeon, whose BLAS
+    threads it already, the split was 0.87x, so `choose_row_split` times both and sets `row_split`.
+    Below ~128K weights the threads cost more than they save. Each output is still one row of W
+    times x, so results match F.linear up to float rounding (tests/test_model.py compares them).
     """
+
+    row_split = True  # take the one-row path on CPUs (set by choose_row_split)
 
     def forward(self, x):
         # Checked first: torch.compile traces only this line (asking torch for its thread count
         # would break the graph), and the CPU single-row case is all the rest is about.
-        if torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() != x.size(-1):
+        if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() != x.size(-1)
+                or not Linear.row_split):
             return F.linear(x, self.weight, self.bias)
         splits = torch.get_num_threads()
         if splits < 2 or self.weight.numel() < 1 << 17 or self.out_features % splits:
@@ -116,6 +121,21 @@ class Linear(nn.Linear):
         y = torch.bmm(x.reshape(1, 1, -1).expand(splits, 1, -1), blocks.transpose(1, 2))  # (S, 1, out/S)
         y = y.view(x.shape[:-1] + (self.out_features,))
         return y if self.bias is None else y + self.bias
+
+
+@torch.no_grad()
+def choose_row_split(layer: Linear, repeats: int = 50) -> bool:
+    """Time one row through `layer` both ways (on the current threads); keep the faster for all Linears."""
+    x = torch.randn(1, layer.in_features, dtype=layer.weight.dtype)
+    timings = {}
+    for row_split in (True, False, True, False):  # twice each, interleaved; the first rounds warm up
+        Linear.row_split = row_split
+        start = time.perf_counter()
+        for _ in range(repeats):
+            layer(x)
+        timings[row_split] = time.perf_counter() - start
+    Linear.row_split = timings[True] < timings[False]
+    return Linear.row_split
 
 
 def make_norm(config: GPTConfig, ndim: int) -> nn.Module:

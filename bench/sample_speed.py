@@ -15,8 +15,9 @@ depend on what the weights are), then
      next to `python -c "import torch"` for scale (and, with --compare_passive, sample.py with
      OpenMP's threads sleeping between ops instead of spinning).
 Threads are chosen as sample.py chooses them (device.free_cpu_threads: one per core that other
-processes leave free); below the table, batch 1 is also timed with every Linear through plain
-F.linear, and with bfloat16 weights (half the bytes to read per token).
+processes leave free), and the one-row Linear path as sample.py chooses it (model.choose_row_split:
+the row split or plain F.linear, whichever times faster here); below the table, batch 1 is also
+timed with the other path, and with bfloat16 weights (half the bytes to read per token).
 The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
 """
 
@@ -37,7 +38,6 @@ from device import cpu_snapshot, free_cpu_threads  # noqa: E402
 STARTED = cpu_snapshot()  # threads are chosen as sample.py chooses them, from the load measured from here
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import model as model_module  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, build_checkpoint, save_checkpoint  # noqa: E402
@@ -91,14 +91,14 @@ def tokens_per_second(model: GPT, batch: int, use_cache: bool, new_tokens: int) 
     return batch * new_tokens / (time.perf_counter() - start)
 
 
-def plain_linear_tokens_per_second(model: GPT, new_tokens: int) -> float:
-    """Batch 1 with the cache, every Linear through F.linear (torch's one-thread matrix-vector product)."""
-    fast = model_module.Linear.forward
-    model_module.Linear.forward = lambda self, x: F.linear(x, self.weight, self.bias)
+def other_path_tokens_per_second(model: GPT, new_tokens: int) -> float:
+    """Batch 1 with the cache, through the one-row path choose_row_split did not choose."""
+    chosen = model_module.Linear.row_split
+    model_module.Linear.row_split = not chosen
     try:
         return tokens_per_second(model, 1, True, new_tokens)
     finally:
-        model_module.Linear.forward = fast
+        model_module.Linear.row_split = chosen
 
 
 def load_average() -> str:
@@ -118,6 +118,7 @@ def main(argv: list[str]) -> None:
     cfg = parse_config(BenchConfig, argv, __doc__)
     model = bench_model()
     torch.set_num_threads(free_cpu_threads(torch.get_num_threads(), STARTED))  # as sample.py does
+    row_split = model_module.choose_row_split(model.transformer.h[0].mlp.c_fc)  # as sample.py does
     print(f"model: 6 layers, 6 heads, 384 wide, block 512, vocab 65 ({model.num_params() / 1e6:.1f}M params); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_average()}")
     variants = [(batch, use_cache) for batch in (1, 8) for use_cache in (True, False)]
@@ -129,7 +130,7 @@ def main(argv: list[str]) -> None:
     for _ in range(cfg.repeats):
         for batch, use_cache in variants:
             rates[(batch, use_cache)].append(tokens_per_second(model, batch, use_cache, cfg.new_tokens))
-        plain_rates.append(plain_linear_tokens_per_second(model, cfg.new_tokens))
+        plain_rates.append(other_path_tokens_per_second(model, cfg.new_tokens))
         bf16_rates.append(tokens_per_second(model_bf16, 1, True, cfg.new_tokens))
     print(f"\ngenerate: {cfg.new_tokens} new tokens from a 1-token prompt, greedy, median of {cfg.repeats}")
     print("| batch | cache on (tok/s) | cache off (tok/s) | speed-up |")
@@ -138,8 +139,9 @@ def main(argv: list[str]) -> None:
         on, off = statistics.median(rates[(batch, True)]), statistics.median(rates[(batch, False)])
         print(f"| {batch} | {on:,.0f} | {off:,.0f} | {on / off:.1f}x |")
     plain = statistics.median(plain_rates)
-    print(f"batch 1, cache on, with plain F.linear instead of Linear's one-row path: {plain:,.0f} tok/s "
-          f"(the row split is {statistics.median(rates[(1, True)]) / plain:.2f}x)")
+    chosen, other = ("row split", "plain F.linear") if row_split else ("plain F.linear", "row split")
+    print(f"batch 1, cache on: one-row Linear path chosen by timing: {chosen}; with the {other} instead: "
+          f"{plain:,.0f} tok/s (the choice is {statistics.median(rates[(1, True)]) / plain:.2f}x)")
     print(f"batch 1, cache on, bfloat16 weights (sample.py --dtype=bfloat16; not bit-comparable with float32): "
           f"{statistics.median(bf16_rates):,.0f} tok/s")
     print(f"load average {load_average()}")

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+import model
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
@@ -29,6 +31,7 @@ def one_thread_after_each_test():
     """Tests that change torch's thread count (sample.main chooses one) do not leak it."""
     yield
     torch.set_num_threads(1)
+    model.Linear.row_split = True  # sample.main chooses it by timing; later tests expect the default
 
 
 def write_char_dataset(out_dir: Path, text: str, val_fraction: float = 0.1) -> dict:

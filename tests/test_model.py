@@ -142,6 +142,25 @@ def test_one_row_linear_on_several_threads_matches_f_linear(threads, bias, monke
     assert len(bmm_calls) == 3
 
 
+def test_row_split_is_chosen_by_timing_and_can_be_turned_off(monkeypatch):
+    """choose_row_split times both paths and keeps one for every Linear; off, no bmm is called."""
+    from model import choose_row_split
+
+    torch.set_num_threads(2)
+    layer = Linear(256, 600)
+    chosen = choose_row_split(layer, repeats=5)
+    assert isinstance(chosen, bool) and Linear.row_split is chosen
+    Linear.row_split = False
+    bmm_calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or real_bmm(*a))
+    x = torch.randn(1, 256)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias)) and not bmm_calls
+    Linear.row_split = True
+    layer(x)
+    assert bmm_calls == [1]
+
+
 def test_padded_vocabulary_rows_are_never_targets_nor_sampled():
     """65 ids in 128 rows: logits and loss see only the 65; sampling cannot pick a padding row even
     when its weights would make it the likeliest."""
