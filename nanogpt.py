@@ -39,9 +39,10 @@ import pickle
 import pickletools
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 from cli import UserError
-from tokenizer import META_FORMAT_VERSION, read_meta, validate_meta
+from tokenizer import CharTokenizer, make_meta, read_meta, validate_meta
 
 GPT2_VOCAB = 50257  # GPT-2 BPE token ids (r50k_base), <|endoftext|> = 50256 the last
 GPT2_EOT = 50256
@@ -156,18 +157,16 @@ def read_meta_pkl(path) -> dict:
         raise UserError(f"{path}: stoi is not the inverse of itos; the file is damaged; {fix}")
     if vocab_size > 65535:
         raise UserError(f"{path}: {vocab_size} tokens do not fit nanoGPT's uint16 files; {fix}")
-    meta = {"format_version": META_FORMAT_VERSION, "tokenizer": "char", "vocab_size": vocab_size,
-            "dtype": TOKEN_DTYPE, **_token_counts(path.parent), "vocab": vocab, "eot_token": None,
-            "documents": {}, "source": f"nanoGPT meta.pkl ({path})"}
+    meta = make_meta(CharTokenizer(vocab), **_token_counts(path.parent), source=f"nanoGPT meta.pkl ({path})",
+                     dtype=TOKEN_DTYPE)
     return validate_meta(meta, str(path))
 
 
 def gpt2_meta(folder=None, source: str = "GPT-2 BPE, nanoGPT's default (no meta.pkl)") -> dict:
     """Our meta dict for GPT-2 BPE tokens; counts from folder's .bin files when a folder is given."""
     counts = _token_counts(Path(folder)) if folder is not None else {"train_tokens": 0, "val_tokens": 0}
-    meta = {"format_version": META_FORMAT_VERSION, "tokenizer": "gpt2", "vocab_size": GPT2_VOCAB,
-            "dtype": TOKEN_DTYPE, **counts, "eot_token": GPT2_EOT, "documents": {}, "source": source}
-    return validate_meta(meta, source)
+    gpt2 = SimpleNamespace(kind="gpt2", vocab_size=GPT2_VOCAB, eot_token=GPT2_EOT)  # no tiktoken needed
+    return validate_meta(make_meta(gpt2, **counts, source=source, dtype=TOKEN_DTYPE), source)
 
 
 # ----------------------------------------------------------------------------- data folders

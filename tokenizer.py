@@ -200,6 +200,22 @@ def tokenizer_from_meta(meta: dict):
     return tok
 
 
+def make_meta(tokenizer, *, train_tokens: int = 0, val_tokens: int = 0, documents: dict | None = None,
+              source: str = "", dtype: str | None = None) -> dict:
+    """The meta.json dict of a dataset tokenized with `tokenizer` (the one place that writes one).
+
+    dtype: the token files' dtype, by default the smallest that fits (token_dtype); `vocab` is
+    stored for the char tokenizer only, the whole vocabulary in id order.
+    """
+    meta = {"format_version": META_FORMAT_VERSION, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype or token_dtype(tokenizer.vocab_size), "train_tokens": int(train_tokens),
+            "val_tokens": int(val_tokens), "eot_token": tokenizer.eot_token, "documents": documents or {},
+            "source": source}
+    if tokenizer.kind == "char":
+        meta["vocab"] = list(tokenizer.vocab)
+    return meta
+
+
 _META_TYPES = {
     "format_version": int,
     "tokenizer": str,

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import model as model_module  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, build_checkpoint, save_checkpoint  # noqa: E402
+from tokenizer import CharTokenizer, make_meta  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # the 65 distinct characters of tiny Shakespeare, sorted (the vocabulary of shakespeare_char)
@@ -66,9 +67,7 @@ def bench_model() -> GPT:
 
 def char_meta(vocab: list[str]) -> dict:
     """meta.json of a char dataset (as prepare/shakespeare_char.py writes it)."""
-    return {"format_version": 1, "tokenizer": "char", "vocab_size": len(vocab), "dtype": "uint16",
-            "train_tokens": 0, "val_tokens": 0, "vocab": vocab, "eot_token": None,
-            "documents": {"train": 1, "val": 1}, "source": "bench"}
+    return make_meta(CharTokenizer(vocab), source="bench")
 
 
 def write_checkpoint(out_dir: Path, model: GPT, meta: dict) -> Path:

@@ -67,7 +67,7 @@ import numpy as np
 import cli
 from cli import UserError
 from progress import progress as progress_report
-from tokenizer import KINDS, META_FORMAT_VERSION, build_tokenizer, token_dtype
+from tokenizer import KINDS, build_tokenizer, make_meta, token_dtype
 
 PIECE_CHARS = 1 << 20  # characters per tokenization task (a document is cut into pieces this big)
 READ_CHARS = 1 << 20  # characters read from a text file at a time
@@ -422,20 +422,9 @@ def prepare_dataset(
         counts = _tokenize(
             tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress
         )
-        meta = {
-            "format_version": META_FORMAT_VERSION,
-            "tokenizer": tok.kind,
-            "vocab_size": tok.vocab_size,
-            "dtype": dtype.name,
-            "train_tokens": counts["train_tokens"],
-            "val_tokens": counts["val_tokens"],
-            "vocab": vocab,
-            "eot_token": tok.eot_token,
-            "documents": {"train": counts["train_docs"], "val": counts["val_docs"]},
-            "source": describe,
-        }
-        if vocab is None:
-            del meta["vocab"]
+        meta = make_meta(tok, train_tokens=counts["train_tokens"], val_tokens=counts["val_tokens"],
+                         documents={"train": counts["train_docs"], "val": counts["val_docs"]}, source=describe,
+                         dtype=dtype.name)
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
         # Everything is written: move into place, meta.json last (read_meta checks the sizes).
         for name in ("train.bin", "val.bin", "meta.json"):
