@@ -345,7 +345,8 @@ def convert_checkpoint(ckpt: dict, path, dataset_hint=None, cwd=None) -> dict:
     "nanogpt_source", "nanogpt_config", "nanogpt_vocabulary"}; the optimizer state is not carried
     over (its parameter groups are nanoGPT's). Problems are one-line UserErrors.
     """
-    from model import GPTConfig
+    from checkpoint import build_checkpoint
+    from model import GPT, GPTConfig
 
     ckpt_file, _ = _run_paths(path)
     args = ckpt.get("model_args")
@@ -369,14 +370,12 @@ def convert_checkpoint(ckpt: dict, path, dataset_hint=None, cwd=None) -> dict:
         raise UserError(f"{ckpt_file}: model_args describe a model this code cannot build ({e})") from None
     best = ckpt.get("best_val_loss")
     config_dict = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    return {
-        "format_version": 2,  # checkpoint.FORMAT_VERSION: vocab_multiple above gives nanoGPT's rows
-        "model": state,
-        "model_config": dataclasses.asdict(config),
-        "meta": meta,
-        "iter_num": int(ckpt.get("iter_num", 0)),
-        "best_val_loss": float(best) if best is not None else float("inf"),  # nanoGPT saves a 0-d tensor
-        "nanogpt_source": str(ckpt_file),
-        "nanogpt_config": config_dict,
-        "nanogpt_vocabulary": describe_vocabulary(meta),
-    }
+    try:
+        model = GPT.from_state_dict(config, state)
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise UserError(f"{ckpt_file}: its weights do not fit its model_args ({str(e).splitlines()[0][:160]}); "
+                        f"the checkpoint is damaged") from None
+    best = float(best) if best is not None else float("inf")  # nanoGPT saves a 0-d tensor
+    return {**build_checkpoint(model, meta=meta, iter_num=int(ckpt.get("iter_num", 0)), best_val_loss=best),
+            "nanogpt_source": str(ckpt_file), "nanogpt_config": config_dict,
+            "nanogpt_vocabulary": describe_vocabulary(meta)}
