@@ -38,6 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: torch.distributed.nn.functional evaluates
+# `group=group.WORLD` into default arguments at import, and DDP imports it (through torch._dynamo)
+# after init_process_group, which would keep the group alive past destroy_process_group (shutdown).
+import torch.distributed.nn  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (CHECKPOINT_NAME, build_checkpoint, load_checkpoint, load_weights, model_from_checkpoint,
@@ -246,7 +250,15 @@ def setup_processes(cfg: TrainConfig) -> Processes:
 
 
 def shutdown(procs: Processes) -> None:
-    """Leave the process group cleanly (every rank calls it, on success and on error)."""
+    """Leave the process group cleanly (every rank calls it, on success and on error).
+
+    destroy_process_group must drop the last reference to the group, so that gloo's destructor
+    joins its worker threads here and not during interpreter exit: a worker still finishing the
+    last collective then takes the GIL while Python finalizes, is ended by pthread_exit, and the
+    unwind through a noexcept destructor aborts the rank ("terminate called without an active
+    exception"). So the DDP model (its reducer holds the group) is gone before this is called, and
+    torch.distributed.nn is imported before the group exists (see the imports).
+    """
     if procs.ddp and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -271,6 +283,11 @@ class BatchPlan:
     @property
     def tokens_per_update(self) -> int:
         return self.global_seqs * self.block_size
+
+    @property
+    def process_share(self) -> float:
+        """Times a micro-batch's divided loss, its part of this process's mean (1.0 in one process)."""
+        return self.global_seqs / (self.world_size * (self.stop - self.start))
 
     def loss_divisor(self, micro_size: int) -> float:
         """Divide a micro-batch's mean loss by this: DDP averages over processes, so this undoes that."""
@@ -320,11 +337,11 @@ class Run:
     def ckpt_path(self) -> Path:
         return Path(self.cfg.out_dir) / CHECKPOINT_NAME
 
-    def elapsed(self, agree: bool = False) -> float:
-        """Seconds of this run so far. agree=True (a collective under DDP: every rank calls it) gives
-        every process rank 0's reading when a time budget needs the same LR and last step on all."""
+    def elapsed(self, agree: bool = True) -> float:
+        """Seconds of this run so far. Under DDP with a time budget all processes agree (a collective:
+        every rank must call it); agree=False reads this process's own clock (rank 0's ETA)."""
         elapsed = self.elapsed_before + time.time() - self.started_at
-        if agree and self.procs.ddp and self.cfg.max_seconds > 0:
+        if agree and self.procs.ddp and self.cfg.max_seconds > 0:  # same LR and same last step on every rank
             value = torch.tensor(elapsed, dtype=torch.float64, device=self.procs.device)
             dist.broadcast(value, src=0)
             elapsed = value.item()
@@ -480,7 +497,7 @@ def train_step(run: Run, stop: "StopRequest | None" = None, save: bool = False) 
                 _, loss = run.model(x, y)
                 loss = loss / plan.loss_divisor(x.size(0))
             run.scaler.scale(loss).backward()
-        step_loss += loss.detach().float() * plan.world_size  # this process's mean (undo the DDP share)
+        step_loss += loss.detach().float() * plan.process_share  # this process's mean over its rows
     run.draw_batches()
     grad_norm = None
     if run.cfg.grad_clip > 0:
@@ -555,7 +572,7 @@ def evaluate(run: Run, stop: "StopRequest") -> dict | None:
                 dist.all_reduce(total)
             losses[split] = total.item() / cfg.eval_iters
     finally:
-        bar.close()
+        bar.close(finished=len(losses) == 2)  # abandoned (stop or error): no "done" line
         run.eval_model.train()
     return losses
 
@@ -582,9 +599,9 @@ class EvalProgress:
         if self.bar is not None:
             self.bar.update(1)
 
-    def close(self) -> None:
-        if isinstance(self.bar, PlainProgress) and self.bar.last == self.bar.start:
-            self.bar.abandon()  # a short evaluation: its result line says enough
+    def close(self, finished: bool = True) -> None:
+        if isinstance(self.bar, PlainProgress) and (self.bar.last == self.bar.start or not finished):
+            self.bar.abandon()  # a short evaluation: its result line says enough; an abandoned one is not done
         elif self.bar is not None:
             self.bar.close()
 
@@ -601,11 +618,12 @@ def save(run: Run, why: str) -> bool:
     if run.procs.ddp:  # every process's RNG state, in rank order
         states = [None] * run.procs.world_size
         dist.all_gather_object(states, rng_state(run.procs.device))
+    elapsed = run.elapsed()  # on every rank: under DDP with a time budget it is a collective
     if run.procs.master:
         state = build_checkpoint(run.raw_model, meta=run.meta, train_config=dataclasses.asdict(run.cfg),
                                  optimizer=run.optimizer, scaler=run.scaler, iter_num=run.iter_num,
                                  evaluated_at=run.evaluated_at, best_val_loss=run.best_val_loss,
-                                 elapsed_s=run.elapsed(), rng_per_rank=states, sampler=run.sampler_state,
+                                 elapsed_s=elapsed, rng_per_rank=states, sampler=run.sampler_state,
                                  pretrained_from=run.pretrained_from)
         save_checkpoint(state, run.ckpt_path)
         print0(f"saved checkpoint to {run.ckpt_path} (iteration {run.iter_num}, {why})")
@@ -891,7 +909,7 @@ def log_progress(run: Run, folder: RunFolder, progress: Progress, lr: float) -> 
     progress.step_seconds = dt
     tokens_per_iter = run.plan.tokens_per_update
     where = f"{run.iter_num}/{cfg.max_iters}" if cfg.max_seconds <= 0 else \
-        f"{run.iter_num} ({run.elapsed():.0f}/{cfg.max_seconds:g}s)"
+        f"{run.iter_num} ({run.elapsed(agree=False):.0f}/{cfg.max_seconds:g}s)"
     line = f"iter {where}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tokens_per_iter / dt:,.0f} tok/s"
     peak = peak_flops(procs.device, procs.dtype)
     if peak:  # global FLOPs over the peak of all the devices that did them
@@ -905,13 +923,19 @@ def log_progress(run: Run, folder: RunFolder, progress: Progress, lr: float) -> 
 
 
 def time_left(run: Run, progress: Progress) -> float:
-    """Seconds until the run ends: the time budget, or the updates and evaluations still to do."""
-    cfg = run.cfg
-    if cfg.max_seconds > 0:
-        return max(0.0, cfg.max_seconds - run.elapsed())
-    updates = max(0, cfg.max_iters - run.iter_num)
-    evaluations = updates // cfg.eval_interval + 1
-    return updates * progress.step_seconds + evaluations * progress.eval_seconds
+    """Seconds until the run ends: the updates and evaluations still to do, or what is left of the time
+    budget (then the last evaluation) if that ends the run first. Rank 0 only: no collective."""
+    cfg, it = run.cfg, run.iter_num
+    updates = max(0, cfg.max_iters - it)
+    # evaluations at the multiples of eval_interval in [it, max_iters] (the one at `it` is still to come
+    # when the training line is printed), and the last one at max_iters if it is not such a multiple
+    evaluations = max(0, cfg.max_iters // cfg.eval_interval - (it - 1) // cfg.eval_interval) \
+        + (cfg.max_iters % cfg.eval_interval != 0)
+    left = updates * progress.step_seconds + evaluations * progress.eval_seconds
+    if cfg.max_seconds > 0:  # the budget ends the run (with one last evaluation) unless max_iters comes first
+        budget = max(0.0, cfg.max_seconds - run.elapsed(agree=False)) + progress.eval_seconds
+        left = budget if math.isnan(left) else min(left, budget)
+    return left
 
 
 def format_seconds(seconds: float) -> str:
@@ -995,20 +1019,25 @@ def main(argv: list[str], stop: StopRequest | None = None) -> None:
     cfg, ckpt = load_config(argv)
     procs = setup_processes(cfg)
     try:
-        with RunFolder(cfg.out_dir, procs.master, cfg, read_only=cfg.eval_only) as folder:
-            if ckpt is None and not cfg.eval_only:
-                folder.check_fresh_start(cfg.overwrite)
-            run = build_run(cfg, procs, ckpt)
-            del ckpt
-            describe(run)
-            warn_if_slow(run)
-            folder.start(run.cfg, run.evaluated_at, resumed=cfg.init_from == "resume")
-            with stop or StopRequest() as requests:
-                train_loop(run, folder, requests)
-            if not cfg.eval_only:
-                print0(f"done: {run.ckpt_path} holds {run.saved}")
-    finally:
+        run_in_folder(cfg, ckpt, procs, stop or StopRequest())
+    finally:  # the run (its DDP model holds the process group) is gone by now: see shutdown
         shutdown(procs)
+
+
+def run_in_folder(cfg: TrainConfig, ckpt: dict | None, procs: Processes, stop: StopRequest) -> None:
+    """Take the run folder, build the run, train; every reference to the run ends when this returns."""
+    with RunFolder(cfg.out_dir, procs.master, cfg, read_only=cfg.eval_only) as folder:
+        if ckpt is None and not cfg.eval_only:
+            folder.check_fresh_start(cfg.overwrite)
+        run = build_run(cfg, procs, ckpt)
+        del ckpt
+        describe(run)
+        warn_if_slow(run)
+        folder.start(run.cfg, run.evaluated_at, resumed=cfg.init_from == "resume")
+        with stop as requests:
+            train_loop(run, folder, requests)
+        if not cfg.eval_only:
+            print0(f"done: {run.ckpt_path} holds {run.saved}")
 
 
 if __name__ == "__main__":
