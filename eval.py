@@ -170,7 +170,7 @@ def load_model(cfg: EvalConfig, dataset_folder: Path | None):
     if cfg.init_from:
         import hf  # optional dependencies, needed only here
 
-        return hf.load_pretrained(cfg.init_from), {"tokenizer": "gpt2"}, cfg.init_from
+        return hf.load_pretrained(cfg.init_from), hf.pretrained_meta(cfg.init_from), cfg.init_from
     model, ckpt = checkpoint.load_model(cfg.out_dir, dataset=dataset_folder)
     if "nanogpt_vocabulary" in ckpt:
         note(f"{cfg.out_dir} is a nanoGPT run: {ckpt['nanogpt_vocabulary']}")

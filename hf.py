@@ -313,6 +313,21 @@ def pretrained_config(init_from: str, dropout: float = 0.0) -> GPTConfig:
     return gpt_config_from_hf(read_json_config(folder), dropout, where=str(folder / HF_CONFIG_NAME))
 
 
+def pretrained_meta(init_from: str) -> dict:
+    """The tokenizer meta of pretrained weights: a folder exported by `hf.py export` carries its run's
+    (smallgpt_meta.json: a char or byte vocabulary, say); hub names and other folders are GPT-2 BPE."""
+    meta_path = Path(init_from) / "smallgpt_meta.json"
+    if init_from in PRETRAINED or not meta_path.is_file():
+        return {"tokenizer": "gpt2"}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{meta_path} is not readable JSON ({e}); export the folder again") from None
+    if not isinstance(meta, dict) or "tokenizer" not in meta:
+        raise UserError(f"{meta_path} names no tokenizer; export the folder again")
+    return meta
+
+
 def load_pretrained(init_from: str, dropout: float = 0.0) -> GPT:
     """Our GPT (float32, on the CPU) holding a hub GPT-2 or a local Hugging Face GPT-2 folder."""
     folder = resolve_source(init_from)

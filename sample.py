@@ -20,8 +20,9 @@ the prompt, and is not printed). Generation ends as soon as every sample of the 
 
 The same seed gives the same text. The tokenizer comes from the checkpoint itself, so the dataset
 folder is not needed. With --init_from (a GPT-2 hub name or a folder in the Hugging Face GPT-2
-layout, see hf.py) the weights come from there instead of --out_dir, with GPT-2's BPE. This script imports neither train.py nor tiktoken (unless the checkpoint
-uses GPT-2 BPE), to start quickly.
+layout, see hf.py) the weights come from there instead of --out_dir, with GPT-2's BPE (or, for a
+folder that `hf.py export` wrote, its run's tokenizer from smallgpt_meta.json). This script imports
+neither train.py nor tiktoken (unless the checkpoint uses GPT-2 BPE), to start quickly.
 """
 
 import math
@@ -205,7 +206,7 @@ def main(argv: list[str]) -> None:
                             f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
         import hf  # optional dependencies, needed only here
         model = hf.load_pretrained(cfg.init_from).to(device).eval()
-        ckpt = {"meta": {"tokenizer": "gpt2"}}
+        ckpt = {"meta": hf.pretrained_meta(cfg.init_from)}
     else:
         model, ckpt = load_model(cfg.out_dir, device, dataset=cfg.dataset or None)
         if "nanogpt_vocabulary" in ckpt:

@@ -396,16 +396,13 @@ def make_model(cfg: TrainConfig, meta: dict, ckpt: dict | None) -> tuple[GPT, st
         return weights_of_run(cfg, meta, run_ckpt), str(run_ckpt)
     import hf  # optional dependencies, needed only for Hugging Face weights
 
-    if meta["tokenizer"] != "gpt2":
-        raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, but {cfg.dataset} "
-                        f"uses the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "
-                        f"(e.g. python prepare/shakespeare.py)")
+    check_same_vocabulary(cfg, hf.pretrained_meta(cfg.init_from), meta)  # GPT-2 BPE, or an exported run's
     model = hf.load_pretrained(cfg.init_from, dropout=cfg.model.dropout)
     if cfg.model.block_size < model.config.block_size:
         model.crop_block_size(cfg.model.block_size)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} token ids but {cfg.init_from} knows only "
-                        f"{model.config.vocab_size}; use a dataset prepared with the gpt2 tokenizer")
+                        f"{model.config.vocab_size}; use a dataset prepared with its tokenizer")
     return model, cfg.init_from
 
 
@@ -420,16 +417,25 @@ def run_checkpoint_path(init_from: str) -> Path | None:
 def weights_of_run(cfg: TrainConfig, meta: dict, path: Path) -> GPT:
     """The model of another run's checkpoint (ours or nanoGPT's), to train on: a fresh optimizer."""
     ckpt = load_checkpoint(path, dataset=cfg.dataset)
-    if not same_vocabulary(ckpt["meta"], meta):
-        theirs = ckpt["meta"]
-        raise UserError(f"init_from={cfg.init_from} was trained on the {theirs.get('tokenizer')} tokenizer (vocab "
-                        f"{theirs.get('vocab_size')}), dataset {cfg.dataset} on {meta['tokenizer']} (vocab "
-                        f"{meta['vocab_size']}); prepare the data with the run's tokenizer")
+    check_same_vocabulary(cfg, ckpt["meta"], meta)
     model = model_from_checkpoint(ckpt, path, dropout=cfg.model.dropout)
     if cfg.model.block_size < model.config.block_size:
         model.crop_block_size(cfg.model.block_size)
     print0(f"init_from={cfg.init_from}: weights of {path} (iteration {ckpt.get('iter_num', '?')}), fresh optimizer")
     return model
+
+
+def check_same_vocabulary(cfg: TrainConfig, theirs: dict, meta: dict) -> None:
+    """Pretrained weights (init_from) and the dataset must give token ids the same meaning."""
+    if same_vocabulary(theirs, meta):
+        return
+    if theirs.get("tokenizer") == "gpt2":
+        raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, but {cfg.dataset} "
+                        f"uses the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "
+                        f"(e.g. python prepare/shakespeare.py)")
+    raise UserError(f"init_from={cfg.init_from} was trained on the {theirs.get('tokenizer')} tokenizer (vocab "
+                    f"{theirs.get('vocab_size')}), dataset {cfg.dataset} on {meta['tokenizer']} (vocab "
+                    f"{meta['vocab_size']}); prepare the data with the run's tokenizer")
 
 
 def compile_enabled(cfg: TrainConfig, device: torch.device) -> bool:

@@ -108,6 +108,42 @@ def test_load_refuses_mismatched_weights(tmp_path):
 
 # ----------------------------------------------------------------------------- weights out
 
+def test_exported_char_run_keeps_its_vocabulary_for_sample_eval_and_train(tmp_path, small_char_dataset):
+    """A folder `hf.py export` wrote from a char run samples, scores and finetunes with that run's
+    vocabulary (its smallgpt_meta.json), exactly as the run folder itself does, not as GPT-2 BPE."""
+    pytest.importorskip("safetensors", reason="safetensors is not installed (.[hf])")
+    meta = json.loads((small_char_dataset / "meta.json").read_text())
+    ours = random_ours(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=meta["vocab_size"], block_size=32))
+    run_dir = tmp_path / "run"
+    save_checkpoint(build_checkpoint(ours, meta=meta), run_dir / "ckpt.pt")
+    folder = hf.export_checkpoint(str(run_dir), str(tmp_path / "export"))
+    assert hf.pretrained_meta(str(folder)) == meta
+    assert hf.pretrained_meta("gpt2") == {"tokenizer": "gpt2"}
+
+    sample_args = ["--start=ROMEO:", "--max_new_tokens=40", "--seed=3", "--device=cpu"]
+    from_run = run_script("sample.py", f"--out_dir={run_dir}", *sample_args)
+    from_folder = run_script("sample.py", f"--init_from={folder}", *sample_args)
+    assert from_run.returncode == 0 and from_folder.returncode == 0, from_folder.stderr
+    assert from_folder.stdout == from_run.stdout and from_run.stdout.startswith("ROMEO:")
+
+    text = tmp_path / "text.txt"
+    text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    scores = [json.loads(run_script("eval.py", source, f"--input={text}", "--json", "--device=cpu").stdout)
+              for source in (f"--out_dir={run_dir}", f"--init_from={folder}")]
+    assert scores[1]["tokens"] == scores[0]["tokens"] == len(text.read_text()) - 1
+    assert scores[1]["total_nats"] == pytest.approx(scores[0]["total_nats"], rel=1e-5)
+
+    trained = run_script("train.py", f"--init_from={folder}", f"--dataset={small_char_dataset}",
+                         f"--out_dir={tmp_path / 'finetune'}", "--device=cpu", "--dtype=float32", "--max_iters=2",
+                         "--eval_interval=2", "--eval_iters=1", "--batch_size=2", "--compile=false")
+    assert trained.returncode == 0, trained.stderr
+    write_char_dataset(tmp_path / "other", "abcdefghij" * 200)
+    refused = run_script("train.py", f"--init_from={folder}", f"--dataset={tmp_path / 'other'}",
+                         f"--out_dir={tmp_path / 'refused'}", "--device=cpu")
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "was trained on the char tokenizer" in refused.stderr
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_export_loads_in_transformers_with_same_logits_and_greedy_tokens(tmp_path, bias):
     transformers = need_transformers()

@@ -5,6 +5,7 @@
 
 import json
 import math
+import os
 import sys
 
 import pytest
@@ -45,6 +46,9 @@ def test_two_runs_make_a_png(tmp_path):
     assert data.startswith(PNG_MAGIC) and len(data) > 20_000
     height, width, _ = imread(out).shape
     assert width > 800 and height > 500
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file written there, not private (0600)
 
 
 def test_labels_name_the_options_that_differ_flat_or_nested():
