@@ -559,17 +559,21 @@ def evaluate(run: Run, stop: "StopRequest") -> dict | None:
     """
     cfg, procs = run.cfg, run.procs
     run.eval_model.eval()
-    losses, bar = {}, EvalProgress(2 * len(range(procs.rank, cfg.eval_iters, procs.world_size)))
+    mine = range(procs.rank, cfg.eval_iters, procs.world_size)  # this process's batches
+    rounds = -(-cfg.eval_iters // procs.world_size)  # the same on every rank: as many stop checks
+    losses, bar = {}, EvalProgress(2 * len(mine))
     try:
         for split, sampler in (("train", run.train_data), ("val", run.val_data)):
             eval_rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))  # the same batches every time
             offsets = eval_rng.integers(0, sampler.num_tokens - cfg.model.block_size,
                                         size=(cfg.eval_iters, cfg.batch_size))
             total = torch.zeros((), device=procs.device)
-            for k in range(procs.rank, cfg.eval_iters, procs.world_size):
+            for j in range(rounds):
                 if stop_agreed(run, stop.should_stop(run.iter_num)):
                     return None
-                x, y = sampler.batch(offsets[k])
+                if j >= len(mine):  # eval_iters does not divide by the processes: this one has no batch left
+                    continue
+                x, y = sampler.batch(offsets[mine[j]])
                 with autocast(procs.device, procs.dtype):
                     _, loss = run.eval_model(x, y)
                 total += loss.float()
@@ -849,6 +853,9 @@ class Progress:
         self.window_start, self.window_iter = time.time(), iter_num
 
 
+LOG_AT_LEAST_EVERY_S = 60.0  # a training line at least this often, whatever log_interval says
+
+
 def train_loop(run: Run, folder: RunFolder, stop: StopRequest) -> None:
     cfg = run.cfg
     progress = Progress(window_iter=run.iter_num)
@@ -861,13 +868,18 @@ def train_loop(run: Run, folder: RunFolder, stop: StopRequest) -> None:
         lr = learning_rate_at(run.iter_num, cfg, elapsed)
         set_learning_rate(run.optimizer, lr)
         due = run.iter_num % cfg.eval_interval == 0 or finished or cfg.eval_only
-        if due and (run.iter_num != run.evaluated_at or cfg.eval_only):
-            if not evaluate_and_record(run, folder, stop, lr, progress):
-                stop_and_save(run, stop, during="the evaluation")
-                return
+        evaluated = due and (run.iter_num != run.evaluated_at or cfg.eval_only)
+        if evaluated and not evaluate_and_record(run, folder, stop, lr, progress):
+            stop_and_save(run, stop, during="the evaluation")
+            return
         if finished or cfg.eval_only:
             if out_of_time:
                 print0(f"time budget of {cfg.max_seconds:g}s spent after {run.iter_num} iterations")
+            return
+        # a stop that came during the evaluation's last batch or its save, or since the last update:
+        # none starts (free in one process; under DDP one collective per evaluation, not per update)
+        if (evaluated or not run.procs.ddp) and stop_agreed(run, stop.should_stop(run.iter_num)):
+            stop_and_save(run, stop, during="the evaluation" if evaluated else "training")
             return
         save_due = cfg.checkpoint_interval_s > 0 and time.time() - run.last_save_time >= cfg.checkpoint_interval_s
         result = train_step(run, stop, save_due)
@@ -875,8 +887,8 @@ def train_loop(run: Run, folder: RunFolder, stop: StopRequest) -> None:
         if first_update:  # compilation and warm-up are not the speed of training
             first_update = False
             progress.restart_window(run.iter_num)
-        elif run.iter_num % cfg.log_interval == 0:
-            log_progress(run, folder, progress, lr)
+        elif run.iter_num % cfg.log_interval == 0 or time.time() - progress.window_start >= LOG_AT_LEAST_EVERY_S:
+            log_progress(run, folder, progress, lr)  # slow updates (a big model on a CPU) still show progress
         if result.stop:
             stop_and_save(run, stop, during="training")
             return

@@ -20,6 +20,7 @@ import train
 from checkpoint import load_checkpoint
 from cli import UserError, build_config, read_overrides
 from conftest import REPO_ROOT
+from test_hf import gpt2_dataset  # noqa: F401  (a fixture: GPT-2 BPE data for the finetune config)
 from test_train import TINY, read_metrics
 
 CONFIGS = sorted((REPO_ROOT / "config").glob("*.toml"))
@@ -79,9 +80,10 @@ def torchrun(*args, nproc=2):
 
 
 def test_unequal_shares_under_ddp_match_one_process(small_char_dataset, tmp_path):
-    """3 sequences on 2 gloo processes (1 + 2) give the update of one process with all 3."""
+    """3 sequences on 2 gloo processes (1 + 2) give the update of one process with all 3; 3
+    evaluation batches (2 + 1) the same losses (every rank makes as many stop checks, or gloo hangs)."""
     common = [f"--dataset={small_char_dataset}", *TINY, "--max_iters=4", "--eval_interval=4",
-              "--tokens_per_update=96", "--batch_size=2"]  # 3 sequences of 32
+              "--tokens_per_update=96", "--batch_size=2", "--eval_iters=3"]  # 3 sequences of 32
     single = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *common, f"--out_dir={tmp_path / 'one'}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
@@ -91,16 +93,34 @@ def test_unequal_shares_under_ddp_match_one_process(small_char_dataset, tmp_path
     one, two = load_checkpoint(tmp_path / "one")["model"], load_checkpoint(tmp_path / "two")["model"]
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5)
-    assert read_metrics(tmp_path / "two")[-1]["val_loss"] == pytest.approx(
-        read_metrics(tmp_path / "one")[-1]["val_loss"], abs=1e-4)
+    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
+
+
+def shipped_config_overrides(path, small_char_dataset, tmp_path, request) -> list[str]:
+    """What a CPU test must change in a shipped config: the dataset (any will do for a fresh model;
+    GPT-2 BPE and a tiny local GPT-2 folder for the finetune), a tiny model, a block of 32, two
+    updates. Everything else stays: tokens per update, micro-batch, eval_iters, optimizer, compile."""
+    cfg = config_of(path)
+    args = ["--device=cpu", "--block_size=32", "--max_iters=2", "--eval_interval=2"]
+    if cfg.init_from == "scratch":
+        return [*args, f"--dataset={small_char_dataset}", "--n_layer=1", "--n_head=2", "--n_embd=16"]
+    from test_hf import save_hf_folder, tiny_hf_model
+
+    folder = save_hf_folder(tiny_hf_model(vocab_size=50257, n_positions=64), tmp_path / "gpt2", "safetensors")
+    return [*args, f"--dataset={request.getfixturevalue('gpt2_dataset')}", f"--init_from={folder}"]
 
 
 @pytest.mark.slow
-def test_shipped_gpu_config_runs_unchanged_under_two_processes(small_char_dataset, tmp_path):
-    """config/shakespeare_char.toml's batch arithmetic (64 x 256 tokens) on 2 gloo processes; only
-    the model is made tiny and the run short, so that a CPU test can afford it."""
-    result = torchrun(str(REPO_ROOT / "config" / "shakespeare_char.toml"), f"--dataset={small_char_dataset}",
-                      f"--out_dir={tmp_path / 'run'}", "--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16",
-                      "--max_iters=2", "--eval_interval=2", "--eval_iters=2", "--compile=false")
-    assert "64 sequences x 256 = 16,384" in result.stdout and "per process 32 sequences" in result.stdout
-    assert load_checkpoint(tmp_path / "run")["iter_num"] == 2
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_runs_under_two_processes(path, small_char_dataset, tmp_path, request):
+    """Each config/*.toml under `torchrun --nproc_per_node=2` (gloo), with only the model made tiny,
+    the block 32 tokens and the run two updates long, so that a CPU test can afford it."""
+    cfg = config_of(path, "--block_size=32")
+    result = torchrun(str(path), *shipped_config_overrides(path, small_char_dataset, tmp_path, request),
+                      f"--out_dir={tmp_path / 'run'}")
+    seqs = cfg.tokens_per_update // 32 if cfg.tokens_per_update else cfg.gradient_accumulation_steps * cfg.batch_size
+    assert "2 process(es)" in result.stdout and f"{seqs} sequences x 32 = {seqs * 32:,}" in result.stdout
+    assert f"per process {seqs // 2} sequences" in result.stdout
+    assert "done: " in result.stdout and load_checkpoint(tmp_path / "run")["iter_num"] == 2

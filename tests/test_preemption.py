@@ -182,6 +182,39 @@ def test_stop_in_the_middle_of_a_later_evaluation_then_resume_is_exact(reference
     assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
 
 
+class StopAfterEvaluation(train.StopRequest):
+    """Asks to stop once the evaluation at iteration `at` has asked its last time: as if SIGTERM had
+    arrived during its last batch or its save. Counts the updates begun after the request."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.updates_after = at, 0
+
+    def should_stop(self, iter_num: int) -> bool:
+        caller = sys._getframe(1).f_code.co_name
+        if caller == "train_loop" and iter_num == self.at:
+            self.request("SIGTERM")
+        if caller == "train_step" and self.requested:
+            self.updates_after += 1
+        return self.requested
+
+
+def test_stop_during_the_last_batch_of_an_evaluation_starts_no_update(reference_run, small_char_dataset,
+                                                                      tmp_path, capsys):
+    metrics, final, _ = reference_run
+    stop = StopAfterEvaluation(at=10)
+    train.main(tiny_args(small_char_dataset, tmp_path), stop=stop)
+    out = capsys.readouterr().out
+    assert stop.updates_after == 0, "an update ran after the stop request"
+    assert "stopped by SIGTERM during the evaluation at iteration 10" in out
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["iter_num"] == 10 and ckpt["evaluated_at"] == 10  # the finished evaluation is kept
+    assert read_metrics(tmp_path) == metrics[:3]
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
+    assert read_metrics(tmp_path) == metrics
+    assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+
+
 # ----------------------------------------------------------------------------- one trainer per folder
 
 
