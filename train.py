@@ -929,15 +929,24 @@ def log_progress(run: Run, folder: RunFolder, progress: Progress, lr: float) -> 
     where = f"{run.iter_num}/{cfg.max_iters}" if cfg.max_seconds <= 0 else \
         f"{run.iter_num} ({run.elapsed(agree=False):.0f}/{cfg.max_seconds:g}s)"
     line = f"iter {where}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tokens_per_iter / dt:,.0f} tok/s"
-    peak = peak_flops(procs.device, procs.dtype)
-    if peak:  # global FLOPs over the peak of all the devices that did them
-        flops = run.raw_model.flops_per_token(cfg.model.block_size) * tokens_per_iter
-        line += f", mfu {100 * flops / dt / (peak * procs.world_size):.1f}%"
+    utilization = mfu(run, dt)
+    if utilization is not None:
+        line += f", mfu {100 * utilization:.1f}%"
     line += f", eta {format_seconds(time_left(run, progress))}"
     print0(line)
     folder.log({"train/loss_step": loss, "ms_per_iter": dt * 1000}, step=run.iter_num)
     progress.loss_sum, progress.finite_steps = 0.0, 0
     progress.restart_window(run.iter_num)
+
+
+def mfu(run: Run, seconds_per_update: float) -> float | None:
+    """Model FLOPs utilization: an update's FLOPs (the global batch, all processes together) per second
+    over the data-sheet peak of all the devices that did them; None where the peak is unknown (CPUs)."""
+    peak = peak_flops(run.procs.device, run.procs.dtype)
+    if not peak:
+        return None
+    flops = run.raw_model.flops_per_token(run.cfg.model.block_size) * run.plan.tokens_per_update
+    return flops / seconds_per_update / (peak * run.procs.world_size)
 
 
 def time_left(run: Run, progress: Progress) -> float:
