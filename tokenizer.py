@@ -135,8 +135,9 @@ class GPT2Tokenizer:
             raise UserError(
                 f"GPT-2 BPE needs tiktoken's {GPT2_ENCODING} file: it is not in {_tiktoken_cache()} and downloading "
                 f"it failed ({type(e).__name__}). Get it while online with `python prepare/shared.py` (fills {cache}) "
-                f"and set TIKTOKEN_CACHE_DIR={cache} (or any folder holding the file); to prepare data without "
-                "it, use --tokenizer=byte or --tokenizer=char"
+                f"and set TIKTOKEN_CACHE_DIR={cache} (or any folder holding the file); a sampling or training run "
+                "of GPT-2 BPE data needs it too, while new data can be prepared without it (--tokenizer=byte "
+                "or --tokenizer=char)"
             ) from None
         self.vocab_size = self.enc.n_vocab  # 50257
         self.eot_token = self.enc.eot_token  # 50256

@@ -376,6 +376,8 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None) -> Run:
         restore(run, ckpt)
     else:
         torch.manual_seed(cfg.seed + procs.rank)  # dropout streams differ per rank
+        if cfg.eval_only:
+            print0(f"eval_only: no checkpoint in {cfg.out_dir}, so this evaluates the {cfg.init_from} weights")
     run.draw_batches()
     return run
 
@@ -465,7 +467,8 @@ def restore(run: Run, ckpt: dict) -> None:
     else:  # a different number of processes than the run saved: fresh streams
         torch.manual_seed(run.cfg.seed + run.procs.rank + run.iter_num)
     run.saved = f"iteration {run.iter_num} (the checkpoint resumed from)"
-    print0(f"resumed from {run.ckpt_path} at iteration {run.iter_num} (best val loss {run.best_val_loss:.4f})")
+    print0(f"{'evaluating' if run.cfg.eval_only else 'resumed from'} {run.ckpt_path} at iteration {run.iter_num} "
+           f"(best val loss {run.best_val_loss:.4f})")
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:

@@ -306,13 +306,14 @@ def test_eval_only_on_a_run_folder_evaluates_its_checkpoint_and_writes_nothing(s
     assert last["iter"] == 5
     # the checkpoint's weights on the run's own evaluation batches: the numbers in metrics.jsonl
     assert f"step 5: train loss {last['train_loss']:.4f}, val loss {last['val_loss']:.4f}" in out, out
-    assert "resumed from" in out
+    assert f"evaluating {run / 'ckpt.pt'} at iteration 5" in out and "resumed from" not in out
     assert snapshot(run) == before
 
 
 def test_eval_only_without_a_checkpoint_creates_no_folder(small_char_dataset, tmp_path):
     out = main_output(tiny_args(small_char_dataset, tmp_path / "none", eval_only=True))
     assert re.search(r"^step 0: train loss [\d.]+, val loss [\d.]+", out, re.MULTILINE)
+    assert "no checkpoint in" in out and "evaluates the scratch weights" in out  # said, not silent
     assert not (tmp_path / "none").exists()
 
 

@@ -105,3 +105,23 @@ def test_script_errors_are_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     result = run_script("plot.py")
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "RUN" in result.stderr
+
+
+def test_training_draws_loss_png_and_runs_on_without_matplotlib(small_char_dataset, tmp_path, monkeypatch, capsys):
+    """train.py leaves out_dir/loss.png with every evaluation drawn; without matplotlib it trains the same
+    and draws nothing."""
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e \".[plot]\")")
+    import train
+    from test_resume import tiny_args
+
+    train.main(tiny_args(small_char_dataset, tmp_path / "drawn", max_iters=10))
+    picture = tmp_path / "drawn" / "loss.png"
+    assert picture.read_bytes().startswith(PNG_MAGIC)
+    assert picture.stat().st_mtime >= (tmp_path / "drawn" / "metrics.jsonl").stat().st_mtime  # the last one too
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    train.main(tiny_args(small_char_dataset, tmp_path / "plain", max_iters=10))
+    assert "done: " in capsys.readouterr().out
+    assert (tmp_path / "plain" / "ckpt.pt").is_file() and not (tmp_path / "plain" / "loss.png").exists()
