@@ -3,7 +3,9 @@
   * SIGTERM during a long evaluation is honoured within seconds: the evaluation is abandoned (not
     recorded, not reported as done), a checkpoint is saved at that iteration, exit 0, and
     `--init_from=resume` repeats the evaluation; a stop in the middle of a later evaluation (through
-    train.main's injectable StopRequest) resumes to the same metrics and state, bitwise
+    train.main's injectable StopRequest) resumes to the same metrics and state, bitwise; a stop
+    after an evaluation's last batch starts no update; under torchrun, SIGTERM to one rank stops all
+  * after a 2-process run no process group is left for interpreter exit (the gloo abort's cause)
   * one trainer per out_dir: a second train.py (fresh with --overwrite=true, or resuming) exits 1
     with one line naming the running trainer's pid and leaves it unaffected; readers (sample.py,
     hf.py export, train.py --eval_only=true) work while it trains; after `kill -9` the folder is
@@ -146,6 +148,52 @@ def test_sigterm_during_a_long_evaluation_abandons_it_saves_and_resume_repeats_i
         train.main(tiny_args(small_char_dataset, run, init_from="resume", eval_iters=2, max_iters=5))
     assert [m["iter"] for m in read_metrics(run)] == [0, 5]
     assert re.search(r"^step 0: train loss \d", printed.getvalue(), re.MULTILINE)
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes (its descendants whose environment has RANK)."""
+    found, todo = {}, [launcher_pid]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        with contextlib.suppress(OSError):
+            env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+            if "RANK" in env and pid != launcher_pid:
+                found[int(env["RANK"])] = pid
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_ddp_rank_during_a_long_evaluation_stops_all_of_them(small_char_dataset, tmp_path,
+                                                                            processes):
+    """Under torchrun only rank 1 gets SIGTERM, in the middle of a minutes-long evaluation: every rank
+    agrees at the next batch, rank 0 saves iteration 0 with the evaluation still due, all exit 0."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc to find torchrun's worker processes (Linux)")
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("CI", None)
+    with open(log, "w") as out, open(f"{log}.err", "w") as err:
+        launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                     "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
+                                     *tiny_args(small_char_dataset, run, eval_iters=60_000, dropout=0.0)],
+                                    cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+    processes.append(launcher)
+    wait_for_line(log, r"^eval: [\d,]+/60,000 batch", launcher)  # rank 0's share: 60,000 of 120,000
+    ranks = worker_pids(launcher.pid)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGTERM)
+    try:
+        launcher.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no exit 30 s after SIGTERM to rank 1 during the evaluation:\n{log.read_text()[-3000:]}")
+    out = log.read_text()
+    assert launcher.returncode == 0, Path(f"{log}.err").read_text()[-3000:]
+    assert "stopped by a stop request on another process during the evaluation at iteration 0" in out, out
+    ckpt = load_checkpoint(run)
+    assert ckpt["iter_num"] == 0 and ckpt["evaluated_at"] == -1 and len(ckpt["rng_per_rank"]) == 2
 
 
 class StopDuringEvaluation(train.StopRequest):
