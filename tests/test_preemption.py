@@ -109,6 +109,14 @@ def reference_run(small_char_dataset, tmp_path_factory):
     return read_metrics(out), load_checkpoint(out), printed.getvalue()
 
 
+def resume_equals_the_reference(reference_run, dataset, run_dir) -> None:
+    """Resume the run in run_dir to the end: the same metrics and final state as the reference, bitwise."""
+    metrics, final, _ = reference_run
+    train.main(tiny_args(dataset, run_dir, init_from="resume"))
+    assert read_metrics(run_dir) == metrics
+    assert_same_state(comparable(load_checkpoint(run_dir)), comparable(final))
+
+
 # ----------------------------------------------------------------------------- stop during an evaluation
 
 
@@ -215,7 +223,6 @@ class StopDuringEvaluation(train.StopRequest):
 
 def test_stop_in_the_middle_of_a_later_evaluation_then_resume_is_exact(reference_run, small_char_dataset,
                                                                         tmp_path, capsys):
-    metrics, final, _ = reference_run
     stop = StopDuringEvaluation(at=5)
     train.main(tiny_args(small_char_dataset, tmp_path), stop=stop)
     out = capsys.readouterr().out
@@ -225,9 +232,7 @@ def test_stop_in_the_middle_of_a_later_evaluation_then_resume_is_exact(reference
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == 5 and ckpt["evaluated_at"] == 0
     assert [m["iter"] for m in read_metrics(tmp_path)] == [0]
-    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
-    assert read_metrics(tmp_path) == metrics  # the evaluation at 5 is done once, with the same numbers
-    assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+    resume_equals_the_reference(reference_run, small_char_dataset, tmp_path)  # the evaluation at 5 done once
 
 
 class StopAfterEvaluation(train.StopRequest):
@@ -249,7 +254,7 @@ class StopAfterEvaluation(train.StopRequest):
 
 def test_stop_during_the_last_batch_of_an_evaluation_starts_no_update(reference_run, small_char_dataset,
                                                                       tmp_path, capsys):
-    metrics, final, _ = reference_run
+    metrics = reference_run[0]
     stop = StopAfterEvaluation(at=10)
     train.main(tiny_args(small_char_dataset, tmp_path), stop=stop)
     out = capsys.readouterr().out
@@ -258,9 +263,7 @@ def test_stop_during_the_last_batch_of_an_evaluation_starts_no_update(reference_
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == 10 and ckpt["evaluated_at"] == 10  # the finished evaluation is kept
     assert read_metrics(tmp_path) == metrics[:3]
-    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
-    assert read_metrics(tmp_path) == metrics
-    assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+    resume_equals_the_reference(reference_run, small_char_dataset, tmp_path)
 
 
 # ----------------------------------------------------------------------------- one trainer per folder
@@ -346,7 +349,6 @@ def test_checkpoint_interval_saves_between_evaluations_and_resume_is_exact(refer
     """checkpoint_interval_s=1e-6: every update is more than a microsecond, so every update saves.
     The run 'crashes' just after the timed save at iteration 7 (between the evaluations at 5 and 10);
     resuming from that checkpoint gives the uninterrupted run's metrics and final state, bitwise."""
-    metrics, final, _ = reference_run
     real_save = train.save
 
     def save_then_crash_at_7(run, why):
@@ -365,9 +367,7 @@ def test_checkpoint_interval_saves_between_evaluations_and_resume_is_exact(refer
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == 7 and ckpt["evaluated_at"] == 5
     monkeypatch.setattr(train, "save", real_save)
-    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
-    assert read_metrics(tmp_path) == metrics
-    assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+    resume_equals_the_reference(reference_run, small_char_dataset, tmp_path)
 
 
 def test_checkpoint_interval_follows_the_clock(small_char_dataset, tmp_path, capsys, monkeypatch):
