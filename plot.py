@@ -195,10 +195,12 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
             loss_t.plot([p[0] for p in pairs], [p[1] for p in pairs], style, color=color,
                         marker="o" if style == "-" else None, markersize=3,
                         linewidth=1.6 if style == "-" else 1.1, alpha=1.0 if style == "-" else 0.75)
-        lr_it.plot(*_series(records, "iter", "lr"), color=color, linewidth=1.4)
+        # metrics.jsonl holds the rate at evaluations only: points, joined by a thin line (the warmup
+        # and the cosine between them are not recorded, so a bold line would claim a shape)
+        lr_it.plot(*_series(records, "iter", "lr"), color=color, linewidth=0.8, marker="o", markersize=3)
         pairs = [(r["elapsed_s"] / scale, r["lr"]) for r in records
                  if all(isinstance(r.get(k), (int, float)) for k in ("elapsed_s", "lr"))]
-        lr_t.plot([p[0] for p in pairs], [p[1] for p in pairs], color=color, linewidth=1.4)
+        lr_t.plot([p[0] for p in pairs], [p[1] for p in pairs], color=color, linewidth=0.8, marker="o", markersize=3)
 
     positive = [v for v in losses if v > 0]
     use_log = (log_scale == "on" or (log_scale == "auto" and positive and max(positive) / min(positive) > LOG_SCALE_SPAN))
@@ -220,7 +222,7 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
         lr_it.set_yscale("log")
     else:
         lr_it.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    lr_it.set_ylabel("learning rate")
+    lr_it.set_ylabel("learning rate\n(at evaluations)")
     lr_it.set_xlabel("iteration")
     lr_t.set_xlabel(f"wall-clock time ({time_unit}, evaluations included)")
     for ax in (loss_it, loss_t, lr_it, lr_t):
