@@ -1039,7 +1039,7 @@ def describe(run: Run) -> None:
            f"{plan.stop - plan.start} sequences in micro-batch(es) of {micro})")
     model, meta = run.raw_model, run.meta
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
-           f"in all; vocab {meta['vocab_size']} ({meta['tokenizer']})")
+           f"in all; vocab {meta['vocab_size']} ({meta['tokenizer']}); data {run.train_data.path.parent.resolve()}")
     if cfg.init_from == "resume" and run.iter_num >= cfg.max_iters and not cfg.eval_only:
         print0(f"the checkpoint is at iteration {run.iter_num}, max_iters is {cfg.max_iters}: nothing to train "
                f"(raise --max_iters to continue)")

@@ -82,6 +82,13 @@ def test_training_lines_show_iteration_of_max_and_eta(tiny_run):
         assert re.fullmatch(pattern, line), line
 
 
+def test_start_lines_name_the_dataset_folder_used(tiny_run, small_char_dataset):
+    """A name can resolve to ./<name>, ./data/<name> or the checkout's data/<name>: say which one."""
+    _, out = tiny_run
+    model_line = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert model_line.endswith(f"; data {small_char_dataset.resolve()}"), model_line
+
+
 def brute_force_time_left(iter_num: int, max_iters: int, eval_interval: int, step_s: float, eval_s: float) -> float:
     """Walk the loop: the updates from iter_num to max_iters, and every evaluation still to come
     (the one due at iter_num itself included: a training line is printed before it)."""
