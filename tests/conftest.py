@@ -74,6 +74,21 @@ def small_char_dataset(tmp_path_factory, shakespeare_text) -> Path:
     return out
 
 
+def torchrun_command(script, *args: str, nproc: int = 2, env: dict | None = None) -> tuple[list[str], dict]:
+    """(command, environment) to run a script (train.py, or a file) under torchrun on this machine's
+    CPUs: one thread per process (2 processes on CI's 2 cores), unbuffered output. `env` changes the
+    environment; a value of None removes that variable."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO_ROOT / script), *args]
+    return cmd, full_env
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd=None):
     """Run a repo script with this Python; returns the CompletedProcess (text mode, output captured)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TIKTOKEN_CACHE_DIR=str(TIKTOKEN_CACHE))

@@ -9,7 +9,6 @@ process with real gloo runs, also for shares of unequal size).
     python -m pytest tests/test_batching.py -q
 """
 
-import os
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import torch
 import train
 from checkpoint import load_checkpoint
 from cli import UserError, build_config, read_overrides
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, torchrun_command
 from test_hf import gpt2_dataset  # noqa: F401  (a fixture: GPT-2 BPE data for the finetune config)
 from test_train import TINY, read_metrics
 
@@ -71,9 +70,7 @@ def test_a_batch_that_cannot_be_shared_is_one_line():
 
 
 def torchrun(*args, nproc=2):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(REPO_ROOT / "train.py"), *args]
+    cmd, env = torchrun_command("train.py", *args, nproc=nproc)
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import io
 import math
-import os
 import platform
 import re
 import signal
@@ -39,7 +38,7 @@ import torch
 import progress
 import train
 from checkpoint import load_checkpoint
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, run_script, torchrun_command
 from test_resume import MAX_ITERS, read_metrics, tiny_args
 
 ETA = r"(\?|\d+s|\d+m\d\ds|\d+h\d\dm)"  # train.format_seconds
@@ -356,10 +355,7 @@ def test_ddp_with_a_time_budget_logs_saves_and_finishes(small_char_dataset, tmp_
     close to one process's mean over the whole batch (not world_size times it)."""
     args = tiny_args(small_char_dataset, tmp_path / "ddp", max_iters=10, max_seconds=1000, decay_lr=False,
                      dropout=0.0)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("GPT_DEBUG", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO_ROOT / "train.py"), *args]
+    cmd, env = torchrun_command("train.py", *args, env={"GPT_DEBUG": None})
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=120)  # about 10 s normally

@@ -38,7 +38,7 @@ import sample
 import train
 from checkpoint import load_checkpoint
 from cli import UserError, run_main
-from conftest import REPO_ROOT, TIKTOKEN_CACHE, run_script
+from conftest import REPO_ROOT, TIKTOKEN_CACHE, run_script, torchrun_command
 from test_resume import MAX_ITERS, assert_same_state, comparable, read_metrics, tiny_args
 
 # ----------------------------------------------------------------------------- helpers
@@ -181,13 +181,10 @@ def test_sigterm_to_one_ddp_rank_during_a_long_evaluation_stops_all_of_them(smal
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs /proc to find torchrun's worker processes (Linux)")
     run, log = tmp_path / "run", tmp_path / "train.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("CI", None)
+    cmd, env = torchrun_command("train.py", *tiny_args(small_char_dataset, run, eval_iters=60_000, dropout=0.0),
+                                env={"CI": None})  # progress lines in a log, not CI's
     with open(log, "w") as out, open(f"{log}.err", "w") as err:
-        launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                     "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
-                                     *tiny_args(small_char_dataset, run, eval_iters=60_000, dropout=0.0)],
-                                    cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+        launcher = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
     processes.append(launcher)
     wait_for_line(log, r"^eval: [\d,]+/60,000 batch", launcher)  # rank 0's share: 60,000 of 120,000
     ranks = worker_pids(launcher.pid)
@@ -436,11 +433,9 @@ def test_ddp_leaves_no_process_group_for_interpreter_exit(small_char_dataset, tm
     time; the abort itself is random, so it is counted in the closing note, not here.)"""
     script = tmp_path / "held_groups.py"
     script.write_text(HELD_GROUPS)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script), *tiny_args(small_char_dataset, tmp_path / "run", max_iters=2,
-                                                     eval_interval=2, dropout=0.0)],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd, env = torchrun_command(script, *tiny_args(small_char_dataset, tmp_path / "run", max_iters=2,
+                                                   eval_interval=2, dropout=0.0), env={"PYTHONPATH": str(REPO_ROOT)})
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = sorted(line for line in result.stdout.splitlines() if "groups held by defaults" in line)
     assert lines == ["rank -: initialized False, groups held by defaults: []"] * 2, result.stdout

@@ -166,19 +166,13 @@ def test_scratch_run_refuses_to_replace_a_checkpoint(small_char_dataset, tmp_pat
 def test_ddp_split_run_is_bitwise_identical_to_one_run(small_char_dataset, tmp_path):
     """Two gloo processes with dropout: each rank's RNG is saved and restored, so 12 iterations equal
     6 + resume 6 bitwise (a sum of two numbers is the same in either order, so gloo is exact here)."""
-    import os
     import subprocess
-    import sys
 
-    from conftest import REPO_ROOT
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    from conftest import REPO_ROOT, torchrun_command
 
     def torchrun(out_dir, **overrides):
         config = dict(eval_interval=6, lr_decay_iters=12, max_iters=12, gradient_accumulation_steps=2)
-        args = tiny_args(small_char_dataset, out_dir, **{**config, **overrides})
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO_ROOT / "train.py"), *args]
+        cmd, env = torchrun_command("train.py", *tiny_args(small_char_dataset, out_dir, **{**config, **overrides}))
         result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "2 process(es)" in result.stdout

@@ -2,16 +2,14 @@
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import REPO_ROOT, SHAKESPEARE, run_script
+from conftest import REPO_ROOT, SHAKESPEARE, run_script, torchrun_command
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--dropout=0.0",
         "--device=cpu", "--dtype=float32", "--eval_iters=4", "--log_interval=5", "--warmup_iters=5",
@@ -79,10 +77,8 @@ def test_ddp_two_processes_match_one_process(small_char_dataset, tmp_path):
     """Two gloo ranks with 2 accumulation steps in all = one process accumulating both micro-batches."""
     common = ["--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2", "--dropout=0.0"]
     train(small_char_dataset, tmp_path / "single", *common)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO_ROOT / "train.py"), f"--dataset={small_char_dataset}", f"--out_dir={tmp_path / 'ddp'}",
-           *TINY, *common]
+    cmd, env = torchrun_command("train.py", f"--dataset={small_char_dataset}", f"--out_dir={tmp_path / 'ddp'}",
+                                *TINY, *common)
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
