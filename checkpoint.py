@@ -14,9 +14,10 @@ Its keys (FORMAT_VERSION 2):
     meta            the dataset's meta.json dict (tokenizer, vocabulary, ...)
     train_config    the resolved training config as a dict (model keys in a "model" table)
     optimizer, scaler            their state dicts (None in a checkpoint made only for sampling)
-    iter_num, evaluated_at, best_val_loss, elapsed_s     where the run is
-    rng_per_rank, sampler        every process's RNG state and the batch sampler's, for exact resume
-    pretrained_from              the init_from that gave the first weights (hub name or folder), or None
+    rng_per_rank                 every process's RNG state, for exact resume
+    iter_num, best_val_loss, evaluated_at, elapsed_s, sampler, pretrained_from, ...
+                                 where the run is: the fields of train.LoopState, saved and restored as a
+                                 whole (a field missing from an older checkpoint takes its default)
 Saves are atomic: the dict goes to a temporary file in the same folder, is flushed and fsynced, then
 renamed over the old file, so a crash leaves either the old or the new checkpoint, never half of one.
 """
@@ -45,21 +46,26 @@ def rng_state(device) -> dict:
     return state
 
 
+def set_rng_state(state: dict, device) -> None:
+    """Restore what rng_state returned (the CUDA generator too, on a CUDA device)."""
+    torch.set_rng_state(state["torch"])
+    if torch.device(device).type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def build_checkpoint(model, *, meta: dict, train_config: dict | None = None, optimizer=None, scaler=None,
-                     iter_num: int = 0, evaluated_at: int = -1, best_val_loss: float = float("inf"),
-                     elapsed_s: float = 0.0, rng_per_rank: list | None = None, sampler: dict | None = None,
-                     pretrained_from: str | None = None) -> dict:
+                     rng_per_rank: list | None = None, **loop_state) -> dict:
     """The dict ckpt.pt holds (see the module docstring). model: the uncompiled, unwrapped module.
 
-    The defaults describe a model that has not trained (benchmarks and tests save such ones).
+    loop_state: where the run is (train.LoopState's fields: iter_num, best_val_loss, ...), stored as
+    top-level keys. A checkpoint without them describes a model that has not trained (benchmarks and
+    tests save such ones); readers take LoopState's defaults for any that are missing.
     """
     return {"format_version": FORMAT_VERSION, "model": model.state_dict(),
             "model_config": dataclasses.asdict(model.config), "meta": meta, "train_config": train_config or {},
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "iter_num": iter_num, "evaluated_at": evaluated_at, "best_val_loss": best_val_loss,
-            "elapsed_s": elapsed_s, "rng_per_rank": rng_per_rank or [rng_state("cpu")],
-            "sampler": sampler or {}, "pretrained_from": pretrained_from}
+            "rng_per_rank": rng_per_rank or [rng_state("cpu")], **loop_state}
 
 
 def upgrade(state: dict, path) -> dict:
@@ -74,6 +80,7 @@ def upgrade(state: dict, path) -> dict:
         state["model_config"] = {**state["model_config"], "vocab_multiple": 1}
         state.setdefault("rng_per_rank", [state["rng"]] if "rng" in state else [])
         state.setdefault("elapsed_s", 0.0)
+        state.setdefault("evaluated_at", state.get("iter_num", 0))  # format 1 evaluated at every save
         state.setdefault("pretrained_from", None)
         state["format_version"] = FORMAT_VERSION
     return state

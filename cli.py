@@ -34,9 +34,10 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, without a traceback."""
 
 
-def option(default, help: str, choices=None):
-    """A dataclass field with its help text (and allowed values) for `--help` and validation."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, choices=None, at_least=None):
+    """A dataclass field with its help text (and allowed values, or a lowest allowed number) for
+    `--help` and validation."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least})
 
 
 def option_group(cls, help: str, exclude: tuple[str, ...] = ()):
@@ -248,9 +249,15 @@ def build_config(cls, values: dict, base=None):
         except ValueError as e:
             raise UserError(f"invalid {group} config: {e}") from None
     try:
-        return dataclasses.replace(base, **top)
+        config = dataclasses.replace(base, **top)
     except ValueError as e:
         raise UserError(f"invalid config: {e}") from None
+    for f in dataclasses.fields(cls):  # the lowest values option(at_least=...) allows
+        lowest = (f.metadata or {}).get("at_least")
+        if lowest is not None and getattr(config, f.name) < lowest:
+            rule = f"must be at least {lowest}" if lowest else "must be >= 0"
+            raise UserError(f"bad value for {f.name}: {getattr(config, f.name)} ({rule})")
+    return config
 
 
 def config_from_dict(cls, saved: dict):

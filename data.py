@@ -7,9 +7,12 @@ folder (train.bin, val.bin and maybe meta.pkl, no meta.json) is read too, saying
 assumed (nanogpt.py). `BatchSampler` draws (B, T) input/target windows at random offsets with
 its own seeded generator, whose state goes into checkpoints for exact resume. The token file is
 memory-mapped afresh for every batch, so pages read for old batches are not kept mapped.
+`plan_batches` shares one update's sequences out over the processes (`BatchPlan`), and
+`UpdateBatches` draws each update's micro-batches one update ahead.
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +130,67 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
+
+
+# ----------------------------------------------------------------------------- one update's batch, shared out
+
+@dataclass
+class BatchPlan:
+    """How one update's global batch of sequences is shared out: this process's rows, in micro-batches.
+
+    Every process draws the same global batch and takes rows [start, stop). Shares differ by at most
+    one sequence; each micro-batch's loss is weighted by its share of the global batch, so the
+    averaged gradient is the global batch's mean whatever the number of processes.
+    """
+    global_seqs: int
+    block_size: int
+    start: int
+    stop: int
+    micro_sizes: list[int]
+    world_size: int
+
+    @property
+    def tokens_per_update(self) -> int:
+        return self.global_seqs * self.block_size
+
+    @property
+    def process_share(self) -> float:
+        """Times a micro-batch's divided loss, its part of this process's mean (1.0 in one process)."""
+        return self.global_seqs / (self.world_size * (self.stop - self.start))
+
+    def loss_divisor(self, micro_size: int) -> float:
+        """Divide a micro-batch's mean loss by this: DDP averages over processes, so this undoes that."""
+        return self.global_seqs / (micro_size * self.world_size)
+
+
+def plan_batches(global_seqs: int, batch_size: int, block_size: int, rank: int = 0, world_size: int = 1) -> BatchPlan:
+    """Share `global_seqs` sequences over `world_size` processes, in micro-batches of at most batch_size."""
+    if global_seqs < world_size:
+        raise UserError(f"an update of {global_seqs} sequence(s) cannot be shared by {world_size} processes: raise "
+                        f"tokens_per_update to at least {world_size * block_size:,} (or use fewer processes)")
+    start, stop = rank * global_seqs // world_size, (rank + 1) * global_seqs // world_size
+    share = stop - start
+    count = -(-share // batch_size)  # micro-batches of at most batch_size, as equal as possible
+    sizes = [share // count + (1 if i < share % count else 0) for i in range(count)]
+    return BatchPlan(global_seqs, block_size, start, stop, sizes, world_size)
+
+
+class UpdateBatches:
+    """This process's micro-batches for each update, the next update's drawn one update ahead.
+
+    `current` holds the micro-batches of the update under way; `advance()` draws the next update's
+    (called while the device still works on this one) and returns `position`, the sampler's state
+    before that draw: a run resumed from that position draws those very batches again.
+    """
+
+    def __init__(self, sampler: BatchSampler, plan: BatchPlan):
+        self.sampler, self.plan = sampler, plan
+        self.current, self.position = [], {}
+        self.advance()
+
+    def advance(self) -> dict:
+        self.position = self.sampler.state_dict()
+        offsets = self.sampler.draw_offsets(self.plan.global_seqs)[self.plan.start:self.plan.stop]
+        bounds = np.cumsum([0, *self.plan.micro_sizes])
+        self.current = [self.sampler.batch(offsets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return self.position

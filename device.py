@@ -11,6 +11,7 @@ Shared by train.py, sample.py, eval and the benchmarks, so that they all make th
 
 import contextlib
 import os
+import shutil
 import time
 
 import torch
@@ -135,6 +136,29 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         if key in name:
             return peak if dtype != torch.float32 else peak / 2
     return None
+
+
+def mfu(flops_per_update: float, seconds_per_update: float, device: torch.device, dtype: torch.dtype,
+        world_size: int = 1) -> float | None:
+    """Model FLOPs utilization: an update's FLOPs (the global batch, every process together) per second
+    over the data-sheet peak of all the devices that did them; None where the peak is unknown (CPUs)."""
+    peak = peak_flops(device, dtype)
+    if not peak:
+        return None
+    return flops_per_update / seconds_per_update / (peak * world_size)
+
+
+def should_compile(choice: str, device: torch.device, log=print) -> bool:
+    """Whether compile=auto|true|false means torch.compile here. auto: on GPUs. On CPUs the configs ask
+    for it where it measured faster (it costs ~10-30 s of compilation up front); there torch.compile
+    needs a C++ compiler, and without one `log` gets a line and training goes on uncompiled."""
+    wanted = device.type == "cuda" if choice == "auto" else choice == "true"
+    if wanted and device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",
+                                                                               "clang++")):
+        log("compile=true needs a C++ compiler on a CPU and none was found (set CXX or install g++); "
+            "training without torch.compile")
+        return False
+    return wanted
 
 
 def synchronize(device: torch.device) -> None:

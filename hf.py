@@ -31,6 +31,7 @@ Needs the optional packages safetensors and huggingface_hub (pip install -e ".[h
 installs transformers); nothing here imports transformers itself.
 """
 
+import dataclasses
 import difflib
 import importlib
 import json
@@ -127,21 +128,26 @@ def gpt_config_from_hf(hf: dict, dropout: float = 0.0, where: str = "config.json
         raise UserError(f"{where}: invalid model shape: {e}") from None
 
 
+# GPTConfig fields that GPT-2's layout holds at any value; every other field must have its default
+# (which is GPT-2's), or be one of the exceptions in exportable_problem. A new switch is refused by
+# name until it is taught here.
+ANY_VALUE = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "vocab_multiple", "bias")
+
+
 def exportable_problem(config: GPTConfig) -> str | None:
     """The first option GPT-2's layout cannot express, as a phrase; None when the model exports."""
     default = GPTConfig()
-    checks = [
-        ("pos_embedding", config.pos_embedding == "learned"),
-        ("norm", config.norm == "layernorm"),
-        ("qk_norm", not config.qk_norm),
-        ("mlp", config.mlp in ("gelu", "gelu_exact")),
-        ("tie_embeddings", config.tie_embeddings),
-        ("logit_softcap", config.logit_softcap == 0),
-        ("mlp_ratio", int(config.mlp_ratio * config.n_embd) == 4 * config.n_embd),
-    ]
-    for name, ok in checks:
-        if not ok:
-            return f"{name}={getattr(config, name)!r} (GPT-2 has {name}={getattr(default, name)!r})"
+    for f in dataclasses.fields(GPTConfig):
+        name, value = f.name, getattr(config, f.name)
+        if name in ANY_VALUE or value == getattr(default, name):
+            continue
+        if name == "mlp" and value == "gelu_exact":  # transformers' "gelu"
+            continue
+        if name == "mlp_ratio" and int(value * config.n_embd) == 4 * config.n_embd:
+            continue
+        if name == "rope_base" and config.pos_embedding == "learned":  # unused without rotary positions
+            continue
+        return f"{name}={value!r} (GPT-2 has {name}={getattr(default, name)!r})"
     return None
 
 
@@ -213,29 +219,38 @@ def state_dict_from_hf(hf_state: dict, config: GPTConfig, where: str = "the weig
 
 
 def state_dict_to_hf(model: GPT) -> dict:
-    """GPT2LMHeadModel state dict (safetensors-ready, contiguous, no shared tensors) for our model."""
+    """GPT2LMHeadModel state dict (safetensors-ready, contiguous, no shared tensors) for our model.
+
+    Every tensor of our state dict is placed or accounted for; one GPT-2 has no place for (a switch
+    that adds parameters) is refused by name rather than dropped.
+    """
     config = model.config
-    ours = model.state_dict()
+    ours = dict(model.state_dict())
     out = {}
 
-    def put(hf_key: str, tensor: torch.Tensor | None, shape: tuple):
+    def put(key: str, bias_width: int = 0):  # the same key in both layouts
+        tensor = ours.pop(key, None)
         if tensor is None:  # a model trained with bias=False: a zero bias is exactly no bias
-            tensor = torch.zeros(shape, dtype=ours["transformer.wte.weight"].dtype)
-        out[hf_key] = tensor.detach().cpu().contiguous().clone()
+            tensor = torch.zeros(bias_width, dtype=model.transformer.wte.weight.dtype)
+        if key.endswith(".weight") and key.rsplit(".", 1)[0].split(".", 3)[-1] in CONV1D:
+            tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
+        if key == "transformer.wte.weight":
+            tensor = tensor[:config.vocab_size]  # without our padding rows
+        out[key] = tensor.detach().cpu().contiguous().clone()
 
-    put("transformer.wte.weight", ours["transformer.wte.weight"][:config.vocab_size], ())  # without our padding
-    put("transformer.wpe.weight", ours["transformer.wpe.weight"], ())
+    put("transformer.wte.weight")
+    put("transformer.wpe.weight")
     for i in range(config.n_layer):
         for name in PER_LAYER:
-            tensor = ours.get(f"transformer.h.{i}.{name}")
             module = name.rsplit(".", 1)[0]
-            if tensor is not None and name.endswith(".weight") and module in CONV1D:
-                tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
-            width = {"attn.c_attn": 3 * config.n_embd, "mlp.c_fc": 4 * config.n_embd}.get(module, config.n_embd)
-            put(f"transformer.h.{i}.{name}", tensor, (width,))
-    put("transformer.ln_f.weight", ours["transformer.ln_f.weight"], ())
-    put("transformer.ln_f.bias", ours.get("transformer.ln_f.bias"), (config.n_embd,))
-    # lm_head.weight is tied to wte: transformers re-ties it from tie_word_embeddings
+            put(f"transformer.h.{i}.{name}",
+                {"attn.c_attn": 3 * config.n_embd, "mlp.c_fc": 4 * config.n_embd}.get(module, config.n_embd))
+    put("transformer.ln_f.weight")
+    put("transformer.ln_f.bias", config.n_embd)
+    ours.pop("lm_head.weight")  # tied to wte: transformers re-ties it from tie_word_embeddings
+    if ours:
+        raise UserError(f"cannot export to the GPT-2 layout: it has no place for {', '.join(sorted(ours)[:3])}"
+                        f"{' ...' if len(ours) > 3 else ''}; only GPT-2-shaped models export")
     return out
 
 

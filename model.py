@@ -16,7 +16,6 @@ This file imports nothing from the project: copy it alone into another codebase.
 
 import inspect
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +45,10 @@ class GPTConfig:
     tie_embeddings: bool = True  # share the token embedding with the output head (GPT-2)
     logit_softcap: float = 0.0  # if > 0, logits = softcap * tanh(logits / softcap)
 
+    # the values each string switch takes (validated below; tests enumerate them)
+    CHOICES = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
+               "mlp": ("gelu", "gelu_exact", "relu2", "swiglu")}
+
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
@@ -54,9 +57,7 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        choices = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
-                   "mlp": ("gelu", "gelu_exact", "relu2", "swiglu")}
-        for name, allowed in choices.items():
+        for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2:
@@ -93,49 +94,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         return F.rms_norm(x, self.weight.shape, self.weight, 1e-6)
-
-
-class Linear(nn.Linear):
-    """nn.Linear, plus a faster path for a single row on CPU (the matrix-vector product of decoding).
-
-    On some CPUs torch runs a matrix-vector product on one thread. Viewed as a batch of row blocks of
-    the weight, the same products run as one batched matmul that uses every thread: 1.3x more tokens/s
-    at batch 1 on a 2-core AMD EPYC (bench/sample_speed.py); on a 2-core Intel Xeon, whose BLAS
-    threads it already, the split was 0.87x, so `choose_row_split` times both and sets `row_split`.
-    Below ~128K weights the threads cost more than they save. Each output is still one row of W
-    times x, so results match F.linear up to float rounding (tests/test_model.py compares them).
-    """
-
-    row_split = True  # take the one-row path on CPUs (set by choose_row_split)
-
-    def forward(self, x):
-        # Checked first: torch.compile traces only this line (asking torch for its thread count
-        # would break the graph), and the CPU single-row case is all the rest is about.
-        if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() != x.size(-1)
-                or not Linear.row_split):
-            return F.linear(x, self.weight, self.bias)
-        splits = torch.get_num_threads()
-        if splits < 2 or self.weight.numel() < 1 << 17 or self.out_features % splits:
-            return F.linear(x, self.weight, self.bias)
-        blocks = self.weight.view(splits, self.out_features // splits, self.in_features)  # (S, out/S, in)
-        y = torch.bmm(x.reshape(1, 1, -1).expand(splits, 1, -1), blocks.transpose(1, 2))  # (S, 1, out/S)
-        y = y.view(x.shape[:-1] + (self.out_features,))
-        return y if self.bias is None else y + self.bias
-
-
-@torch.no_grad()
-def choose_row_split(layer: Linear, repeats: int = 50) -> bool:
-    """Time one row through `layer` both ways (on the current threads); keep the faster for all Linears."""
-    x = torch.randn(1, layer.in_features, dtype=layer.weight.dtype)
-    timings = {}
-    for row_split in (True, False, True, False):  # twice each, interleaved; the first rounds warm up
-        Linear.row_split = row_split
-        start = time.perf_counter()
-        for _ in range(repeats):
-            layer(x)
-        timings[row_split] = time.perf_counter() - start
-    Linear.row_split = timings[True] < timings[False]
-    return Linear.row_split
 
 
 def make_norm(config: GPTConfig, ndim: int) -> nn.Module:
@@ -180,8 +138,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.layer_idx = layer_idx
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
         self.q_norm = RMSNorm(self.head_dim) if config.qk_norm else None
@@ -222,9 +180,9 @@ class MLP(nn.Module):
         hidden = int(config.mlp_ratio * config.n_embd)
         if self.kind == "swiglu":  # two input matrices: keep the parameter count of the plain MLP
             hidden = int(2 * hidden / 3)
-            self.c_gate = Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
+            self.c_gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -273,7 +231,7 @@ class GPT(nn.Module):
             cos, sin = rotary_tables(config.n_embd // config.n_head, config.block_size, config.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         if init_weights:
@@ -310,7 +268,7 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # a tied head is the embedding: counted once
         if non_embedding:
             n -= self.transformer.wte.weight.numel()
-            if "wpe" in self.transformer:
+            if self.config.pos_embedding == "learned":
                 n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.lm_head.weight.numel()
@@ -321,7 +279,7 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
-        if "wpe" in self.transformer:
+        if self.config.pos_embedding == "learned":
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].clone())
         else:
             self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
@@ -339,7 +297,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         rotary = None
-        if "wpe" in self.transformer:
+        if self.config.pos_embedding == "learned":
             x = x + self.transformer.wpe.weight[start:start + T]  # positions start .. start + T - 1
         else:
             rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
@@ -365,12 +323,27 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- training helpers
 
+    def parameter_kinds(self) -> dict[str, list[nn.Parameter]]:
+        """Every trainable parameter once (a tied head is the embedding), by what it does:
+          "matrix"     2-D weights inside the blocks, acting on hidden vectors (Muon's; weight-decayed)
+          "embedding"  token and position tables and the output head (2-D lookups/readout; weight-decayed)
+          "vector"     norm gains and biases (never decayed)
+        The one place that decides this: AdamW's decay groups and Muon's groups (optim.py) both use it.
+        """
+        in_blocks = {id(p) for p in self.transformer.h.parameters()}
+        kinds = {"matrix": [], "embedding": [], "vector": []}
+        for p in self.parameters():  # shared (tied) tensors are listed once
+            if p.requires_grad:
+                kind = "vector" if p.dim() < 2 else "matrix" if id(p) in in_blocks else "embedding"
+                kinds[kind].append(p)
+        return kinds
+
     def optimizer_groups(self, weight_decay: float):
-        """Two AdamW groups: matrices (Linear and Embedding weights) decay; biases and gains do not."""
-        params = [p for p in self.parameters() if p.requires_grad]  # tied weights appear once
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        """Two AdamW groups: matrices and embeddings decay; gains and biases do not."""
+        vectors = {id(p) for p in self.parameter_kinds()["vector"]}
+        params = [p for p in self.parameters() if p.requires_grad]  # in module order, as checkpoints store them
+        return [{"params": [p for p in params if id(p) not in vectors], "weight_decay": weight_decay},
+                {"params": [p for p in params if id(p) in vectors], "weight_decay": 0.0}]
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with decay on 2-D weights only; the fused kernel where this torch has one."""

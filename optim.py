@@ -148,19 +148,10 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def muon_param_groups(model, cfg) -> list[dict]:
-    """Muon groups for the blocks' 2-D weights; AdamW groups (decay / no decay) for the rest."""
-    hidden_matrices, adam_decay, adam_no_decay = [], [], []
-    seen = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:  # a tied weight is listed once
-            continue
-        seen.add(id(p))
-        if p.dim() == 2 and ".h." in f".{name}":  # transformer.h.<i>.*: inside a block
-            hidden_matrices.append(p)
-        elif p.dim() >= 2:
-            adam_decay.append(p)  # embeddings and the output head
-        else:
-            adam_no_decay.append(p)  # gains and biases
+    """Muon groups for the blocks' hidden matrices; AdamW groups (decay / no decay) for the rest
+    (which parameter is which: GPT.parameter_kinds)."""
+    kinds = model.parameter_kinds()
+    hidden_matrices, adam_decay, adam_no_decay = kinds["matrix"], kinds["embedding"], kinds["vector"]
     lr_scale = cfg.muon_lr / cfg.learning_rate if cfg.learning_rate > 0 else 0.0
     groups = [
         {"params": hidden_matrices, "use_muon": True, "lr": cfg.muon_lr, "lr_scale": lr_scale,

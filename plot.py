@@ -4,8 +4,8 @@
     python plot.py out-a out-b out-c --out=compare.png --title="Muon vs AdamW"
     python plot.py --help
 
-Each run folder's metrics.jsonl (one record per evaluation: iter, train_loss, val_loss, lr,
-elapsed_s; other keys are ignored, a half-written last line is skipped) is drawn in one colour: val
+Each run folder's metrics.jsonl (its evaluation records: iter, train_loss, val_loss, lr, elapsed_s;
+other keys and the training lines' records are ignored, a half-written last line is skipped) is drawn in one colour: val
 loss solid, train loss dashed, against iterations (left) and wall-clock time (right), the learning
 rate in the panels below (log-scaled when the runs' peak rates are more than 10x apart). Runs are labelled with their folder name and the options that differ
 between them, read from each run's config.json (flat, or with nested tables such as [model]). Loss
@@ -66,7 +66,8 @@ def read_metrics(run_dir) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:  # e.g. the last line, while train.py is writing it
             continue
-        if isinstance(record, dict) and isinstance(record.get("iter"), (int, float)):
+        if isinstance(record, dict) and isinstance(record.get("iter"), (int, float)) \
+                and record.get("kind", "eval") == "eval":  # training lines' records are not drawn
             records.append(record)
     if not records:
         raise UserError(f"{path} holds no evaluation records yet; plot the run after its first evaluation")

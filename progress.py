@@ -39,13 +39,15 @@ def use_bar(stream) -> bool:
 
 
 def progress(iterable_or_total=None, desc: str = "", unit: str = "it", *, total: int | None = None,
-             unit_scale: bool = False, interval: float = INTERVAL_S, file=None, enabled: bool = True,
+             unit_scale: bool = False, interval: float | None = None, file=None, enabled: bool = True,
              leave: bool = False):
     """A tqdm bar on a terminal, else a PlainProgress; both iterate, update(n), close(), and nest in `with`.
 
     iterable_or_total: what to iterate over (its len() is the total when it has one), or the total.
+    interval: seconds between plain lines (default INTERVAL_S, read when called).
     enabled=False reports nothing at all (the object still counts).
     """
+    interval = INTERVAL_S if interval is None else interval
     iterable = iterable_or_total
     if isinstance(iterable_or_total, int) and not isinstance(iterable_or_total, bool):
         iterable, total = None, iterable_or_total

@@ -15,7 +15,7 @@ depend on what the weights are), then
      next to `python -c "import torch"` for scale (and, with --compare_passive, sample.py with
      OpenMP's threads sleeping between ops instead of spinning).
 Threads are chosen as sample.py chooses them (device.free_cpu_threads: one per core that other
-processes leave free), and the one-row Linear path as sample.py chooses it (model.choose_row_split:
+processes leave free), and the one-row Linear path as sample.py chooses it (sample.row_split_is_faster:
 the row split or plain F.linear, whichever times faster here); below the table, batch 1 is also
 timed with the other path, and with bfloat16 weights (half the bytes to read per token).
 The CPU may be shared: the load average is printed with the figures; compare ratios within a run.
@@ -37,12 +37,14 @@ from device import cpu_snapshot, free_cpu_threads  # noqa: E402
 
 STARTED = cpu_snapshot()  # threads are chosen as sample.py chooses them, from the load measured from here
 
+import copy  # noqa: E402
+
 import torch  # noqa: E402
 
-import model as model_module  # noqa: E402
 from checkpoint import CHECKPOINT_NAME, build_checkpoint, save_checkpoint  # noqa: E402
 from tokenizer import CharTokenizer, make_meta  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from sample import row_split_is_faster, use_row_split  # noqa: E402
 
 # the 65 distinct characters of tiny Shakespeare, sorted (the vocabulary of shakespeare_char)
 SHAKESPEARE_VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -90,16 +92,6 @@ def tokens_per_second(model: GPT, batch: int, use_cache: bool, new_tokens: int) 
     return batch * new_tokens / (time.perf_counter() - start)
 
 
-def other_path_tokens_per_second(model: GPT, new_tokens: int) -> float:
-    """Batch 1 with the cache, through the one-row path choose_row_split did not choose."""
-    chosen = model_module.Linear.row_split
-    model_module.Linear.row_split = not chosen
-    try:
-        return tokens_per_second(model, 1, True, new_tokens)
-    finally:
-        model_module.Linear.row_split = chosen
-
-
 def load_average() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]
@@ -117,7 +109,10 @@ def main(argv: list[str]) -> None:
     cfg = parse_config(BenchConfig, argv, __doc__)
     model = bench_model()
     torch.set_num_threads(free_cpu_threads(torch.get_num_threads(), STARTED))  # as sample.py does
-    row_split = model_module.choose_row_split(model.transformer.h[0].mlp.c_fc)  # as sample.py does
+    row_split = row_split_is_faster(model.transformer.h[0].mlp.c_fc)  # as sample.py does
+    split_model = copy.deepcopy(model)
+    use_row_split(split_model)
+    model, other_model = (split_model, model) if row_split else (model, split_model)  # the chosen path first
     print(f"model: 6 layers, 6 heads, 384 wide, block 512, vocab 65 ({model.num_params() / 1e6:.1f}M params); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_average()}")
     variants = [(batch, use_cache) for batch in (1, 8) for use_cache in (True, False)]
@@ -129,7 +124,7 @@ def main(argv: list[str]) -> None:
     for _ in range(cfg.repeats):
         for batch, use_cache in variants:
             rates[(batch, use_cache)].append(tokens_per_second(model, batch, use_cache, cfg.new_tokens))
-        plain_rates.append(other_path_tokens_per_second(model, cfg.new_tokens))
+        plain_rates.append(tokens_per_second(other_model, 1, True, cfg.new_tokens))  # the path not chosen
         bf16_rates.append(tokens_per_second(model_bf16, 1, True, cfg.new_tokens))
     print(f"\ngenerate: {cfg.new_tokens} new tokens from a 1-token prompt, greedy, median of {cfg.repeats}")
     print("| batch | cache on (tok/s) | cache off (tok/s) | speed-up |")

@@ -6,8 +6,9 @@
 
 The config is read exactly as train.py reads it (train.load_config: TOML files, then --key=value),
 the run is built by train.build_run, and one iteration is train.train_step: the update train.py
-makes (micro-batches under autocast, DDP-style loss weighting, GradScaler, clipping, the non-finite
-check, optimizer step, next batch drawn). Only the learning rate stays at its peak.
+makes (micro-batches under autocast, DDP-style loss weighting, GradScaler, gradient norm and
+clipping, the non-finite check, optimizer step, next batch drawn). Only the learning rate stays at
+its peak.
 
 Each `--variant "NAME: --key=value ..."` adds overrides on top of the base config (no variant: the
 base config alone); `--matrix` adds the four variants eager/compiled x AdamW/Muon. All variants are
@@ -33,8 +34,11 @@ import torch  # noqa: E402
 
 from cli import UserError, run_main  # noqa: E402
 from device import measure_matmul_flops, peak_flops, synchronize  # noqa: E402
+from distributed import setup_processes  # noqa: E402
 from optim import set_learning_rate  # noqa: E402
-from train import build_run, load_config, setup_processes, train_step  # noqa: E402
+from preemption import StopRequest  # noqa: E402
+from runfolder import RunFolder  # noqa: E402
+from train import build_run, load_config, train_step  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()
 BENCH_OPTIONS = {"iters": 20, "warmup": 3, "repeats": 3}
@@ -78,18 +82,19 @@ class Variant:
         self.name = name
         cfg, _ = load_config(argv)
         self.cfg = cfg
-        self.procs = setup_processes(cfg)
-        self.run = build_run(cfg, self.procs, None)
+        self.procs = setup_processes(cfg.device, cfg.dtype, cfg.threads)
+        folder = RunFolder(cfg.out_dir, self.procs.master, read_only=True)  # nothing is written
+        self.run, self.state = build_run(cfg, self.procs, None, folder, StopRequest(), hook=None)
         set_learning_rate(self.run.optimizer, cfg.learning_rate)
         self.device, self.dtype = self.procs.device, self.procs.dtype
         self.tokens_per_iter = self.run.plan.tokens_per_update
-        self.flops_per_iter = self.run.raw_model.flops_per_token(cfg.model.block_size) * self.tokens_per_iter
+        self.flops_per_iter = self.run.model.flops_per_token(cfg.model.block_size) * self.tokens_per_iter
         self.times: list[float] = []
         self.last_loss = math.nan
 
     def iteration(self) -> None:
-        result = train_step(self.run)
-        self.last_loss = result.loss.item()  # waits for the device, as train.py's logging does
+        metrics, _, _ = train_step(self.run, self.state, [])
+        self.last_loss = metrics["loss"].item()  # waits for the device, as train.py's logging does
 
     def run_timed(self, warmup: int, iters: int) -> None:
         torch.set_num_threads(self.cfg.threads or DEFAULT_THREADS)  # variants may differ in threads

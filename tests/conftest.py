@@ -5,6 +5,7 @@ prepare/shared.py` makes that folder while online); nothing is downloaded. Datas
 the same format the prepare scripts produce.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -31,7 +32,56 @@ def one_thread_after_each_test():
     """Tests that change torch's thread count (sample.main chooses one) do not leak it."""
     yield
     torch.set_num_threads(1)
-    model.Linear.row_split = True  # sample.main chooses it by timing; later tests expect the default
+
+
+def records(out_dir: Path, kind: str = "eval") -> list[dict]:
+    """The records of out_dir/metrics.jsonl of one kind: "eval" (one per evaluation) or "train" (one
+    per training line)."""
+    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind", "eval") == kind]
+
+
+def training_line_fields(line: str) -> dict:
+    """The fields of a training line, "iter 5/20: loss 4.0707, grad_norm 1.7166, lr 9.72e-04, 29.9 ms/iter,
+    4,276 tok/s, eta 1s" -> {"iter": "5/20", "loss": "4.0707", "grad_norm": "1.7166", "lr": "9.72e-04",
+    "ms/iter": "29.9", "tok/s": "4,276", "eta": "1s"}: a name and a value, in either order."""
+    head, _, rest = line.partition(": ")
+    assert head.startswith("iter "), line
+    fields = {"iter": head.removeprefix("iter ")}
+    for part in rest.split(", "):
+        a, _, b = part.rpartition(" ")
+        name, value = (a, b) if a and not a[0].isdigit() else (b, a)  # "loss 4.07" or "29.9 ms/iter"
+        assert name and value and name not in fields, (part, line)
+        fields[name] = value
+    return fields
+
+
+SIZE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")  # the shape, not a switch
+
+
+def model_switches() -> list[dict]:
+    """Each architecture switch of model.GPTConfig set away from its default, one at a time: every value of
+    a choice (GPTConfig.CHOICES), the other bool, and a changed number. Enumerated from GPTConfig's fields,
+    so a new switch is covered by every test that uses this (compile, KV cache, export, resume)."""
+    switches = []
+    for f in dataclasses.fields(model.GPTConfig):
+        if f.name in SIZE_FIELDS:
+            continue
+        if f.name in model.GPTConfig.CHOICES:
+            switches += [{f.name: v} for v in model.GPTConfig.CHOICES[f.name] if v != f.default]
+        elif isinstance(f.default, bool):
+            switches.append({f.name: not f.default})
+        elif isinstance(f.default, int):
+            switches.append({f.name: 1 if f.default != 1 else 2})
+        elif isinstance(f.default, float):
+            switches.append({f.name: f.default * 2 if f.default else 0.1})
+        else:
+            raise AssertionError(f"GPTConfig.{f.name}: add a rule for its type to conftest.model_switches")
+    return switches
+
+
+def switch_id(switch: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in switch.items()) or "default"
 
 
 def write_char_dataset(out_dir: Path, text: str, val_fraction: float = 0.1) -> dict:

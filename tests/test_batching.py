@@ -19,6 +19,7 @@ import train
 from checkpoint import load_checkpoint
 from cli import UserError, build_config, read_overrides
 from conftest import REPO_ROOT, torchrun_command
+from data import plan_batches
 from test_hf import gpt2_dataset  # noqa: F401  (a fixture: GPT-2 BPE data for the finetune config)
 from test_train import TINY, read_metrics
 
@@ -30,15 +31,18 @@ def config_of(path, *argv) -> train.TrainConfig:
     return build_config(train.TrainConfig, read_overrides(train.TrainConfig, [str(path), *argv]))
 
 
-def processes(rank: int, world: int) -> train.Processes:
-    return train.Processes(rank, rank, world, torch.device("cpu"), torch.float32)
+def plans_of(cfg, world: int) -> list:
+    """Each rank's share of an update, as train.py plans it for cfg on `world` processes."""
+    block_size = cfg.model.block_size
+    global_seqs = cfg.tokens_per_update // block_size or cfg.gradient_accumulation_steps * cfg.batch_size
+    return [plan_batches(global_seqs, cfg.batch_size, block_size, rank, world) for rank in range(world)]
 
 
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_divides_over_1_2_4_8_processes(path, world):
     cfg = config_of(path)
-    plans = [train.plan_batches(cfg, processes(rank, world)) for rank in range(world)]
+    plans = plans_of(cfg, world)
     global_seqs = plans[0].global_seqs
     assert plans[0].tokens_per_update == global_seqs * cfg.model.block_size
     assert [(p.start, p.stop) for p in plans] == [(r * global_seqs // world, (r + 1) * global_seqs // world)
@@ -55,18 +59,20 @@ def test_every_shipped_config_divides_over_1_2_4_8_processes(path, world):
 
 def test_tokens_per_update_sets_the_batch_and_accumulation():
     cfg = config_of(CONFIGS[0], "--tokens_per_update=4096", "--block_size=64", "--batch_size=16")
-    plan = train.plan_batches(cfg, processes(0, 1))
+    plan = plans_of(cfg, 1)[0]
     assert (plan.global_seqs, plan.micro_sizes) == (64, [16, 16, 16, 16])
-    plan = train.plan_batches(cfg, processes(1, 8))  # 8 each: one micro-batch smaller than batch_size
+    plan = plans_of(cfg, 8)[1]  # 8 each: one micro-batch smaller than batch_size
     assert (plan.start, plan.stop, plan.micro_sizes) == (8, 16, [8])
 
 
-def test_a_batch_that_cannot_be_shared_is_one_line():
+def test_a_batch_that_cannot_be_shared_is_one_line(small_char_dataset, tmp_path):
     cfg = config_of(CONFIGS[0], "--tokens_per_update=128", "--block_size=64")
     with pytest.raises(UserError, match=r"2 sequence\(s\) cannot be shared by 4 processes.*tokens_per_update"):
-        train.plan_batches(cfg, processes(0, 4))
+        plans_of(cfg, 4)
     with pytest.raises(UserError, match="not a multiple of block_size 64"):
-        train.check_config(config_of(CONFIGS[0], "--tokens_per_update=100", "--block_size=64"))
+        train.main([f"--dataset={small_char_dataset}", f"--out_dir={tmp_path}", "--tokens_per_update=100",
+                    "--block_size=64"])
+    assert not (tmp_path / "ckpt.pt").exists()
 
 
 def torchrun(*args, nproc=2):

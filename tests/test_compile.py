@@ -1,8 +1,8 @@
 """torch.compile: one graph for every architecture switch, and compiled training equals eager.
 
-A graph break splits the model into pieces that run eagerly in between, which is what made
-`compile=true` slower than eager before (model.Linear asked torch for its thread count before its
-device check: 13 graphs, 12 breaks). `fullgraph=True` turns any break into an error; the aot_eager
+A graph break splits the model into pieces that run eagerly in between, which is what once made
+`compile=true` slower than eager (a Linear that asked torch for its thread count: 13 graphs, 12
+breaks). Every switch of GPTConfig is enumerated from its fields (conftest.model_switches). `fullgraph=True` turns any break into an error; the aot_eager
 backend traces forward and backward (AOTAutograd) without generating code, so the check is quick.
 
     python -m pytest tests/test_compile.py -q
@@ -13,18 +13,16 @@ import torch
 
 import train
 from checkpoint import load_checkpoint
+from conftest import model_switches, switch_id
 from model import GPT, GPTConfig
 from test_resume import read_metrics, tiny_args
 
-SWITCHES = [
-    {}, {"pos_embedding": "rope"}, {"norm": "rmsnorm"}, {"qk_norm": True}, {"mlp": "relu2"}, {"mlp": "swiglu"},
-    {"mlp": "gelu_exact"}, {"tie_embeddings": False}, {"logit_softcap": 15.0}, {"bias": False}, {"dropout": 0.1},
-    {"vocab_multiple": 1}, {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2",
-                            "tie_embeddings": False, "logit_softcap": 30.0, "bias": False},
-]
+ALL_MODERN = {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False,
+              "logit_softcap": 30.0, "bias": False}
+SWITCHES = [{}, *model_switches(), ALL_MODERN]  # GPT-2, every switch of GPTConfig alone, and many together
 
 
-@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "gpt2")
+@pytest.mark.parametrize("switch", SWITCHES, ids=switch_id)
 def test_training_forward_and_backward_are_one_graph(switch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, **switch))

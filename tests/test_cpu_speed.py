@@ -4,11 +4,10 @@ and bench/train_speed.py.
     python -m pytest tests/test_cpu_speed.py -q
 """
 
-import json
 import math
 
 import torch
-from conftest import run_script
+from conftest import records, run_script
 
 from model import GPT, GPTConfig
 from device import cpu_has_bf16_units, resolve_dtype
@@ -62,12 +61,12 @@ def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp
                         "--warmup_iters=0")  # so that the last lr depends on the clock alone
     assert result.returncode == 0, result.stderr
     assert "time budget of 3s spent" in result.stdout
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert records[0]["iter"] == 0 and records[-1]["iter"] > 0  # evaluated at the start and the end
-    assert records[-1]["elapsed_s"] >= 3
-    assert records[-1]["lr"] < 1e-4  # the cosine ran to min_lr (6e-5) with the clock
+    evals = records(out)
+    assert evals[0]["iter"] == 0 and evals[-1]["iter"] > 0  # evaluated at the start and the end
+    assert evals[-1]["elapsed_s"] >= 3
+    assert evals[-1]["lr"] < 1e-4  # the cosine ran to min_lr (6e-5) with the clock
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    assert ckpt["iter_num"] == records[-1]["iter"] and ckpt["elapsed_s"] >= 3
+    assert ckpt["iter_num"] == evals[-1]["iter"] and ckpt["elapsed_s"] >= 3
 
 
 def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
@@ -78,9 +77,9 @@ def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
     assert first.returncode == 0, first.stderr
     second = run_script("train.py", *common, "--max_iters=20", "--init_from=resume")
     assert second.returncode == 0, second.stderr
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in records] == [0, 10, 20]
-    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    evals = records(out)
+    assert [r["iter"] for r in evals] == [0, 10, 20]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert any(g.get("use_muon") for g in ckpt["optimizer"]["param_groups"])
 

@@ -20,7 +20,6 @@ Runs call train.main in this process with the tiny model of test_resume.py (~1 s
 """
 
 import contextlib
-import functools
 import io
 import math
 import platform
@@ -29,23 +28,23 @@ import signal
 import subprocess
 import sys
 import tomllib
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
 import progress
+import report
 import train
 from checkpoint import load_checkpoint
-from conftest import REPO_ROOT, run_script, torchrun_command
+from conftest import REPO_ROOT, records, run_script, torchrun_command, training_line_fields
 from test_resume import MAX_ITERS, read_metrics, tiny_args
 
-ETA = r"(\?|\d+s|\d+m\d\ds|\d+h\d\dm)"  # train.format_seconds
+ETA = r"(\?|\d+s|\d+m\d\ds|\d+h\d\dm)"  # report.format_seconds
 
 
 def seconds_of(text: str) -> float:
-    """The seconds a train.format_seconds text stands for ("45s", "3m07s", "2h05m")."""
+    """The seconds a report.format_seconds text stands for ("45s", "3m07s", "2h05m")."""
     match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
     assert match and text, text
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
@@ -70,15 +69,22 @@ def tiny_run(small_char_dataset, tmp_path_factory) -> tuple[Path, str]:
 # ----------------------------------------------------------------------------- training lines and ETA
 
 
-def test_training_lines_show_iteration_of_max_and_eta(tiny_run):
+def test_training_lines_show_iteration_of_max_metrics_and_eta(tiny_run):
     out_dir, out = tiny_run
-    lines = [line for line in out.splitlines() if line.startswith("iter ")]
+    lines = [training_line_fields(line) for line in out.splitlines() if line.startswith("iter ")]
     # a line every log_interval (5) iterations; the first update (warm-up) opens the timing window
-    assert [int(re.match(r"iter (\d+)/", line).group(1)) for line in lines] == list(range(5, MAX_ITERS + 1, 5))
-    pattern = (rf"iter \d+/{MAX_ITERS}: loss \d+\.\d{{4}}, lr \d\.\d\de-\d\d, \d+\.\d ms/iter, [\d,]+ tok/s"
-               rf"(, mfu [\d.]+%)?, eta {ETA}")
+    assert [line["iter"] for line in lines] == [f"{it}/{MAX_ITERS}" for it in range(5, MAX_ITERS + 1, 5)]
     for line in lines:
-        assert re.fullmatch(pattern, line), line
+        assert re.fullmatch(r"\d+\.\d{4}", line["loss"]) and re.fullmatch(r"\d+\.\d{4}", line["grad_norm"]), line
+        assert re.fullmatch(r"\d\.\d\de-\d\d", line["lr"]) and re.fullmatch(r"\d+\.\d", line["ms/iter"]), line
+        assert re.fullmatch(r"[\d,]+", line["tok/s"]) and re.fullmatch(ETA, line["eta"]), line
+        assert "mfu" not in line  # no data-sheet peak for a CPU
+    # each line is a "train" record of metrics.jsonl too, with the same numbers
+    trained = records(out_dir, "train")
+    assert [r["iter"] for r in trained] == list(range(5, MAX_ITERS + 1, 5))
+    for line, record in zip(lines, trained):
+        assert line["loss"] == f"{record['loss']:.4f}" and line["grad_norm"] == f"{record['grad_norm']:.4f}"
+        assert record["grad_norm"] > 0 and line["lr"] == f"{record['lr']:.2e}"
 
 
 def test_start_lines_name_the_dataset_folder_used(tiny_run, small_char_dataset):
@@ -95,30 +101,21 @@ def brute_force_time_left(iter_num: int, max_iters: int, eval_interval: int, ste
     return (max_iters - iter_num) * step_s + evaluations * eval_s
 
 
-def fake_run(iter_num: int, elapsed: float = 0.0, **cfg) -> types.SimpleNamespace:
-    """As much of a train.Run as time_left looks at."""
-    return types.SimpleNamespace(cfg=train.TrainConfig(**cfg), iter_num=iter_num,
-                                 elapsed=lambda agree=True: elapsed)
-
-
 @pytest.mark.parametrize("max_iters, eval_interval", [(20, 5), (11, 5), (13, 4), (7, 10), (5000, 250)])
 def test_eta_counts_the_updates_and_evaluations_left(max_iters, eval_interval):
     step_s, eval_s = 0.25, 30.0  # evaluations much slower than updates, as on a CPU with many eval_iters
     for iter_num in range(1, max_iters + 1):
-        run = fake_run(iter_num, max_iters=max_iters, eval_interval=eval_interval)
-        got = train.time_left(run, train.Progress(step_seconds=step_s, eval_seconds=eval_s))
+        got = report.time_left(iter_num, max_iters, eval_interval, step_s, eval_s)
         want = brute_force_time_left(iter_num, max_iters, eval_interval, step_s, eval_s)
         assert got == pytest.approx(want), f"iteration {iter_num} of {max_iters}, eval_interval {eval_interval}"
 
 
 def test_eta_with_a_time_budget_is_the_budget_or_max_iters_whichever_ends_first():
-    progress_ = train.Progress(step_seconds=0.5, eval_seconds=4.0)
     # the budget ends the run: what is left of it, then the last evaluation
-    run = fake_run(100, elapsed=250.0, max_iters=1_000_000, eval_interval=250, max_seconds=600)
-    assert train.time_left(run, progress_) == pytest.approx(600 - 250 + 4.0)
+    assert report.time_left(100, 1_000_000, 250, 0.5, 4.0, budget_left=600 - 250) == pytest.approx(600 - 250 + 4.0)
     # max_iters comes long before the budget is spent: the updates and evaluations left
-    run = fake_run(100, elapsed=50.0, max_iters=120, eval_interval=250, max_seconds=3600)
-    assert train.time_left(run, progress_) == pytest.approx(brute_force_time_left(100, 120, 250, 0.5, 4.0))
+    assert report.time_left(100, 120, 250, 0.5, 4.0, budget_left=3600 - 50) == \
+        pytest.approx(brute_force_time_left(100, 120, 250, 0.5, 4.0))
 
 
 def test_eta_follows_the_time_budget_in_a_run(small_char_dataset, tmp_path):
@@ -147,7 +144,7 @@ def test_eta_follows_max_iters_when_it_comes_before_the_budget(small_char_datase
 def test_slow_evaluation_shows_plain_progress_lines_in_a_log_file(small_char_dataset, tmp_path, monkeypatch):
     """The progress line interval (10 s in real runs, see test_preemption.py) is made 10 ms here, so
     an evaluation of 2 x 50 batches is 'slow'."""
-    monkeypatch.setattr(train, "progress_bar", functools.partial(progress.progress, interval=0.01))
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.01)
     log_path = tmp_path / "train.log"
     with open(log_path, "w") as log:
         monkeypatch.setattr(sys, "stdout", log)  # stdout redirected to a file, as in a batch job
@@ -170,17 +167,30 @@ def test_quick_evaluation_prints_no_progress_lines(tiny_run):
 # ----------------------------------------------------------------------------- slow-CPU warning
 
 
-def stages(argv: list[str]) -> train.Run:
-    """The run train.main would train, built through its stages (no training, no run folder)."""
-    cfg, ckpt = train.load_config(argv)
-    return train.build_run(cfg, train.setup_processes(cfg), ckpt)
+class Built(Exception):
+    """Raised by `until_built` to end a run where its loop begins."""
+
+
+def until_built(argv: list[str]) -> tuple[str, "train.Run"]:
+    """train.main(argv) up to the loop's first event (the evaluation at iteration 0, before its first
+    batch): what it printed by then, and the Run the hook was given."""
+    seen = []
+
+    def hook(event, state, run):
+        seen.append((sys.stdout.getvalue(), run))
+        raise Built
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(Built):
+        train.main(argv, hook=hook)
+    return seen[0]
 
 
 def warning_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("this CPU does about ")]
 
 
-def check_warning(line: str, run: train.Run) -> None:
+def check_warning(line: str, run: "train.Run") -> None:
     """Names the keys to lower, and its times agree with the GFLOP/s it names (rounding aside)."""
     for key in ("n_layer", "n_embd", "block_size", "batch_size", "eval_iters"):
         assert key in line, line
@@ -189,7 +199,7 @@ def check_warning(line: str, run: train.Run) -> None:
     assert match, line
     rate = int(match.group(1))  # GFLOP/s, rounded: the true rate is within half a unit of it
     cfg = run.cfg
-    flops_per_token = run.raw_model.flops_per_token(cfg.model.block_size)
+    flops_per_token = run.model.flops_per_token(cfg.model.block_size)
     update_flops = flops_per_token * run.plan.tokens_per_update
     eval_flops = flops_per_token / 3 * 2 * cfg.eval_iters * cfg.batch_size * cfg.model.block_size
     for printed, flops in ((match.group(2), update_flops), (match.group(3), eval_flops)):
@@ -208,37 +218,26 @@ def big_args(dataset, out_dir, **overrides) -> list[str]:
     return tiny_args(dataset, out_dir, **config)
 
 
-def test_slow_model_warns_once_before_the_first_step(small_char_dataset, tmp_path, monkeypatch):
-    printed_before_loop = []
-
-    def no_training(run, folder, stop):  # what was printed when the loop would begin
-        printed_before_loop.append(sys.stdout.getvalue())
-
-    monkeypatch.setattr(train, "train_loop", no_training)
-    main_output(big_args(small_char_dataset, tmp_path))
-    warnings = warning_lines(printed_before_loop[0])
-    assert len(warnings) == 1, printed_before_loop[0]
-    check_warning(warnings[0], stages(big_args(small_char_dataset, tmp_path / "unused")))
+def test_slow_model_warns_once_before_the_first_step(small_char_dataset, tmp_path):
+    printed, run = until_built(big_args(small_char_dataset, tmp_path))
+    warnings = warning_lines(printed)
+    assert len(warnings) == 1, printed
+    assert run.plan.tokens_per_update == 256 * 4 * 256
+    check_warning(warnings[0], run)
 
 
-def test_slow_evaluation_alone_warns(small_char_dataset, tmp_path, capsys):
+def test_slow_evaluation_alone_warns(small_char_dataset, tmp_path):
     """A tiny model whose updates are quick, with eval_iters=10^7: the evaluations are what is slow."""
-    run = stages(tiny_args(small_char_dataset, tmp_path, eval_iters=10_000_000))
-    capsys.readouterr()
-    train.warn_if_slow(run)
-    warnings = warning_lines(capsys.readouterr().out)
+    printed, run = until_built(tiny_args(small_char_dataset, tmp_path, eval_iters=10_000_000))
+    warnings = warning_lines(printed)
     assert len(warnings) == 1
     check_warning(warnings[0], run)
     assert re.search(r"roughly 0s per update", warnings[0]), warnings[0]
 
 
-def test_tiny_model_gets_no_warning(tiny_run, small_char_dataset, tmp_path, capsys):
+def test_tiny_model_gets_no_warning(tiny_run):
     _, out = tiny_run
-    assert warning_lines(out) == []
-    run = stages(tiny_args(small_char_dataset, tmp_path))
-    capsys.readouterr()
-    train.warn_if_slow(run)
-    assert capsys.readouterr().out == ""
+    assert out.count("device cpu, ") == 1 and warning_lines(out) == []
 
 
 # ----------------------------------------------------------------------------- the last line
@@ -265,18 +264,21 @@ def test_last_line_after_a_resume_with_nothing_to_train(tiny_run, small_char_dat
 
 
 def test_last_line_names_the_earlier_checkpoint_when_the_final_evaluation_did_not_improve(
-        small_char_dataset, tmp_path, monkeypatch):
-    """always_save_checkpoint=false, and the final evaluation made worse than the best so far."""
-    real_evaluate = train.evaluate
+        small_char_dataset, tmp_path):
+    """always_save_checkpoint=false, and the weights spoilt after the last update (noise added through
+    train.main's hook), so that the final evaluation is worse than the best so far."""
+    def spoil_after_the_last_update(event, state, run):
+        if event == "update" and state.iter_num == MAX_ITERS:
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in run.model.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator))
 
-    def worse_at_the_end(run, stop):
-        losses = real_evaluate(run, stop)
-        if losses is not None and run.iter_num == MAX_ITERS:
-            losses["val"] = run.best_val_loss + 1.0
-        return losses
-
-    monkeypatch.setattr(train, "evaluate", worse_at_the_end)
-    out = main_output(tiny_args(small_char_dataset, tmp_path, always_save_checkpoint=False))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        train.main(tiny_args(small_char_dataset, tmp_path, always_save_checkpoint=False),
+                   hook=spoil_after_the_last_update)
+    out = printed.getvalue()
     metrics = read_metrics(tmp_path)
     best, kept = math.inf, None  # the last evaluation after iteration 0 that improved on the best
     for m in metrics:

@@ -5,14 +5,12 @@
     bfloat16 on such a GPU is one line
   * the data-sheet peaks: H100 PCIe is not taken for an H100 SXM, float32 (TF32) is half
   * MFU divides the global batch's FLOPs by the peak of ALL the devices (world size x one peak),
-    and the logged figure is tokens/s x FLOPs per token / peak, timed without the first update
+    and the logged figure (training line and metrics.jsonl) is tokens/s x FLOPs per token / peak,
+    timed without the first update
   * a resumed checkpoint is read onto the CPU (its RNG states must stay CPU tensors)
 
     python -m pytest tests/test_gpu_policy.py -q
 """
-
-import re
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ import device
 import train
 from checkpoint import load_checkpoint
 from cli import UserError
+from conftest import records, training_line_fields
 from model import GPT, GPTConfig
 from test_resume import tiny_args
 
@@ -60,29 +59,28 @@ def test_peaks_come_from_the_data_sheets(monkeypatch, name, dtype, peak):
 
 @pytest.mark.parametrize("world_size", [1, 2, 8])
 def test_mfu_counts_the_peak_of_every_process(monkeypatch, world_size):
-    monkeypatch.setattr(train, "peak_flops", lambda d, dt: 1e12)
+    gpu = fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=100))
-    cfg = train.TrainConfig(model=model.config)
-    procs = train.Processes(0, 0, world_size, torch.device("cpu"), torch.bfloat16)
-    plan = train.BatchPlan(global_seqs=64, block_size=64, start=0, stop=64 // world_size,
-                           micro_sizes=[64 // world_size], world_size=world_size)
-    run = SimpleNamespace(cfg=cfg, procs=procs, raw_model=model, plan=plan)
-    global_flops = model.flops_per_token(64) * 64 * 64  # the whole update, over all processes
-    assert train.mfu(run, 0.5) == pytest.approx(global_flops / 0.5 / (1e12 * world_size))
+    global_flops = model.flops_per_token(64) * 64 * 64  # the whole update of 64 sequences, over all processes
+    assert device.mfu(global_flops, 0.5, gpu, torch.bfloat16, world_size) == \
+        pytest.approx(global_flops / 0.5 / (989e12 * world_size))
+    assert device.mfu(global_flops, 0.5, torch.device("cpu"), torch.bfloat16, world_size) is None  # no peak
 
 
 def test_logged_mfu_is_tokens_per_second_times_flops_per_token_over_the_peak(small_char_dataset, tmp_path,
                                                                              monkeypatch, capsys):
     peak = 5e9
-    monkeypatch.setattr(train, "peak_flops", lambda d, dt: peak)
+    monkeypatch.setattr(device, "peak_flops", lambda d, dt: peak)  # a CPU with a data sheet
     train.main(tiny_args(small_char_dataset, tmp_path, max_iters=6, log_interval=3, eval_interval=100))
     out = capsys.readouterr().out
     flops_per_token = GPT(GPTConfig(**load_checkpoint(tmp_path)["model_config"])).flops_per_token(32)
-    lines = re.findall(r"^iter (\d+)/\d+: .*, ([\d,]+) tok/s, mfu ([\d.]+)%", out, re.MULTILINE)
-    assert [int(it) for it, _, _ in lines] == [3, 6], out  # the first update (compilation) is not timed
-    for _, tokens_per_s, percent in lines:
-        expected = 100 * float(tokens_per_s.replace(",", "")) * flops_per_token / peak
-        assert float(percent) == pytest.approx(expected, rel=0.01, abs=0.06)
+    lines = [training_line_fields(line) for line in out.splitlines() if line.startswith("iter ")]
+    assert [line["iter"] for line in lines] == ["3/6", "6/6"], out  # the first update (compilation) is not timed
+    for line, record in zip(lines, records(tmp_path, "train"), strict=True):
+        tokens_per_s = float(line["tok/s"].replace(",", ""))
+        expected = 100 * tokens_per_s * flops_per_token / peak
+        assert float(line["mfu"].removesuffix("%")) == pytest.approx(expected, rel=0.01, abs=0.06)
+        assert 100 * record["mfu"] == pytest.approx(expected, rel=0.01, abs=0.06)
 
 
 def test_a_resumed_checkpoint_is_read_onto_the_cpu(small_char_dataset, tmp_path, monkeypatch):
@@ -90,8 +88,7 @@ def test_a_resumed_checkpoint_is_read_onto_the_cpu(small_char_dataset, tmp_path,
     refuses them; the optimizer's load_state_dict moves its moments to the parameters' device."""
     train.main(tiny_args(small_char_dataset, tmp_path, max_iters=5))
     asked = []
-    real = train.load_checkpoint
-    monkeypatch.setattr(train, "load_checkpoint", lambda path, **kw: asked.append(kw) or real(path, **kw))
-    cfg, ckpt = train.load_config(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
-    assert asked == [{"map_location": "cpu"}]
-    assert all(state["torch"].device.type == "cpu" for state in ckpt["rng_per_rank"])
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: asked.append(kw.get("map_location")) or real(f, *a, **kw))
+    train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", max_iters=6))
+    assert asked == ["cpu"]

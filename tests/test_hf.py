@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TIKTOKEN_CACHE, run_script, write_char_dataset
+from conftest import TIKTOKEN_CACHE, model_switches, records, run_script, switch_id, write_char_dataset
 
 import hf
 from checkpoint import build_checkpoint, save_checkpoint
@@ -170,15 +170,34 @@ def test_export_loads_in_transformers_with_same_logits_and_greedy_tokens(tmp_pat
         assert (our_logits(again, idx) - our_logits(ours, idx)).abs().max().item() < MAX_ABS_DIFF
 
 
-@pytest.mark.parametrize("option, value", [("pos_embedding", "rope"), ("norm", "rmsnorm"), ("qk_norm", True),
-                                           ("mlp", "swiglu"), ("mlp", "relu2"), ("tie_embeddings", False),
-                                           ("logit_softcap", 30.0), ("mlp_ratio", 3.0)])
-def test_export_names_the_option_gpt2_lacks(tmp_path, option, value):
-    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16, **{option: value})
-    run_dir = save_our_checkpoint(GPT(config), tmp_path / "run")
-    with pytest.raises(UserError, match=f"{option}="):  # checked before the optional packages are needed
-        hf.export_checkpoint(str(run_dir), str(tmp_path / "export"))
-    assert not (tmp_path / "export").exists()
+@pytest.mark.parametrize("switch", model_switches(), ids=switch_id)
+def test_every_switch_exports_with_the_same_logits_or_is_refused_by_name(tmp_path, switch):
+    """Each switch of GPTConfig (enumerated from its fields): the export loads in transformers and gives
+    our logits, or it is refused with one line naming the option, before anything is written."""
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16, **switch)
+    ours = random_ours(config)
+    run_dir = save_our_checkpoint(ours, tmp_path / "run")
+    (option, value), = switch.items()
+    if hf.exportable_problem(config) is not None:
+        with pytest.raises(UserError, match=f"{option}="):  # checked before the optional packages are needed
+            hf.export_checkpoint(str(run_dir), str(tmp_path / "export"))
+        assert not (tmp_path / "export").exists()
+        return
+    transformers = need_transformers()
+    out = hf.export_checkpoint(str(run_dir), str(tmp_path / "export"))
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    idx = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (our_logits(ours.eval(), idx) - hf_model(idx).logits).abs().max().item()
+    assert diff < MAX_ABS_DIFF, f"{option}={value!r}: logits differ by {diff}"
+
+
+def test_export_refuses_a_parameter_gpt2_has_no_place_for(tmp_path):
+    """A switch that adds parameters and is not taught to the export is refused by name, not dropped."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16))
+    model.transformer.h[0].register_parameter("resid_gain", torch.nn.Parameter(torch.ones(16)))
+    with pytest.raises(UserError, match=r"no place for transformer\.h\.0\.resid_gain"):
+        hf.state_dict_to_hf(model)
 
 
 def test_export_cli_one_line_error_for_rope(tmp_path):
@@ -292,7 +311,7 @@ def test_finetune_from_local_gpt2_folder_end_to_end(tmp_path, gpt2_dataset):
                         "--max_iters=12", "--eval_interval=12", "--dropout=0.1", *common)
     assert result.returncode == 0, result.stderr
     assert "model shape from the pretrained config (n_layer=2, n_head=2, n_embd=32" in result.stdout
-    evals = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = records(out_dir)
     assert [e["iter"] for e in evals] == [0, 12]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, evals
     saved = json.loads((out_dir / "config.json").read_text())

@@ -5,9 +5,7 @@ import math
 import pytest
 import torch
 
-import torch.nn.functional as F
-
-from model import GPT, GPTConfig, Linear
+from model import GPT, GPTConfig
 
 MODERN = dict(pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False,
               logit_softcap=30.0, bias=False)
@@ -116,49 +114,6 @@ def test_fused_adamw_matches_the_plain_implementation():
 def test_invalid_shapes_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32), **bad})
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("bias", [True, False])
-def test_one_row_linear_on_several_threads_matches_f_linear(threads, bias, monkeypatch):
-    """The batched-matmul path for a single row gives F.linear's result; more rows take F.linear itself."""
-    torch.manual_seed(0)
-    layer = Linear(256, 6 * 100, bias=bias)  # 153,600 weights: above the size where the path starts
-    bmm_calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or real_bmm(*a))
-    torch.set_num_threads(threads)
-    for shape in [(1, 256), (1, 1, 256), (256,)]:
-        x = torch.randn(shape)
-        y = layer(x)
-        assert y.shape == shape[:-1] + (600,)
-        torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-6, rtol=1e-5)
-    assert len(bmm_calls) == 3  # the fast path was taken
-    x = torch.randn(4, 1, 256)  # several rows: F.linear itself
-    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
-    for other in (Linear(256, 601), Linear(64, 60)):  # rows do not split evenly; too small to pay
-        x = torch.randn(1, other.in_features)
-        assert torch.equal(other(x), F.linear(x, other.weight, other.bias))
-    assert len(bmm_calls) == 3
-
-
-def test_row_split_is_chosen_by_timing_and_can_be_turned_off(monkeypatch):
-    """choose_row_split times both paths and keeps one for every Linear; off, no bmm is called."""
-    from model import choose_row_split
-
-    torch.set_num_threads(2)
-    layer = Linear(256, 600)
-    chosen = choose_row_split(layer, repeats=5)
-    assert isinstance(chosen, bool) and Linear.row_split is chosen
-    Linear.row_split = False
-    bmm_calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *a: bmm_calls.append(1) or real_bmm(*a))
-    x = torch.randn(1, 256)
-    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias)) and not bmm_calls
-    Linear.row_split = True
-    layer(x)
-    assert bmm_calls == [1]
 
 
 def test_padded_vocabulary_rows_are_never_targets_nor_sampled():

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import init_from
 import nanogpt
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
@@ -234,12 +235,12 @@ def test_vocab_fields_reproduce_the_padded_rows(monkeypatch):
 
 def test_run_checkpoint_path_tells_runs_from_other_sources(nanogpt_checkout, tmp_path):
     run = nanogpt_checkout["ckpt"].parent
-    assert train.run_checkpoint_path(run) == run / "ckpt.pt"
-    assert train.run_checkpoint_path(run / "ckpt.pt") == run / "ckpt.pt"
+    assert init_from.run_checkpoint_path(run) == run / "ckpt.pt"
+    assert init_from.run_checkpoint_path(run / "ckpt.pt") == run / "ckpt.pt"
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
     for other in ("gpt2", "resume", "scratch", tmp_path / "hf", tmp_path / "nothing"):
-        assert train.run_checkpoint_path(other) is None
+        assert init_from.run_checkpoint_path(other) is None
 
 
 def test_damaged_model_args_are_one_line(nanogpt_checkout):

@@ -17,14 +17,20 @@ from conftest import run_script
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(folder, learning_rate=1e-3, n_layer=4, nested=False, iters=1000, every=100, extra_line=""):
-    """A run folder as train.py leaves it: metrics.jsonl (with a key plot.py does not know) and config.json."""
+def fake_run(folder, learning_rate=1e-3, n_layer=4, nested=False, iters=1000, every=100, extra_line="",
+             legacy=False):
+    """A run folder as train.py leaves it: metrics.jsonl (evaluation records, a training line's record
+    between them, a key plot.py does not know) and config.json. legacy: evaluations only, without
+    "kind", as train.py wrote them before training lines were recorded."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for it in range(0, iters + 1, every):
         val = 1.5 + 2.7 * math.exp(-6 * it / iters)
-        lines.append(json.dumps({"iter": it, "train_loss": val - 0.02, "val_loss": val, "lr": learning_rate,
-                                 "elapsed_s": 0.05 * it, "tokens_per_s": 1000}))
+        if it and not legacy:
+            lines.append(json.dumps({"iter": it, "kind": "train", "loss": val + 0.3, "grad_norm": 0.5,
+                                     "lr": learning_rate, "ms_per_iter": 50.0, "tok_per_s": 1000, "elapsed_s": 0.05 * it}))
+        lines.append(json.dumps({"iter": it, **({} if legacy else {"kind": "eval"}), "train_loss": val - 0.02,
+                                 "val_loss": val, "lr": learning_rate, "elapsed_s": 0.05 * it, "tokens_per_s": 1000}))
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n" + extra_line)
     config = {"out_dir": str(folder), "learning_rate": learning_rate, "batch_size": 12}
     if nested:
@@ -49,6 +55,14 @@ def test_two_runs_make_a_png(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file written there, not private (0600)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_the_evaluations_are_read_and_training_records_left_out(tmp_path, legacy):
+    run = fake_run(tmp_path / "run", iters=300, legacy=legacy, extra_line='{"iter": 4')
+    evaluations = plot.read_metrics(run)
+    assert [r["iter"] for r in evaluations] == [0, 100, 200, 300]
+    assert all("val_loss" in r for r in evaluations)
 
 
 def test_labels_name_the_options_that_differ_flat_or_nested():

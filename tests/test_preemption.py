@@ -3,8 +3,8 @@
   * SIGTERM during a long evaluation is honoured within seconds: the evaluation is abandoned (not
     recorded, not reported as done), a checkpoint is saved at that iteration, exit 0, and
     `--init_from=resume` repeats the evaluation; a stop in the middle of a later evaluation (through
-    train.main's injectable StopRequest) resumes to the same metrics and state, bitwise; a stop
-    after an evaluation's last batch starts no update; under torchrun, SIGTERM to one rank stops all
+    train.main's hook) resumes to the same metrics and state, bitwise; a stop after an evaluation's
+    last batch starts no update; under torchrun, SIGTERM to one rank stops all
   * after a 2-process run no process group is left for interpreter exit (the gloo abort's cause)
   * one trainer per out_dir: a second train.py (fresh with --overwrite=true, or resuming) exits 1
     with one line naming the running trainer's pid and leaves it unaffected; readers (sample.py,
@@ -201,30 +201,27 @@ def test_sigterm_to_one_ddp_rank_during_a_long_evaluation_stops_all_of_them(smal
     assert ckpt["iter_num"] == 0 and ckpt["evaluated_at"] == -1 and len(ckpt["rng_per_rank"]) == 2
 
 
-class StopDuringEvaluation(train.StopRequest):
-    """Asks to stop in the middle of the evaluation at iteration `at`, after `batches` of its batches,
-    as if SIGTERM had arrived then. The evaluation asks should_stop before each batch (training
-    steps ask it too; the caller's name tells them apart)."""
+class StopDuringEvaluation:
+    """train.main's hook that asks to stop in the middle of the evaluation at iteration `at`, after
+    `batches` of its batches, as if SIGTERM had arrived then (the hook runs before each batch)."""
 
     def __init__(self, at: int, batches: int = 1):
-        super().__init__()
         self.at, self.batches, self.asked = at, batches, 0
 
-    def should_stop(self, iter_num: int) -> bool:
-        if sys._getframe(1).f_code.co_name == "evaluate" and iter_num == self.at:
+    def __call__(self, event, state, run) -> bool:
+        if event == "eval_batch" and state.iter_num == self.at:
             self.asked += 1
-            if self.asked > self.batches:
-                self.request("SIGTERM")
-        return self.requested
+            return self.asked > self.batches
+        return False
 
 
 def test_stop_in_the_middle_of_a_later_evaluation_then_resume_is_exact(reference_run, small_char_dataset,
                                                                         tmp_path, capsys):
     stop = StopDuringEvaluation(at=5)
-    train.main(tiny_args(small_char_dataset, tmp_path), stop=stop)
+    train.main(tiny_args(small_char_dataset, tmp_path), hook=stop)
     out = capsys.readouterr().out
     assert stop.asked == 2  # one batch of the evaluation at 5 done, stopped before the second
-    assert "stopped by SIGTERM during the evaluation at iteration 5" in out
+    assert "stopped by the hook during the evaluation at iteration 5" in out
     assert "step 5:" not in out
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == 5 and ckpt["evaluated_at"] == 0
@@ -232,19 +229,17 @@ def test_stop_in_the_middle_of_a_later_evaluation_then_resume_is_exact(reference
     resume_equals_the_reference(reference_run, small_char_dataset, tmp_path)  # the evaluation at 5 done once
 
 
-class StopAfterEvaluation(train.StopRequest):
-    """Asks to stop once the evaluation at iteration `at` has asked its last time: as if SIGTERM had
-    arrived during its last batch or its save. Counts the updates begun after the request."""
+class StopAfterEvaluation:
+    """train.main's hook that asks to stop once the evaluation at iteration `at` is recorded: as if
+    SIGTERM had arrived during its last batch or its save. Counts the updates made after the request."""
 
     def __init__(self, at: int):
-        super().__init__()
-        self.at, self.updates_after = at, 0
+        self.at, self.requested, self.updates_after = at, False, 0
 
-    def should_stop(self, iter_num: int) -> bool:
-        caller = sys._getframe(1).f_code.co_name
-        if caller == "train_loop" and iter_num == self.at:
-            self.request("SIGTERM")
-        if caller == "train_step" and self.requested:
+    def __call__(self, event, state, run) -> bool:
+        if event == "evaluated" and state.iter_num == self.at:
+            self.requested = True
+        if event == "update" and self.requested:
             self.updates_after += 1
         return self.requested
 
@@ -253,10 +248,10 @@ def test_stop_during_the_last_batch_of_an_evaluation_starts_no_update(reference_
                                                                       tmp_path, capsys):
     metrics = reference_run[0]
     stop = StopAfterEvaluation(at=10)
-    train.main(tiny_args(small_char_dataset, tmp_path), stop=stop)
+    train.main(tiny_args(small_char_dataset, tmp_path), hook=stop)
     out = capsys.readouterr().out
     assert stop.updates_after == 0, "an update ran after the stop request"
-    assert "stopped by SIGTERM during the evaluation at iteration 10" in out
+    assert "stopped by the hook during the evaluation at iteration 10" in out
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == 10 and ckpt["evaluated_at"] == 10  # the finished evaluation is kept
     assert read_metrics(tmp_path) == metrics[:3]
@@ -342,51 +337,40 @@ class Crash(Exception):
 
 
 def test_checkpoint_interval_saves_between_evaluations_and_resume_is_exact(reference_run, small_char_dataset,
-                                                                           tmp_path, capsys, monkeypatch):
+                                                                           tmp_path, capsys):
     """checkpoint_interval_s=1e-6: every update is more than a microsecond, so every update saves.
     The run 'crashes' just after the timed save at iteration 7 (between the evaluations at 5 and 10);
     resuming from that checkpoint gives the uninterrupted run's metrics and final state, bitwise."""
-    real_save = train.save
-
-    def save_then_crash_at_7(run, why):
-        saved = real_save(run, why)
-        if run.iter_num == 7:
+    def crash_after_the_save_at_7(event, state, run):
+        if event == "saved" and state.iter_num == 7:
             raise Crash
-        return saved
 
-    monkeypatch.setattr(train, "save", save_then_crash_at_7)
     with pytest.raises(Crash):
-        train.main(tiny_args(small_char_dataset, tmp_path, checkpoint_interval_s=1e-6))
+        train.main(tiny_args(small_char_dataset, tmp_path, checkpoint_interval_s=1e-6), hook=crash_after_the_save_at_7)
     out = capsys.readouterr().out
     timed = [it for it, why in saved_lines(out) if why == "checkpoint_interval_s=1e-06"]
     assert timed == list(range(1, 8))
     assert [m["iter"] for m in read_metrics(tmp_path)] == [0, 5]  # no lines for the timed saves
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == 7 and ckpt["evaluated_at"] == 5
-    monkeypatch.setattr(train, "save", real_save)
     resume_equals_the_reference(reference_run, small_char_dataset, tmp_path)
 
 
-def test_checkpoint_interval_follows_the_clock(small_char_dataset, tmp_path, capsys, monkeypatch):
+def test_checkpoint_interval_follows_the_clock(small_char_dataset, tmp_path, capsys):
     """Each update is slowed by at least 0.1 s, evaluations are only at 0 and 20, interval 0.5 s.
     Whatever the load: after 5 slowed updates 0.5 s have passed, so a timed save comes at least every
     6 iterations; and two timed saves are never less than 0.5 s apart."""
-    real_step, real_save = train.train_step, train.save
-    saves = []
+    save_times = []
 
-    def slow_step(*args, **kwargs):
-        result = real_step(*args, **kwargs)
-        time.sleep(0.1)
-        return result
+    def slow_updates_and_save_times(event, state, run):
+        if event == "update":
+            time.sleep(0.1)
+        elif event == "saved":
+            save_times.append(time.time())
 
-    def timed_save(run, why):
-        saves.append((run.iter_num, why, time.time()))
-        return real_save(run, why)
-
-    monkeypatch.setattr(train, "train_step", slow_step)
-    monkeypatch.setattr(train, "save", timed_save)
-    train.main(tiny_args(small_char_dataset, tmp_path, eval_interval=1000, checkpoint_interval_s=0.5))
-    capsys.readouterr()
+    train.main(tiny_args(small_char_dataset, tmp_path, eval_interval=1000, checkpoint_interval_s=0.5),
+               hook=slow_updates_and_save_times)
+    saves = [(it, why, at) for (it, why), at in zip(saved_lines(capsys.readouterr().out), save_times, strict=True)]
     timed = [(it, at) for it, why, at in saves if why == "checkpoint_interval_s=0.5"]
     print(f"timed saves at iterations {[it for it, _ in timed]}")
     others = [(it, why) for it, why, _ in saves if why != "checkpoint_interval_s=0.5"]

@@ -9,7 +9,6 @@ restored too. Runs call train.main in this process (a tiny model, ~1 s each); th
 """
 
 import json
-import sys
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ import torch
 import train
 from checkpoint import load_checkpoint
 from cli import UserError
+from conftest import model_switches, records, switch_id
 
 MAX_ITERS = 20
 
@@ -33,8 +33,8 @@ def tiny_args(dataset, out_dir, **overrides) -> list[str]:
 
 
 def read_metrics(out_dir) -> list[dict]:
-    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: r[k] for k in ("iter", "train_loss", "val_loss", "lr")} for r in map(json.loads, lines)]
+    """The evaluations in out_dir/metrics.jsonl (without their wall-clock times)."""
+    return [{k: r[k] for k in ("iter", "train_loss", "val_loss", "lr")} for r in records(out_dir)]
 
 
 def assert_same_state(a, b, where="checkpoint"):
@@ -58,18 +58,9 @@ def comparable(ckpt: dict) -> dict:
     return {k: ckpt[k] for k in ("model", "optimizer", "iter_num", "best_val_loss", "rng_per_rank", "sampler")}
 
 
-class StopDuringUpdate(train.StopRequest):
-    """Asks to stop during update n (from iteration n - 1 to n), as if SIGTERM had arrived then;
-    train.main takes it as its `stop`."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def should_stop(self, iter_num: int) -> bool:
-        if iter_num >= self.n - 1 and sys._getframe(1).f_code.co_name == "train_step":  # not before it
-            self.request("SIGTERM")
-        return self.requested
+def stop_after_update(n: int):
+    """train.main's hook that asks to stop once update n is done, as SIGTERM arriving then would."""
+    return lambda event, state, run: event == "update" and state.iter_num == n
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +81,12 @@ def test_split_run_is_bitwise_identical_to_one_run(reference_run, small_char_dat
     assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
 
 
-@pytest.mark.parametrize("stop_at", [7, 10])  # between evaluations, and on an evaluation iteration
-def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, capsys, stop_at):
-    metrics, final = reference_run
-    train.main(tiny_args(small_char_dataset, tmp_path), stop=StopDuringUpdate(stop_at))
+@pytest.mark.parametrize("stop_at, during", [(7, "training"), (10, "the evaluation")])  # between evaluations,
+def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, capsys, stop_at, during):
+    metrics, final = reference_run  # and on an evaluation iteration (the evaluation there is abandoned)
+    train.main(tiny_args(small_char_dataset, tmp_path), hook=stop_after_update(stop_at))
     out = capsys.readouterr().out
-    assert f"stopped by SIGTERM during training at iteration {stop_at}" in out
+    assert f"stopped by the hook during {during} at iteration {stop_at}" in out
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["iter_num"] == stop_at  # the checkpoint is where training stopped
     # a stop on an evaluation iteration saves before evaluating; the resumed run evaluates it
@@ -103,6 +94,20 @@ def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, 
     train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume"))
     assert read_metrics(tmp_path) == metrics
     assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
+
+
+@pytest.mark.parametrize("switch", model_switches(), ids=switch_id)
+def test_every_switch_resumes_bitwise(small_char_dataset, tmp_path, switch):
+    """Each switch of GPTConfig (enumerated from its fields): 4 updates equal 2 + resume 2, bitwise."""
+    config = dict(max_iters=4, lr_decay_iters=4, eval_interval=2, eval_iters=1, log_interval=2,
+                  **{k: str(v).lower() if isinstance(v, bool) else v for k, v in switch.items()})
+    train.main(tiny_args(small_char_dataset, tmp_path / "one", **config))
+    train.main(tiny_args(small_char_dataset, tmp_path / "split", **{**config, "max_iters": 2}))
+    train.main(tiny_args(small_char_dataset, tmp_path / "split", **{**config, "init_from": "resume"}))
+    one, split = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "split")
+    assert {k: one["model_config"][k] for k in switch} == switch  # the switch is in the model that trained
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "one")
+    assert_same_state(comparable(split), comparable(one))
 
 
 def test_resume_refuses_a_changed_model_shape(small_char_dataset, tmp_path):

@@ -36,6 +36,7 @@ import train
 from checkpoint import load_checkpoint, save_checkpoint
 from cli import UserError, run_main
 from conftest import REPO_ROOT, run_script
+from preemption import StopRequest
 
 spec = importlib.util.spec_from_file_location("prepare_text", REPO_ROOT / "prepare" / "text.py")
 prepare_text = importlib.util.module_from_spec(spec)
@@ -169,11 +170,11 @@ def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_
 
 
 def test_first_ctrl_c_asks_to_stop_second_leaves_at_once():
-    with train.StopRequest() as stop:
+    with StopRequest() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)  # the handler runs at the next bytecode boundary of the main thread
-        assert stop.requested and stop.signal_name == "SIGINT"
+        assert stop.requested and stop.reason == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
@@ -242,22 +243,25 @@ def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(trained_
     assert load_checkpoint(run)["iter_num"] == 5
 
 
-def test_nonfinite_weights_are_never_saved(trained_run, small_char_dataset, tmp_path, capsys, monkeypatch):
-    """Even if an evaluation came out finite, weights holding inf/nan are not written."""
+def test_nonfinite_weights_are_never_saved(trained_run, small_char_dataset, tmp_path, capsys):
+    """Even if an evaluation comes out finite, weights holding inf/nan are not written. After update 10
+    (an evaluation iteration) an inf goes into a padding row of the embedding (61 ids in 64 rows): no
+    token looks it up and its logits are cut off, so the loss stays finite, but the weights are not."""
     run = copy_run(trained_run, tmp_path / "run")
     before = (run / "ckpt.pt").read_bytes()
-    real_step = torch.optim.AdamW.step
 
-    def poisoning_step(self, *args, **kwargs):  # an optimizer step that leaves an inf in the weights
-        result = real_step(self, *args, **kwargs)
-        with torch.no_grad():
-            self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
-        return result
+    def poison_a_padding_row(event, state, run):
+        if event == "update" and state.iter_num == 10:
+            config = run.model.config
+            assert config.padded_vocab_size > config.vocab_size
+            with torch.no_grad():
+                run.model.transformer.wte.weight[config.padded_vocab_size - 1, 0] = float("inf")
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
-    monkeypatch.setattr(train.GPT, "forward", lambda self, idx, targets=None: (None, torch.ones((), requires_grad=True) * 1.0))
-    train.main(tiny_args(small_char_dataset, run, init_from="resume", max_iters=10, grad_clip=0.0))
-    assert "the weights are not finite" in capsys.readouterr().out
+    train.main(tiny_args(small_char_dataset, run, init_from="resume", max_iters=10), hook=poison_a_padding_row)
+    out = capsys.readouterr().out
+    step_10 = next(line for line in out.splitlines() if line.startswith("step 10: "))
+    assert "nan" not in step_10 and "inf" not in step_10, step_10  # the evaluation is finite
+    assert "not saving a checkpoint at iteration 10 (evaluation" in out and "the weights are not finite" in out
     assert (run / "ckpt.pt").read_bytes() == before
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import REPO_ROOT, SHAKESPEARE, run_script, torchrun_command
+from conftest import REPO_ROOT, SHAKESPEARE, records, run_script, torchrun_command
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--dropout=0.0",
         "--device=cpu", "--dtype=float32", "--eval_iters=4", "--log_interval=5", "--warmup_iters=5",
@@ -23,7 +23,8 @@ def train(dataset, out_dir, *extra, env=None):
 
 
 def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    """The evaluation records of out_dir/metrics.jsonl."""
+    return records(out_dir)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -1,0 +1,130 @@
+"""What a training run prints: its start lines, the slow-CPU warning, training lines and evaluation progress.
+
+    window = MetricWindow(iter_num)           # the updates since the last training line
+    window.add({"loss": loss, "grad_norm": g})   # each update's metrics: scalar tensors, summed on the device
+    means = window.means()                    # {"loss": 2.31, "grad_norm": 0.42}: one device sync per line
+    print(training_line(record, where, eta))  # "iter 10/100: loss 2.3100, grad_norm 0.4200, lr ..., eta 1m05s"
+    time_left(iter_num, max_iters, eval_interval, step_s, eval_s, budget_left)   # the ETA's seconds
+
+Only rank 0 prints (distributed.print0). Nothing here decides anything about the training.
+"""
+
+import math
+import sys
+import time
+
+import torch
+
+import progress
+from device import measure_matmul_flops
+from distributed import print0
+
+
+class MetricWindow:
+    """Each update's metrics summed until the next training line. They stay tensors on the device, so an
+    update never waits for the device; `means()` syncs once per line."""
+
+    def __init__(self, iter_num: int):
+        self.restart(iter_num)
+
+    def restart(self, iter_num: int) -> None:
+        """Start a new window at iter_num (also after evaluations and compilation: they are not training time)."""
+        self.sums: dict[str, torch.Tensor] = {}
+        self.updates, self.start_iter, self.started = 0, iter_num, time.time()
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for name, value in metrics.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.updates += 1
+
+    def means(self) -> dict[str, float]:
+        """The mean of each metric over the window's updates (NaN when every update was skipped)."""
+        if not self.updates:
+            return {name: math.nan for name in self.sums} or {"loss": math.nan}
+        return {name: float(total) / self.updates for name, total in self.sums.items()}
+
+
+def format_metric(value: float) -> str:
+    """4 decimals for the usual range of losses and norms, else 3 significant digits in e-notation."""
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 or not math.isfinite(value) else f"{value:.3e}"
+
+
+def training_line(record: dict, where: str, eta: float) -> str:
+    """The training line of a "train" record: its metrics, then lr, speed, MFU (on known GPUs) and the ETA."""
+    run_keys = ("iter", "kind", "lr", "ms_per_iter", "tok_per_s", "mfu", "elapsed_s")
+    fields = [f"{name} {format_metric(value)}" for name, value in record.items() if name not in run_keys]
+    fields += [f"lr {record['lr']:.2e}", f"{record['ms_per_iter']:.1f} ms/iter", f"{record['tok_per_s']:,.0f} tok/s"]
+    if "mfu" in record:
+        fields.append(f"mfu {100 * record['mfu']:.1f}%")
+    return f"iter {where}: {', '.join(fields)}, eta {format_seconds(eta)}"
+
+
+def time_left(iter_num: int, max_iters: int, eval_interval: int, step_s: float, eval_s: float,
+              budget_left: float | None = None) -> float:
+    """Seconds until the run ends: the updates and evaluations still to do or, with a time budget,
+    what is left of it (then the last evaluation) if that ends the run first."""
+    updates = max(0, max_iters - iter_num)
+    # evaluations at the multiples of eval_interval in [iter_num, max_iters] (the one at iter_num is still
+    # to come when the training line is printed), and the last one at max_iters if it is not such a multiple
+    evaluations = max(0, max_iters // eval_interval - (iter_num - 1) // eval_interval) \
+        + (max_iters % eval_interval != 0)
+    left = updates * step_s + evaluations * eval_s
+    if budget_left is not None:
+        budget = max(0.0, budget_left) + eval_s
+        left = budget if math.isnan(left) else min(left, budget)
+    return left
+
+
+def format_seconds(seconds: float) -> str:
+    """45s, 3m07s, 2h05m; ? when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def describe(procs, plan, compiled: bool, model, meta: dict, data_dir) -> None:
+    """What the run is about to do: device, precision, batch arithmetic, model size, data."""
+    micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
+        f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
+    print0(f"device {procs.device}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
+           f"process(es), compile {'on' if compiled else 'off'}; tokens per update: {plan.global_seqs} sequences x "
+           f"{plan.block_size} = {plan.tokens_per_update:,} (per process {plan.stop - plan.start} sequences in "
+           f"micro-batch(es) of {micro})")
+    print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
+           f"in all; vocab {meta['vocab_size']} ({meta['tokenizer']}); data {data_dir.resolve()}")
+
+
+def warn_if_slow(procs, flops_per_token: float, tokens_per_update: int, eval_tokens: int) -> None:
+    """On a CPU, one line before a long first step: the expected time per update and per evaluation
+    (eval_tokens: the tokens of one evaluation, both splits; a forward pass is a third of training's FLOPs)."""
+    if procs.device.type != "cpu" or not procs.master:
+        return
+    rate = measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
+    per_update = flops_per_token * tokens_per_update / rate
+    per_eval = flops_per_token / 3 * eval_tokens / rate
+    if per_update > 2 or per_eval > 60:
+        print0(f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {format_seconds(per_update)} per "
+               f"update and {format_seconds(per_eval)} per evaluation; for a quicker run lower n_layer, n_embd, "
+               f"block_size or batch_size (and eval_iters), or start from config/quickstart_cpu.toml")
+
+
+class EvalProgress:
+    """Evaluation progress on stdout, beside the training lines: a bar on a terminal; in a log, a
+    plain line every 10 s (and a closing one) only when an evaluation takes that long."""
+
+    def __init__(self, total: int, master: bool):
+        self.bar = progress.progress(total, desc="eval", unit="batch", file=sys.stdout) if master else None
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self, finished: bool = True) -> None:
+        if isinstance(self.bar, progress.PlainProgress) and (self.bar.last == self.bar.start or not finished):
+            self.bar.abandon()  # a short evaluation: its result line says enough; an abandoned one is not done
+        elif self.bar is not None:
+            self.bar.close()
