@@ -53,18 +53,22 @@ def set_rng_state(state: dict, device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def build_checkpoint(model, *, meta: dict, train_config: dict | None = None, optimizer=None, scaler=None,
-                     rng_per_rank: list | None = None, **loop_state) -> dict:
+def build_checkpoint(model, model_state: dict | None = None, *, meta: dict, train_config: dict | None = None,
+                     optimizer=None, optimizer_state: dict | None = None, scaler=None, rng_per_rank: list | None = None,
+                     **loop_state) -> dict:
     """The dict ckpt.pt holds (see the module docstring). model: the uncompiled, unwrapped module.
 
-    loop_state: where the run is (train.LoopState's fields: iter_num, best_val_loss, ...), stored as
-    top-level keys. A checkpoint without them describes a model that has not trained (benchmarks and
-    tests save such ones); readers take LoopState's defaults for any that are missing.
+    model_state / optimizer_state: their state dicts when not model.state_dict() / optimizer.state_dict()
+    (an FSDP run passes them gathered whole: fsdp.full_state). loop_state: where the run is
+    (train.LoopState's fields: iter_num, best_val_loss, ...), stored as top-level keys. A checkpoint
+    without them describes a model that has not trained (benchmarks and tests save such ones); readers
+    take LoopState's defaults for any that are missing.
     """
-    return {"format_version": FORMAT_VERSION, "model": model.state_dict(),
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    return {"format_version": FORMAT_VERSION, "model": model_state if model_state is not None else model.state_dict(),
             "model_config": dataclasses.asdict(model.config), "meta": meta, "train_config": train_config or {},
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
+            "optimizer": optimizer_state, "scaler": scaler.state_dict() if scaler is not None else None,
             "rng_per_rank": rng_per_rank or [rng_state("cpu")], **loop_state}
 
 

@@ -246,8 +246,38 @@ def free_cpu_threads(default: int, since) -> int:
     every op, and a run of tiny ops (sampling: a dozen per layer per token) gets several times slower
     than on fewer threads. On 2 cores: one other busy process gives 1 thread; 0.4 of a core, 2.
     """
-    others = cores_used_by_others(since)
+    return threads_left(default, cores_used_by_others(since))
+
+
+def threads_left(default: int, others: float | None) -> int:
+    """`default` threads less the share of the usable cores that `others` (cores) keep busy."""
     cpus = _usable_cpus()
     if others is None or not cpus:
         return default
     return max(1, min(default, round(default * (1 - others / len(cpus)))))
+
+
+class CpuThreads:
+    """Torch's CPU threads fitted to the cores other programs leave free: at start (measured from
+    `since`, a cpu_snapshot taken when the process began) and again every CHECK_EVERY_S seconds of a
+    long run, so that a program started later does not stall training (torch's OpenMP threads spin,
+    waiting for a thread the OS parked) and one that ends gives its cores back. `fit()` is cheap to call
+    every step: it reads /proc/stat at most that often. A change is one line to `log`."""
+
+    CHECK_EVERY_S = 5.0
+
+    def __init__(self, default: int, since, log=print):
+        self.default, self.since, self.log = default, since, log
+        self.checked_at = time.monotonic()
+        self.fit(now=True)
+
+    def fit(self, now: bool = False) -> None:
+        if self.since is None or (not now and time.monotonic() - self.checked_at < self.CHECK_EVERY_S):
+            return
+        others = cores_used_by_others(self.since)
+        self.since, self.checked_at = cpu_snapshot(), time.monotonic()
+        threads, before = threads_left(self.default, others), torch.get_num_threads()
+        if threads != before:
+            torch.set_num_threads(threads)
+            self.log(f"other programs keep {others:.1f} of {len(_usable_cpus())} cores busy: torch now uses "
+                     f"{threads} thread(s), was {before} (--threads=N fixes the number)")

@@ -3,7 +3,7 @@
     procs = setup_processes("auto", "auto", threads=0)  # under torchrun: joins the process group
     print0("printed by the first process only")
     skip, stop = any_rank([skip, stop], procs)          # one all-reduce: True where any rank said True
-    elapsed = rank0_value(elapsed, procs)                # every rank takes rank 0's number
+    elapsed, spent = rank0_values([elapsed, spent], procs)  # every rank takes rank 0's numbers
     shutdown(procs)
 
 Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set) each process joins one process group: NCCL on
@@ -89,13 +89,13 @@ def any_rank(flags: list[bool], procs: Processes) -> list[bool]:
     return [v > 0 for v in agreed.tolist()]
 
 
-def rank0_value(value: float, procs: Processes) -> float:
-    """Rank 0's value on every process (a broadcast under DDP: every rank must call)."""
+def rank0_values(values: list[float], procs: Processes) -> list[float]:
+    """Rank 0's values on every process (one broadcast under DDP: every rank must call)."""
     if not procs.ddp:
-        return value
-    tensor = torch.tensor(value, dtype=torch.float64, device=procs.device)
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=procs.device)
     dist.broadcast(tensor, src=0)
-    return tensor.item()
+    return tensor.tolist()
 
 
 def gather_objects(obj, procs: Processes) -> list:

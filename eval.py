@@ -35,14 +35,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
 
-import checkpoint
-from cli import UserError, option, parse_config, run_main
-from device import inference_dtype, resolve_device
-from progress import progress
-from tokenizer import same_vocabulary, tokenizer_from_meta
+STARTED = cpu_snapshot()  # how busy other programs keep the CPU is measured from here (the threads' choice)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+from cli import UserError, option, parse_config, run_main  # noqa: E402
+from device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
+from progress import progress  # noqa: E402
+from tokenizer import same_vocabulary, tokenizer_from_meta  # noqa: E402
 
 
 @dataclass
@@ -66,6 +70,8 @@ class EvalConfig:
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
     json: bool = option(False, "print one JSON object instead of text")
+    threads: int = option(0, "CPU threads; 0: one per core not kept busy by other programs (measured while "
+                             "eval.py starts)", at_least=0)
 
 
 def note(text: str) -> None:
@@ -260,6 +266,8 @@ def main(argv: list[str]) -> dict:
     context = cfg.context or max(1, block_size // 2)
     if context > block_size:
         raise UserError(f"bad value for context: {context} (must be 1..block_size, {block_size})")
+    if device.type == "cpu":  # chosen last, so that the measurement of the other programs is longest
+        torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None)
     result = evaluate(model, tokens, token_byte_lengths(tokenizer), block_size, context, cfg.batch_size,
                       autocast=autocast, show_progress=True)

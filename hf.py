@@ -131,7 +131,8 @@ def gpt_config_from_hf(hf: dict, dropout: float = 0.0, where: str = "config.json
 # GPTConfig fields that GPT-2's layout holds at any value; every other field must have its default
 # (which is GPT-2's), or be one of the exceptions in exportable_problem. A new switch is refused by
 # name until it is taught here.
-ANY_VALUE = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "vocab_multiple", "bias")
+ANY_VALUE = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "vocab_multiple", "bias",
+             "zero_init_proj")  # (the last: an initialisation, not a part of the model)
 
 
 def exportable_problem(config: GPTConfig) -> str | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import fsdp
 from checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, model_from_checkpoint, set_rng_state
 from cli import UserError, build_config, config_from_dict
 from distributed import print0
@@ -63,7 +64,7 @@ def restore(ckpt: dict, loop_fields, optimizer, scaler, sampler, procs, seed: in
     iteration); the train sampler continues from its saved position. `loop_fields`: train.LoopState's
     fields; one an older checkpoint lacks keeps its default.
     """
-    optimizer.load_state_dict(ckpt.pop("optimizer"))
+    optimizer.load_state_dict(fsdp.shard_like_params(optimizer, ckpt.pop("optimizer")))  # FSDP: this rank's shards
     if ckpt.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
     values = {f.name: ckpt[f.name] for f in loop_fields if f.name in ckpt}
@@ -89,6 +90,8 @@ def pretrained_shape(init_from: str, dataset: str, given: dict, dropout: float) 
     """The model of the pretrained weights init_from names, with block_size as given (it may only shrink)."""
     import hf  # the hub names and Hugging Face folders live there
 
+    if not init_from:
+        raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
     hf.check_source(init_from)
     run_ckpt = run_checkpoint_path(init_from)
     if run_ckpt is not None:  # a run folder or ckpt.pt: ours, or nanoGPT's

@@ -2,9 +2,10 @@
 
 GPT-2's architecture by default (pre-norm blocks, learned positions, GELU MLP, LayerNorm, tied
 input/output embeddings, optional biases, dropout). Modern options sit behind `GPTConfig` switches:
-rotary positions, RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs, untied embeddings, logit soft-capping.
-Attention is one `F.scaled_dot_product_attention` call (flash kernels where the device has them).
-Generation keeps a key/value cache, so each new token costs one position, not the whole context.
+rotary positions, RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs, untied embeddings, logit soft-capping,
+zero-initialised projections, U-net skips between the halves, value embeddings. Attention is one
+`F.scaled_dot_product_attention` call (flash kernels where the device has them). Generation keeps
+a key/value cache, so each new token costs one position, not the whole context.
 
 This file imports nothing from the project: copy it alone into another codebase.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -44,6 +46,12 @@ class GPTConfig:
     mlp_ratio: float = 4.0  # hidden width of the MLP / n_embd (SwiGLU uses 2/3 of it, same params)
     tie_embeddings: bool = True  # share the token embedding with the output head (GPT-2)
     logit_softcap: float = 0.0  # if > 0, logits = softcap * tanh(logits / softcap)
+    zero_init_proj: bool = False  # start the projections that write into the residual stream (c_proj) at
+    #                               zero, so each block begins as the identity (changes the init only)
+    unet_skips: bool = False  # add the output of each block of the first half, times a learned weight, to
+    #                           the input of its mirror block in the second half (U-net style)
+    value_embeds: bool = False  # each block adds a token embedding of its own to the attention's values
+    #                             (a vocab x n_embd table per block: meant for small vocabularies)
 
     # the values each string switch takes (validated below; tests enumerate them)
     CHOICES = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
@@ -145,10 +153,12 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim) if config.qk_norm else None
 
-    def forward(self, x, rotary=None, cache: KVCache | None = None):
+    def forward(self, x, rotary=None, cache: KVCache | None = None, value_embed=None):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, n_head, T, head_dim)
+        if value_embed is not None:  # (B, T, C) -> (B, n_head, T, head_dim), as v
+            v = v + value_embed.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
@@ -206,9 +216,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
+        self.value_embed = nn.Embedding(config.padded_vocab_size, config.n_embd) if config.value_embeds else None
 
-    def forward(self, x, rotary=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rotary, cache)
+    def forward(self, x, rotary=None, cache=None, idx=None):
+        value_embed = self.value_embed(idx) if self.value_embed is not None else None  # (B, T, C)
+        x = x + self.attn(self.ln_1(x), rotary, cache, value_embed)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -219,6 +231,7 @@ class GPT(nn.Module):
         """init_weights=False leaves torch's default init (for weights about to be replaced)."""
         super().__init__()
         self.config = config
+        self.activation_checkpointing = False  # recompute each block in backward (train.py's key of that name)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
@@ -234,12 +247,15 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        if config.unet_skips:  # one weight per skip: block i of the first half feeds block n_layer - 1 - i
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         if init_weights:
             self.apply(self._init_weights)
-            # scaled init of the projections that write into the residual stream (GPT-2 paper)
+            # scaled init of the projections that write into the residual stream (GPT-2 paper), or zero
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
-                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                    std = 0.0 if config.zero_init_proj else 0.02 / math.sqrt(2 * config.n_layer)
+                    nn.init.normal_(p, mean=0.0, std=std)
 
     def _init_weights(self, module):
         """Linear and Embedding weights ~ N(0, 0.02), biases 0; norm gains 1 (set by the norms)."""
@@ -303,8 +319,18 @@ class GPT(nn.Module):
             rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         if self.training:
             x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, rotary, cache)
+        skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
+        for i, block in enumerate(self.transformer.h):
+            if self.config.unet_skips and i >= first_skipped:
+                x = x + self.skip_weights[i - first_skipped] * skips.pop()  # the mirror block's output
+            if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
+                # keep only the block's input; backward reruns the block (the same dropout masks:
+                # the RNG state is replayed) to get what it needs, so one block's activations at a time
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, use_reentrant=False)
+            else:
+                x = block(x, rotary, cache, idx)
+            if self.config.unet_skips and i < self.config.n_layer // 2:
+                skips.append(x)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += T
@@ -326,15 +352,16 @@ class GPT(nn.Module):
     def parameter_kinds(self) -> dict[str, list[nn.Parameter]]:
         """Every trainable parameter once (a tied head is the embedding), by what it does:
           "matrix"     2-D weights inside the blocks, acting on hidden vectors (Muon's; weight-decayed)
-          "embedding"  token and position tables and the output head (2-D lookups/readout; weight-decayed)
+          "embedding"  token, position and value tables and the output head (lookups/readout; weight-decayed)
           "vector"     norm gains and biases (never decayed)
         The one place that decides this: AdamW's decay groups and Muon's groups (optim.py) both use it.
         """
         in_blocks = {id(p) for p in self.transformer.h.parameters()}
+        tables = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         kinds = {"matrix": [], "embedding": [], "vector": []}
         for p in self.parameters():  # shared (tied) tensors are listed once
             if p.requires_grad:
-                kind = "vector" if p.dim() < 2 else "matrix" if id(p) in in_blocks else "embedding"
+                kind = "vector" if p.dim() < 2 else "matrix" if id(p) in in_blocks - tables else "embedding"
                 kinds[kind].append(p)
         return kinds
 

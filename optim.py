@@ -110,11 +110,14 @@ class MuonAdamW(torch.optim.Optimizer):
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
         for (rows, cols), members in by_shape.items():  # same-shaped matrices orthogonalized as one stack
-            updates = orthogonalize(torch.stack([directions[i] for i in members]), group["ns_steps"])
+            # sharded (FSDP) matrices are gathered whole: orthogonalization needs every row; each
+            # process then keeps the rows of its own shard of the update
+            updates = orthogonalize(torch.stack([whole(directions[i]) for i in members]), group["ns_steps"])
+            updates = [shard_like(u, params[i]) for i, u in zip(members, updates.unbind(0))]
             # an orthogonal (rows x cols) update has RMS 1/sqrt(max dim); the factor makes tall and
             # wide matrices move by comparable amounts per step
             scale = max(1.0, rows / cols) ** 0.5
-            torch._foreach_add_([params[i] for i in members], list(updates.unbind(0)), alpha=-lr * scale)
+            torch._foreach_add_([params[i] for i in members], updates, alpha=-lr * scale)
 
     def _adamw_step(self, group):
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -145,6 +148,20 @@ class MuonAdamW(torch.optim.Optimizer):
             if wd:
                 torch._foreach_mul_(members, 1.0 - lr * wd)
             torch._foreach_addcdiv_(members, exp_avgs, denoms, value=-lr / bias1)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) matrix gathered whole on every process (a collective); a plain one as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def shard_like(update: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The whole `update` cut like the sharded `param` (this process's rows); unchanged for a plain param."""
+    if not hasattr(param, "device_mesh"):
+        return update
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(update, param.device_mesh, param.placements, src_data_rank=None)  # no communication
 
 
 def muon_param_groups(model, cfg) -> list[dict]:

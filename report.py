@@ -5,8 +5,10 @@
     means = window.means()                    # {"loss": 2.31, "grad_norm": 0.42}: one device sync per line
     print(training_line(record, where, eta))  # "iter 10/100: loss 2.3100, grad_norm 0.4200, lr ..., eta 1m05s"
     time_left(iter_num, max_iters, eval_interval, step_s, eval_s, budget_left)   # the ETA's seconds
+    describe(run, state); log_training(run, state, window, lr, eval_seconds)   # what train.py calls
 
-Only rank 0 prints (distributed.print0). Nothing here decides anything about the training.
+Only rank 0 prints (distributed.print0). Nothing here decides anything about the training; the
+functions that take `run` read a train.Run (and `state` a train.LoopState), nothing else of train.py.
 """
 
 import math
@@ -15,8 +17,8 @@ import time
 
 import torch
 
+import device
 import progress
-from device import measure_matmul_flops
 from distributed import print0
 
 
@@ -51,12 +53,15 @@ def format_metric(value: float) -> str:
 
 
 def training_line(record: dict, where: str, eta: float) -> str:
-    """The training line of a "train" record: its metrics, then lr, speed, MFU (on known GPUs) and the ETA."""
-    run_keys = ("iter", "kind", "lr", "ms_per_iter", "tok_per_s", "mfu", "elapsed_s")
+    """The training line of a "train" record: its metrics, then lr, speed, MFU (on known GPUs), peak device
+    memory (on CUDA) and the ETA."""
+    run_keys = ("iter", "kind", "lr", "ms_per_iter", "tok_per_s", "mfu", "peak_gb", "elapsed_s")
     fields = [f"{name} {format_metric(value)}" for name, value in record.items() if name not in run_keys]
     fields += [f"lr {record['lr']:.2e}", f"{record['ms_per_iter']:.1f} ms/iter", f"{record['tok_per_s']:,.0f} tok/s"]
     if "mfu" in record:
         fields.append(f"mfu {100 * record['mfu']:.1f}%")
+    if "peak_gb" in record:
+        fields.append(f"peak {record['peak_gb']:.1f} GB")
     return f"iter {where}: {', '.join(fields)}, eta {format_seconds(eta)}"
 
 
@@ -86,16 +91,49 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def describe(procs, plan, compiled: bool, model, meta: dict, data_dir) -> None:
-    """What the run is about to do: device, precision, batch arithmetic, model size, data."""
+def describe(run, state) -> None:
+    """What a run (train.Run, at train.LoopState `state`) is about to do: device, precision, batch
+    arithmetic, model size, data, when a time budget ends it; and, on a CPU, a warning when its updates
+    or evaluations will be slow."""
+    procs, plan, model, cfg = run.procs, run.plan, run.model, run.cfg
     micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
         f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
     print0(f"device {procs.device}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
-           f"process(es), compile {'on' if compiled else 'off'}; tokens per update: {plan.global_seqs} sequences x "
-           f"{plan.block_size} = {plan.tokens_per_update:,} (per process {plan.stop - plan.start} sequences in "
-           f"micro-batch(es) of {micro})")
+           f"process(es){', fsdp' if run.sharded else ''}, compile {'on' if run.eval_model is not model else 'off'}; "
+           f"tokens per update: {plan.global_seqs} sequences x {plan.block_size} = {plan.tokens_per_update:,} (per "
+           f"process {plan.stop - plan.start} sequences in micro-batch(es) of {micro})")
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
-           f"in all; vocab {meta['vocab_size']} ({meta['tokenizer']}); data {data_dir.resolve()}")
+           f"in all; vocab {run.meta['vocab_size']} ({run.meta['tokenizer']}); data "
+           f"{run.splits['train'].path.parent.resolve()}")
+    warn_if_slow(procs, model.flops_per_token(plan.block_size), plan.tokens_per_update,
+                 2 * cfg.eval_iters * cfg.batch_size * plan.block_size)
+    if cfg.max_seconds and not cfg.eval_only:
+        left = max(0.0, cfg.max_seconds - state.elapsed_s)
+        print0(f"time budget {cfg.max_seconds:g}s ({format_seconds(left)} left), the last evaluation included: "
+               f"ends at about {time.strftime('%H:%M:%S', time.localtime(time.time() + left))}")
+
+
+def log_training(run, state, window: MetricWindow, lr: float, eval_seconds: float) -> None:
+    """A training line, and its "train" record in metrics.jsonl and wandb (rank 0): the window's mean
+    metrics, lr, speed, MFU on known GPUs, and the time left. run: train.Run; state: train.LoopState."""
+    cfg, procs, plan = run.cfg, run.procs, run.plan
+    seconds = (time.time() - window.started) / max(1, state.iter_num - window.start_iter)
+    if procs.master:
+        record = {"iter": state.iter_num, "kind": "train", **window.means(), "lr": lr, "ms_per_iter": 1000 * seconds,
+                  "tok_per_s": plan.tokens_per_update / seconds, "elapsed_s": round(state.elapsed_s, 3)}
+        utilization = device.mfu(run.model.flops_per_token(plan.block_size) * plan.tokens_per_update, seconds,
+                                 procs.device, procs.dtype, procs.world_size)
+        if utilization is not None:
+            record["mfu"] = utilization
+        if procs.device.type == "cuda":  # what the memory plan estimated, measured (rank 0's device)
+            record["peak_gb"] = torch.cuda.max_memory_allocated(procs.device) / 1e9
+        budget = cfg.max_seconds - state.elapsed_s if cfg.max_seconds else None
+        where = f"{state.iter_num} ({state.elapsed_s:.0f}/{cfg.max_seconds:g}s)" if budget is not None else \
+            f"{state.iter_num}/{cfg.max_iters}"
+        eta = time_left(state.iter_num, cfg.max_iters, cfg.eval_interval, seconds, eval_seconds, budget)
+        print0(training_line(record, where, eta))
+        run.folder.record(record)
+    window.restart(state.iter_num)
 
 
 def warn_if_slow(procs, flops_per_token: float, tokens_per_update: int, eval_tokens: int) -> None:
@@ -103,7 +141,7 @@ def warn_if_slow(procs, flops_per_token: float, tokens_per_update: int, eval_tok
     (eval_tokens: the tokens of one evaluation, both splits; a forward pass is a third of training's FLOPs)."""
     if procs.device.type != "cpu" or not procs.master:
         return
-    rate = measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
+    rate = device.measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
     per_update = flops_per_token * tokens_per_update / rate
     per_eval = flops_per_token / 3 * eval_tokens / rate
     if per_update > 2 or per_eval > 60:

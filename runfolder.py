@@ -18,6 +18,7 @@ lock. Readers (sample.py, eval.py, hf.py export, eval_only) take no lock: checkp
 atomic renames, so they see the old checkpoint or the new one.
 """
 
+import importlib.util
 import json
 import os
 import threading
@@ -116,6 +117,9 @@ class RunFolder:
             self.metrics_path.unlink()
         if wandb is not None:
             self.logger = open_wandb(config, dir=str(self.path), **wandb)
+        if importlib.util.find_spec("matplotlib") is None:
+            print(f"{self.path / 'loss.png'} will not be drawn: matplotlib is not installed "
+                  f"(pip install -e \".[plot]\"; python plot.py {self.path} draws it later)", flush=True)
 
     def write_checkpoint(self, checkpoint: dict | None, iter_num: int, why: str) -> None:
         """Save ckpt.pt atomically (the first process writes; the others pass None) and note what it holds."""

@@ -40,17 +40,19 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import fsdp
 import init_from
 from checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
 from cli import UserError, build_config, option, option_group, read_overrides, run_main
 from data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches
-from device import autocast, mfu, should_compile
-from distributed import (Processes, any_rank, gather_objects, print0, rank0_value, setup_processes, shutdown,
+from device import CpuThreads, autocast, cpu_snapshot, should_compile
+from distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
                          sum_over_ranks)
+from memory import check_memory
 from model import GPT, GPTConfig
 from optim import build_optimizer, set_learning_rate
 from preemption import StopRequest
-from report import EvalProgress, MetricWindow, describe, time_left, training_line, warn_if_slow
+from report import EvalProgress, MetricWindow, describe, log_training
 from runfolder import RunFolder
 
 
@@ -111,9 +113,13 @@ class TrainConfig:
                         "AVX512-BF16), float32 elsewhere", ["auto", "float32", "bfloat16", "float16"])
     compile: str = option("auto", "torch.compile the model; auto: on GPUs, off on CPUs (where it measured "
                           "slower for small models, see README)", ["auto", "true", "false"])
-    threads: int = option(0, "CPU threads for torch (0: torch's default, one per core); on a CPU shared "
-                          "with other jobs fewer threads can be much faster", at_least=0)
+    threads: int = option(0, "CPU threads for torch; 0: one per core that other programs leave free, "
+                          "re-checked every few seconds (one process on a CPU; else torch's default)", at_least=0)
     seed: int = option(1337, "random seed for weights, dropout and batches")
+    parallel: str = option("ddp", "under torchrun: ddp keeps the whole model, its gradients and optimizer state on "
+                           "every process; fsdp shards all three over the processes (fsdp.py)", ["ddp", "fsdp"])
+    activation_checkpointing: bool = option(False, "keep only each block's input in the forward pass and recompute "
+                                            "the rest in backward: far less activation memory, ~30% more compute")
     # logging
     wandb_log: bool = option(False, "log to Weights & Biases (works with WANDB_MODE=offline)")
     wandb_project: str = option("gpt", "wandb project")
@@ -151,11 +157,11 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
         cfg, ckpt = init_from.resumed_config(TrainConfig, given, ckpt_path)
     else:
         cfg = build_config(TrainConfig, given)
-        if not cfg.init_from:
-            raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
         if cfg.init_from != "scratch":
             shape = init_from.pretrained_shape(cfg.init_from, cfg.dataset, given, cfg.model.dropout)
             cfg = dataclasses.replace(cfg, model=shape)
+    if cfg.parallel == "fsdp":
+        fsdp.check_torch()
     if cfg.tokens_per_update and cfg.tokens_per_update % cfg.model.block_size:
         raise UserError(f"bad value for tokens_per_update: {cfg.tokens_per_update} is not a multiple of "
                         f"block_size {cfg.model.block_size} (e.g. {cfg.model.block_size * 32:,})")
@@ -181,26 +187,37 @@ class Run:
     folder: RunFolder
     stop: StopRequest
     hook: Callable | None  # see main
+    threads: CpuThreads | None  # fits torch's CPU threads to the cores other programs leave free
+    sharded: bool  # FSDP: parameters sharded over the processes, every forward a collective
 
 
 def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: RunFolder, stop: StopRequest,
-              hook: Callable | None) -> tuple[Run, LoopState]:
-    """Data, model, optimizer and loop state: fresh, from pretrained weights, or restored from ckpt."""
+              hook: Callable | None, started=None) -> tuple[Run, LoopState]:
+    """Data, model, optimizer and loop state: fresh, from pretrained weights, or restored from ckpt.
+    started: a device.cpu_snapshot from the process's start (how busy other programs keep the CPU)."""
     data_dir, meta = load_dataset(cfg.dataset, log=print0)
     block_size = cfg.model.block_size
     splits = {split: BatchSampler(data_dir / f"{split}.bin", meta["dtype"], block_size, cfg.seed + i, procs.device)
               for i, split in enumerate(("train", "val"))}
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model, pretrained_from = init_from.first_model(cfg, meta, ckpt)
-    model.to(procs.device)
+    model, pretrained_from = init_from.first_model(cfg, meta, ckpt)  # on the CPU, whole, for now
+    model.activation_checkpointing = cfg.activation_checkpointing
     cfg = dataclasses.replace(cfg, model=model.config)  # the true vocabulary, as saved
+    global_seqs = cfg.tokens_per_update // block_size or cfg.gradient_accumulation_steps * cfg.batch_size
+    plan = plan_batches(global_seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
+    sharded = procs.ddp and cfg.parallel == "fsdp"
+    check_memory(model, procs, optimizer=cfg.optimizer, micro_batch=max(plan.micro_sizes), block_size=block_size,
+                 dtype=procs.dtype, world_size=procs.world_size, sharded=sharded,
+                 checkpointing=cfg.activation_checkpointing)  # before anything big goes to the device
+    model.to(procs.device)
+    if sharded:
+        fsdp.shard_model(model, procs)  # before the optimizer, which keeps its state in the same shards
     optimizer = build_optimizer(model, cfg, procs.device.type)
     scaler = torch.amp.GradScaler(procs.device.type, enabled=(procs.dtype == torch.float16))
     eval_model = torch.compile(model) if should_compile(cfg.compile, procs.device, log=print0) else model
-    train_model = DDP(eval_model, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None) \
-        if procs.ddp else eval_model
-    global_seqs = cfg.tokens_per_update // block_size or cfg.gradient_accumulation_steps * cfg.batch_size
-    plan = plan_batches(global_seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
+    train_model = eval_model if not procs.ddp or sharded else DDP(  # DDP: gradients in its buckets' memory
+        eval_model, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None,
+        gradient_as_bucket_view=True)
     state = LoopState(pretrained_from=pretrained_from)
     if ckpt is not None:  # optimizer, scaler, this process's RNG, sampler position, and the loop state
         state = LoopState(**init_from.restore(ckpt, dataclasses.fields(LoopState), optimizer, scaler,
@@ -213,8 +230,9 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
             print0(f"eval_only: no checkpoint in {cfg.out_dir}, so this evaluates the {cfg.init_from} weights")
     batches = UpdateBatches(splits["train"], plan)
     state.sampler = batches.position
+    fit_threads = procs.device.type == "cpu" and not cfg.threads and not procs.ddp
     run = Run(cfg, procs, meta, model, train_model, eval_model, optimizer, scaler, plan, batches, splits, folder,
-              stop, hook)
+              stop, hook, CpuThreads(torch.get_num_threads(), started, print0) if fit_threads else None, sharded)
     return run, state
 
 
@@ -234,8 +252,8 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     procs, plan, model = run.procs, run.plan, run.train_model
     loss_sum = torch.zeros((), device=procs.device)
     for i, (x, y) in enumerate(run.batches.current):
-        last = i == len(run.batches.current) - 1
-        with model.no_sync() if procs.ddp and not last else contextlib.nullcontext():
+        last = i == len(run.batches.current) - 1  # DDP syncs gradients once, on the last (FSDP on each)
+        with model.no_sync() if isinstance(model, DDP) and not last else contextlib.nullcontext():
             with autocast(procs.device, procs.dtype):
                 _, loss = model(x, y)
                 loss = loss / plan.loss_divisor(x.size(0))  # a micro-batch's part of the global mean
@@ -243,7 +261,7 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
         loss_sum += loss.detach().float() * plan.process_share  # this process's mean over its rows
     state.sampler = run.batches.advance()
     run.scaler.unscale_(run.optimizer)  # true gradients for the norm (a no-op outside float16)
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip or math.inf)
+    grad_norm = fsdp.whole(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip or math.inf))
     bad = ~torch.isfinite(loss_sum)
     if not run.scaler.is_enabled():  # in float16 the GradScaler skips inf gradients itself
         bad |= ~torch.isfinite(grad_norm)
@@ -298,13 +316,14 @@ def evaluate(run: Run, state: LoopState) -> dict | None:
                 call_hook(run, "eval_batch", state)
                 if any_rank([run.stop.requested], procs)[0]:
                     return None
-                if j >= len(mine):  # eval_iters does not divide by the processes: this one has no batch left
-                    continue
-                x, y = sampler.batch(offsets[mine[j]])
+                if j >= len(mine) and not run.sharded:  # eval_iters does not divide by the processes
+                    continue  # (under FSDP every forward is a collective: a spare one is run, not counted)
+                x, y = sampler.batch(offsets[mine[j] if j < len(mine) else 0])
                 with autocast(procs.device, procs.dtype):
                     _, loss = run.eval_model(x, y)
-                total += loss.float()
-                bar.advance()
+                if j < len(mine):
+                    total += loss.float()
+                    bar.advance()
             results[f"{split}_loss"] = sum_over_ranks(total, procs).item() / cfg.eval_iters
     finally:
         bar.close(finished=len(results) == len(run.splits))  # abandoned (stop or error): no "done" line
@@ -339,13 +358,15 @@ def record_evaluation(run: Run, state: LoopState, results: dict, lr: float, seco
 def save(run: Run, state: LoopState, why: str) -> None:
     """Checkpoint the model, optimizer and loop state (every rank calls it); weights that are not
     finite are never saved (the old checkpoint is kept)."""
-    if not all(torch.isfinite(p).all() for p in run.model.parameters()):  # same weights on every rank
+    if not fsdp.all_finite(run.model.parameters(), run.procs):  # every rank checks its shards, then agrees
         print0(f"not saving a checkpoint at iteration {state.iter_num} ({why}): the weights are not finite; "
                f"{run.folder.ckpt_path} is kept")
         return
     rngs = gather_objects(rng_state(run.procs.device), run.procs)  # every process's RNG state, in rank order
-    checkpoint = build_checkpoint(run.model, meta=run.meta, train_config=dataclasses.asdict(run.cfg),
-                                  optimizer=run.optimizer, scaler=run.scaler, rng_per_rank=rngs,
+    weights = fsdp.full_state(run.model.state_dict(), run.procs)  # FSDP: gathered tensor by tensor to rank 0
+    moments = fsdp.full_state(run.optimizer.state_dict(), run.procs)
+    checkpoint = build_checkpoint(run.model, weights, meta=run.meta, train_config=dataclasses.asdict(run.cfg),
+                                  optimizer_state=moments, scaler=run.scaler, rng_per_rank=rngs,
                                   **dataclasses.asdict(state)) if run.procs.master else None
     run.folder.write_checkpoint(checkpoint, state.iter_num, why)
     call_hook(run, "saved", state)
@@ -365,9 +386,12 @@ def train_loop(run: Run, state: LoopState) -> None:
     zero = time.time() - state.elapsed_s  # the clock of the whole run, resumes included
     window, eval_seconds, nonfinite_in_a_row, first_update = MetricWindow(state.iter_num), 0.0, 0, True
     while True:
-        # under DDP with a time budget every rank takes rank 0's clock: the same LR and the same last step
-        state.elapsed_s = rank0_value(time.time() - zero, procs) if cfg.max_seconds else time.time() - zero
-        out_of_time = 0 < cfg.max_seconds <= state.elapsed_s
+        # a time budget ends the run when what is left of it is the last evaluation (its measured time);
+        # under DDP every rank takes rank 0's clock: the same LR and the same last step
+        state.elapsed_s, spent = time.time() - zero, time.time() - zero + eval_seconds
+        if cfg.max_seconds:
+            state.elapsed_s, spent = rank0_values([state.elapsed_s, spent], procs)
+        out_of_time = 0 < cfg.max_seconds <= spent
         finished = state.iter_num >= cfg.max_iters or out_of_time or cfg.eval_only
         lr = learning_rate_at(state.iter_num, cfg, state.elapsed_s)
         set_learning_rate(run.optimizer, lr)
@@ -384,7 +408,8 @@ def train_loop(run: Run, state: LoopState) -> None:
             window.restart(state.iter_num)  # evaluations are not training time
         if finished:
             if out_of_time:
-                print0(f"time budget of {cfg.max_seconds:g}s spent after {state.iter_num} iterations")
+                print0(f"time budget of {cfg.max_seconds:g}s spent after {state.iter_num} iterations "
+                       f"({state.elapsed_s:.1f}s, the last evaluation included)")
             return
         # a stop that came during the evaluation or since the last update: no update starts (free in
         # one process; under DDP one collective per evaluation, not per update)
@@ -393,6 +418,8 @@ def train_loop(run: Run, state: LoopState) -> None:
         timed_save = 0 < cfg.checkpoint_interval_s <= time.time() - run.folder.saved_at
         metrics, skipped, (stop_now, save_now) = train_step(run, state, [run.stop.requested, timed_save])
         state.elapsed_s = time.time() - zero
+        if run.threads is not None:
+            run.threads.fit()  # every few seconds: another program may have started, or ended
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
         if skipped:
             report_skipped(run, state, metrics["loss"].item(), nonfinite_in_a_row)
@@ -402,33 +429,12 @@ def train_loop(run: Run, state: LoopState) -> None:
             first_update = False
             window.restart(state.iter_num)
         elif state.iter_num % cfg.log_interval == 0 or time.time() - window.started >= LOG_AT_LEAST_EVERY_S:
-            log_training(run, state, window, lr, eval_seconds)
+            log_training(run, state, window, lr, eval_seconds)  # a training line and its metrics.jsonl record
         if stop_now:
             return stop_and_save(run, state, "training")
         if save_now:
             save(run, state, f"checkpoint_interval_s={cfg.checkpoint_interval_s:g}")
         call_hook(run, "update", state)
-
-
-def log_training(run: Run, state: LoopState, window: MetricWindow, lr: float, eval_seconds: float) -> None:
-    """A training line, and its "train" record in metrics.jsonl and wandb (rank 0): the window's mean
-    metrics, lr, speed, MFU on known GPUs, and the time left."""
-    cfg, procs, plan = run.cfg, run.procs, run.plan
-    seconds = (time.time() - window.started) / max(1, state.iter_num - window.start_iter)
-    if procs.master:
-        record = {"iter": state.iter_num, "kind": "train", **window.means(), "lr": lr, "ms_per_iter": 1000 * seconds,
-                  "tok_per_s": plan.tokens_per_update / seconds, "elapsed_s": round(state.elapsed_s, 3)}
-        utilization = mfu(run.model.flops_per_token(plan.block_size) * plan.tokens_per_update, seconds,
-                          procs.device, procs.dtype, procs.world_size)
-        if utilization is not None:
-            record["mfu"] = utilization
-        budget = cfg.max_seconds - state.elapsed_s if cfg.max_seconds else None
-        where = f"{state.iter_num} ({state.elapsed_s:.0f}/{cfg.max_seconds:g}s)" if budget is not None else \
-            f"{state.iter_num}/{cfg.max_iters}"
-        eta = time_left(state.iter_num, cfg.max_iters, cfg.eval_interval, seconds, eval_seconds, budget)
-        print0(training_line(record, where, eta))
-        run.folder.record(record)
-    window.restart(state.iter_num)
 
 
 def report_skipped(run: Run, state: LoopState, loss: float, in_a_row: int) -> None:
@@ -456,24 +462,22 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
     "update" after each update, "eval_batch" before each evaluation batch, "evaluated" after an
     evaluation is recorded (and saved), "saved" after each checkpoint. It may read anything (state is the
     LoopState, run the Run) and raise; returning True asks the run to stop, as SIGTERM does."""
+    started = cpu_snapshot()  # from here, how busy other programs keep the CPU (the threads' choice)
     cfg, ckpt = load_config(argv)
     procs = setup_processes(cfg.device, cfg.dtype, cfg.threads)
     try:
-        train(cfg, ckpt, procs, hook)
+        train(cfg, ckpt, procs, hook, started)
     finally:  # the run (its DDP model holds the process group) is gone by now: see distributed.shutdown
         shutdown(procs)
 
 
-def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None) -> None:
+def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, started=None) -> None:
     """Take the run folder, build the run, train; every reference to the run ends when this returns."""
     with RunFolder(cfg.out_dir, procs.master, read_only=cfg.eval_only) as folder, StopRequest() as stop:
         if ckpt is None and not cfg.eval_only:
             folder.check_fresh_start(cfg.overwrite)
-        run, state = build_run(cfg, procs, ckpt, folder, stop, hook)
-        block_size, plan = run.cfg.model.block_size, run.plan
-        describe(procs, plan, run.eval_model is not run.model, run.model, run.meta, run.splits["train"].path.parent)
-        warn_if_slow(procs, run.model.flops_per_token(block_size), plan.tokens_per_update,
-                     2 * cfg.eval_iters * cfg.batch_size * block_size)
+        run, state = build_run(cfg, procs, ckpt, folder, stop, hook, started)
+        describe(run, state)  # device, batch, model, data, the budget's end; how long an update takes on a CPU
         if cfg.init_from == "resume" and state.iter_num >= cfg.max_iters and not cfg.eval_only:
             print0(f"the checkpoint is at iteration {state.iter_num}, max_iters is {cfg.max_iters}: nothing to train "
                    f"(raise --max_iters to continue)")

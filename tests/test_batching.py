@@ -101,12 +101,20 @@ def test_unequal_shares_under_ddp_match_one_process(small_char_dataset, tmp_path
         assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
 
 
+def shipped_sequences(cfg) -> int:
+    """The sequences of one update as a shipped config states it."""
+    return cfg.tokens_per_update // cfg.model.block_size or cfg.gradient_accumulation_steps * cfg.batch_size
+
+
 def shipped_config_overrides(path, small_char_dataset, tmp_path, request) -> list[str]:
     """What a CPU test must change in a shipped config: the dataset (any will do for a fresh model;
-    GPT-2 BPE and a tiny local GPT-2 folder for the finetune), a tiny model, a block of 32, two
-    updates. Everything else stays: tokens per update, micro-batch, eval_iters, optimizer, compile."""
+    GPT-2 BPE and a tiny local GPT-2 folder for the finetune), a tiny model, a block of 32 (and so the
+    tokens of an update: the same sequences per update, of 32 tokens), two updates. Everything else
+    stays: sequences per update, micro-batch, eval_iters, optimizer, compile, parallel."""
     cfg = config_of(path)
     args = ["--device=cpu", "--block_size=32", "--max_iters=2", "--eval_interval=2"]
+    if cfg.tokens_per_update:
+        args.append(f"--tokens_per_update={shipped_sequences(cfg) * 32}")
     if cfg.init_from == "scratch":
         return [*args, f"--dataset={small_char_dataset}", "--n_layer=1", "--n_head=2", "--n_embd=16"]
     from test_hf import save_hf_folder, tiny_hf_model
@@ -119,11 +127,13 @@ def shipped_config_overrides(path, small_char_dataset, tmp_path, request) -> lis
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_runs_under_two_processes(path, small_char_dataset, tmp_path, request):
     """Each config/*.toml under `torchrun --nproc_per_node=2` (gloo), with only the model made tiny,
-    the block 32 tokens and the run two updates long, so that a CPU test can afford it."""
-    cfg = config_of(path, "--block_size=32")
+    the block 32 tokens and the run two updates long, so that a CPU test can afford it; the FSDP ones
+    (gpt2_xl) sharded."""
+    cfg = config_of(path)
     result = torchrun(str(path), *shipped_config_overrides(path, small_char_dataset, tmp_path, request),
                       f"--out_dir={tmp_path / 'run'}")
-    seqs = cfg.tokens_per_update // 32 if cfg.tokens_per_update else cfg.gradient_accumulation_steps * cfg.batch_size
+    seqs = shipped_sequences(cfg)
     assert "2 process(es)" in result.stdout and f"{seqs} sequences x 32 = {seqs * 32:,}" in result.stdout
+    assert (", fsdp" in result.stdout) == (cfg.parallel == "fsdp")
     assert f"per process {seqs // 2} sequences" in result.stdout
     assert "done: " in result.stdout and load_checkpoint(tmp_path / "run")["iter_num"] == 2

@@ -36,6 +36,28 @@ def test_training_forward_and_backward_are_one_graph(switch):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_activation_checkpointing_is_one_graph_and_the_same_gradients():
+    """Blocks recomputed in backward (torch.utils.checkpoint) trace into the same single graph, and give
+    eager checkpointing's loss and gradients (dropout on: the recompute replays the masks)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.1))
+    model.activation_checkpointing = True
+    x = torch.randint(0, 65, (2, 16))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x, x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    results = []
+    for run in (model, torch.compile(model, backend="aot_eager", fullgraph=True)):
+        model.zero_grad()
+        torch.manual_seed(1)
+        _, loss = run(x, x)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(b, a)
+
+
 def test_eval_forward_is_one_graph_too():
     """Evaluations run the compiled model in eval mode (no dropout) and without gradients."""
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.1)).eval()

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 import cli
 import device
@@ -138,6 +139,38 @@ def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, 
     assert device.cores_used_by_others(since) == pytest.approx(others)
     assert device.free_cpu_threads(2, since) == threads
     assert device.free_cpu_threads(2, None) == 2  # no measurement (not Linux): the default
+
+
+def test_a_run_refits_its_threads_when_other_programs_come_and_go(monkeypatch):
+    """CpuThreads (train.py's threads on a CPU) re-reads how busy the others keep the cores every
+    CHECK_EVERY_S: one busy program of 2 cores -> 1 thread, said in one line; gone -> 2 again."""
+    monkeypatch.setattr(device, "_usable_cpus", lambda: {0, 1})
+    readings = []  # (busy CPU seconds of all processes, ours, time): each second `others` cores more than ours
+
+    def snapshot():
+        busy, own, now = readings[-1]
+        readings.append((busy + others + 0.5, own + 0.5, now + 1.0))
+        return readings[-1]
+
+    monkeypatch.setattr(device, "cpu_snapshot", snapshot)
+    monkeypatch.setattr(device.CpuThreads, "CHECK_EVERY_S", 0.0)
+    lines = []
+    torch.set_num_threads(2)
+    others, readings[:] = 0.0, [(100.0, 10.0, 50.0)]
+    threads = device.CpuThreads(2, readings[0], lines.append)
+    assert torch.get_num_threads() == 2 and lines == []  # an idle machine: no change, nothing said
+    others = 1.0  # a busy loop starts
+    threads.fit()
+    assert torch.get_num_threads() == 1
+    assert lines == ["other programs keep 1.0 of 2 cores busy: torch now uses 1 thread(s), was 2 "
+                     "(--threads=N fixes the number)"]
+    others = 0.1  # it ends
+    threads.fit()
+    assert torch.get_num_threads() == 2 and len(lines) == 2 and "uses 2 thread(s), was 1" in lines[1]
+    monkeypatch.setattr(device.CpuThreads, "CHECK_EVERY_S", 3600.0)
+    others, calls = 1.0, len(readings)
+    threads.fit()  # too soon: /proc/stat is not read, nothing changes
+    assert len(readings) == calls and torch.get_num_threads() == 2
 
 
 # The machine may be shared: other processes add an unknown, changing load to every reading, and

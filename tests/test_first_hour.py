@@ -127,7 +127,8 @@ def test_eta_follows_the_time_budget_in_a_run(small_char_dataset, tmp_path):
     assert etas, out
     # at most the budget and the last evaluation (tiny, well under a second), never max_iters' hours
     assert all(eta <= budget + 1 for eta in etas), etas
-    assert re.search(rf"^time budget of {budget:g}s spent after \d+ iterations$", out, re.MULTILINE)
+    assert re.search(rf"^time budget of {budget:g}s spent after \d+ iterations \([\d.]+s, the last evaluation "
+                     rf"included\)$", out, re.MULTILINE)
 
 
 def test_eta_follows_max_iters_when_it_comes_before_the_budget(small_char_dataset, tmp_path):

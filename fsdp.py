@@ -1,0 +1,130 @@
+"""FSDP2 (parallel = "fsdp"): parameters, gradients and optimizer state sharded over the processes.
+
+    check_torch()                                  # one line when this torch cannot do it (needs 2.8+)
+    shard_model(model, procs)                      # fully_shard each block, then the root
+    full = full_state(model.state_dict(), procs)   # plain tensors on rank 0's CPU, None on the others
+    optimizer.load_state_dict(shard_like_params(optimizer, saved_optimizer_state))
+
+PyTorch's engine (torch.distributed.fsdp.fully_shard) does the sharding; this file only says where the
+units are and keeps the checkpoint format one. Each transformer block is one unit: its parameters are
+all-gathered for its forward (and again for its backward), then freed, and its gradients are
+reduce-scattered after its backward. The root unit holds the rest: token and position embeddings, the
+final norm and the output head, which is tied to the token embedding and so must sit in the same unit.
+Every parameter becomes a DTensor sharded by rows (dim 0) over the processes; the optimizer, built
+after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
+reduce-scatters its gradients (so they stay sharded: DDP's one all-reduce per update would need the
+full gradients on every process).
+
+A checkpoint stays the file one process writes: `full_state` gathers one tensor at a time (every rank
+takes part; rank 0 keeps a CPU copy, so no device ever holds more than one whole tensor extra), and
+`shard_like_params` cuts a saved optimizer state back into each process's shards, so a run resumes on
+any number of processes, with ddp or fsdp. Rank 0's host memory holds the whole state while saving:
+for GPT-2 XL (1.56B parameters) about 6.2 GB of weights plus 12.5 GB of AdamW moments.
+
+gloo (CPUs): averaging reductions and PREMUL_SUM are not what gloo does well (older torch got averages
+wrong, gloo rejects PREMUL_SUM), so every unit is told to reduce with plain sums and divide after
+(set_force_sum_reduction_for_comms), which also holds on NCCL.
+"""
+
+import warnings
+
+import torch
+
+from cli import UserError
+from distributed import any_rank
+
+MIN_TORCH = "2.8"  # fully_shard with force-sum reductions, and gloo's reduce-scatter
+
+
+def check_torch() -> None:
+    """A one-line error when this torch's FSDP2 lacks what parallel=fsdp uses."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        FSDPModule = None
+    if FSDPModule is None or not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+        raise UserError(f"parallel=fsdp needs torch {MIN_TORCH} or newer (this is torch {torch.__version__}): "
+                        f"upgrade torch, or use --parallel=ddp")
+
+
+def shard_model(model: torch.nn.Module, procs) -> None:
+    """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    # the root returns the logits sliced to the true vocabulary (a view); FSDP warns that an in-place op
+    # on a returned view would skip its backward hook: nothing here modifies logits in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(procs.device.type, (procs.world_size,))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)  # embeddings, final norm and the (tied) head: one unit
+    for module in model.modules():
+        if hasattr(module, "set_force_sum_reduction_for_comms"):  # an FSDP unit
+            module.set_force_sum_reduction_for_comms(True)
+
+
+def is_sharded(tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded tensor; a plain tensor as it is."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole on every process (a collective); a plain one as it is. (The
+    gradient norm clip_grad_norm_ returns for sharded parameters is such a tensor, replicated.)"""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def full_state(state, procs):
+    """`state` (a state dict, nested dicts and lists) with every sharded tensor gathered whole: on rank
+    0 as CPU tensors, elsewhere None. Every rank must call it (one all-gather per sharded tensor, in the
+    dict's order, which is the same on every rank). A tensor met twice (tied weights) is gathered once
+    and stays one tensor."""
+    gathered = {}
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(walk(v) for v in value)
+        if not is_sharded(value):
+            return value
+        shard = value.to_local()
+        key = (shard.untyped_storage().data_ptr(), shard.storage_offset(), tuple(value.shape))  # tied: one key
+        if key not in gathered:
+            whole = value.full_tensor()  # collective
+            gathered[key] = whole.cpu() if procs.master else None
+            del whole
+        return gathered[key]
+
+    return walk(state)
+
+
+def shard_like_params(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
+    """A saved (full) optimizer state dict, its per-parameter tensors cut into this process's shards of
+    the parameters they belong to (parameters are numbered in param_groups order, as state_dict does)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entry in saved["state"].items():
+        param = params[index]
+        if not is_sharded(param):
+            continue
+        for key, value in entry.items():
+            if torch.is_tensor(value) and value.shape == param.shape:  # a moment or momentum buffer
+                entry[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
+                                               src_data_rank=None)  # every rank has it whole: no communication
+    return saved
+
+
+def all_finite(params, procs) -> bool:
+    """Whether every parameter is finite on every process: each checks its own shards, then one
+    all-reduce (a check per sharded tensor could stop at different tensors on different ranks and hang)."""
+    mine = all(bool(torch.isfinite(local(p)).all()) for p in params)
+    return not any_rank([not mine], procs)[0]

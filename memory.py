@@ -1,0 +1,175 @@
+"""A memory plan before the first step: what each process will hold, and whether it fits.
+
+    plan = plan_memory(model, optimizer="adamw", micro_batch=12, block_size=1024, dtype=torch.bfloat16,
+                       world_size=8, sharded=True, checkpointing=False)
+    print(plan.line())   # weights 0.06 GB, gradients 0.06 GB, optimizer 0.12 GB, activations 9.97 GB, ...
+    check_fits(plan, free_bytes, retry)   # a one-line error naming the keys that would make it fit
+
+    python memory.py     # the README's table: GPT-2 124M to 1.5B, one GPU and eight, ddp / fsdp / checkpointing
+
+What each process holds during an update, in bytes:
+  weights      4 per parameter (float32 master weights: autocast computes in bf16/fp16 from them),
+               divided by the processes under FSDP, plus the two whole units FSDP gathers at a time
+  gradients    4 per parameter, divided by the processes under FSDP (DDP's buckets are views of them)
+  optimizer    AdamW: 8 per parameter (two moments); Muon: 4 per hidden-matrix entry (momentum) and
+               AdamW's 8 for the rest; divided by the processes under FSDP
+  activations  what autograd keeps for backward, for one micro-batch of B sequences of T tokens:
+               per block  B*T*(8*C + a*(7*C + 2*F))  (C: n_embd, F: the MLP's hidden width, a: 2 bytes
+                          under bf16/fp16 autocast, 4 in float32; 8*C: the float32 residual stream
+                          saved twice; 7*C: two norm outputs, q, k, v, the attention output and the
+                          projection's input; 2*F: the MLP's hidden layer before and after its activation;
+                          rotary positions and QK-norm add 2*a*C each, RMSNorm 8*C)
+               with activation checkpointing a block keeps only its input (4*B*T*C), and backward rebuilds
+               one block's activations at a time
+               the head  B*T*V*(a + 8)  (V: the padded vocabulary; the logits, their float32 copy and
+                          the log-softmax cross-entropy keeps)
+The estimate is tested against measured memory (tests/test_memory.py); fragmentation, the CUDA context
+and the evaluation's batches are not in it, so check_fits keeps 10% of the free memory in reserve.
+"""
+
+import dataclasses
+import sys
+
+import torch
+
+from cli import UserError
+from distributed import any_rank
+
+GB = 1e9
+RESERVE = 0.10  # of the free memory, kept for what the plan does not count
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """Bytes per process, and what they were planned for."""
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    micro_batch: int
+    world_size: int
+    sharded: bool
+    checkpointing: bool
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def line(self) -> str:
+        how = f"{'fsdp' if self.sharded else 'ddp' if self.world_size > 1 else 'one process'}" + \
+              (", activation checkpointing" if self.checkpointing else "")
+        return (f"weights {size(self.weights)}, gradients {size(self.gradients)}, optimizer {size(self.optimizer)}, "
+                f"activations {size(self.activations)} (micro-batch {self.micro_batch}; {how}): {size(self.total)}")
+
+
+def size(n_bytes: float) -> str:
+    """1.23 GB, or 45.6 MB below a gigabyte."""
+    return f"{n_bytes / GB:.2f} GB" if n_bytes >= GB else f"{n_bytes / 1e6:.1f} MB"
+
+
+def plan_memory(model, optimizer: str, micro_batch: int, block_size: int, dtype: torch.dtype, world_size: int = 1,
+                sharded: bool = False, checkpointing: bool = False) -> MemoryPlan:
+    """The memory plan of training `model` (a GPT, on any device, even the meta device) one update at a time."""
+    config = model.config
+    kinds = model.parameter_kinds()
+    n_params = sum(p.numel() for kind in kinds.values() for p in kind)
+    shards = world_size if sharded else 1
+    weights = 4 * n_params / shards
+    if sharded:  # two units whole at a time (the one running and the one prefetched), and their gradients
+        units = [sum(p.numel() for p in block.parameters()) for block in model.transformer.h]
+        units.append(n_params - sum(units))  # the root unit
+        weights += 2 * 4 * max(units)
+    gradients = 4 * n_params / shards
+    if optimizer == "muon":
+        matrices = sum(p.numel() for p in kinds["matrix"])
+        optimizer_bytes = (4 * matrices + 8 * (n_params - matrices)) / shards
+    else:
+        optimizer_bytes = 8 * n_params / shards
+    a = 4 if dtype == torch.float32 else 2
+    C, L = config.n_embd, config.n_layer
+    F = model.transformer.h[0].mlp.c_fc.weight.shape[0] * (2 if config.mlp == "swiglu" else 1)
+    tokens = micro_batch * block_size
+    extra = (2 * a * C if config.pos_embedding == "rope" else 0) + (2 * a * C if config.qk_norm else 0) \
+        + (8 * C if config.norm == "rmsnorm" else 0)  # rotated q and k; normed q and k; RMSNorm's normalized x
+    per_block = tokens * (8 * C + a * (7 * C + 2 * F) + extra)
+    blocks = L * 4 * tokens * C + per_block if checkpointing else L * per_block
+    head = tokens * config.padded_vocab_size * (a + 8)
+    activations = blocks + head + 3 * 4 * tokens * C  # and the embedding's output, the final norm's in and out
+    return MemoryPlan(weights, gradients, optimizer_bytes, activations, micro_batch, world_size, sharded,
+                      checkpointing)
+
+
+def check_fits(plan: MemoryPlan, free: float, retry) -> None:
+    """A one-line UserError when `plan` does not fit in `free` bytes (less the reserve), naming the keys
+    that would make it fit. retry(micro_batch=, checkpointing=, world_size=, sharded=) re-plans."""
+    room = free * (1 - RESERVE)
+    if plan.total <= room:
+        return
+
+    def smallest_batch(**changes):  # the largest micro-batch below the planned one that fits, if any
+        batch = plan.micro_batch - 1
+        while batch >= 1 and retry(micro_batch=batch, **changes).total > room:
+            batch = batch // 2 if batch > 8 else batch - 1
+        return batch if batch >= 1 else None
+
+    def fewest_processes(**changes):  # the fewest FSDP processes that fit (these, if not sharded yet), up to 1024
+        counts = sorted({plan.world_size, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024})
+        return next((n for n in counts if (n > plan.world_size or not plan.sharded) and n > 1
+                     and retry(world_size=n, sharded=True, **changes).total <= room), None)
+
+    ckpt = "--activation_checkpointing=true"
+    ways = [ckpt] if not plan.checkpointing and retry(checkpointing=True).total <= room else []
+    if (batch := smallest_batch()) is not None:
+        ways.append(f"--batch_size={batch} (the tokens per update stay: more micro-batches)")
+    if (n := fewest_processes()) is not None:
+        ways.append(f"--parallel=fsdp on {n} processes (torchrun --nproc_per_node={n}, or over nodes)")
+    if not ways:  # no one key is enough: two or three together
+        batch, n = smallest_batch(checkpointing=True), fewest_processes(checkpointing=True)
+        if batch is not None:
+            ways.append(f"{ckpt} with --batch_size={batch}")
+        elif n is not None:
+            ways.append(f"{ckpt} with --parallel=fsdp on {n} processes")
+        elif (n := fewest_processes(checkpointing=True, micro_batch=1)) is not None:
+            ways.append(f"{ckpt} with --batch_size=1 and --parallel=fsdp on {n} processes")
+    how = " or ".join(ways) if ways else "a smaller model (n_layer, n_embd) or block_size"
+    raise UserError(f"this run needs about {size(plan.total)} per process ({plan.line()}) but {size(free)} "
+                    f"are free on the device: use {how}")
+
+
+def check_memory(model, procs, **settings) -> MemoryPlan:
+    """Print this process's memory plan (plan_memory's settings) and, on a CUDA device, stop with one
+    line when it does not fit the free memory there (every process agrees, so none waits on the others)."""
+    plan = plan_memory(model, **settings)
+    free = torch.cuda.mem_get_info(procs.device)[0] if procs.device.type == "cuda" else None
+    where = f"rank {procs.rank} ({procs.device})" if procs.ddp else str(procs.device)
+    print(f"memory plan, {where}: {plan.line()}" + (f", {size(free)} free" if free is not None else ""), flush=True)
+    problem = None
+    if free is not None:
+        try:
+            check_fits(plan, free, lambda **changes: plan_memory(model, **{**settings, **changes}))
+        except UserError as e:
+            problem = str(e)
+    if any_rank([problem is not None], procs)[0]:
+        raise UserError(problem or "another process's device has too little free memory for this run (its memory "
+                                   "plan line says how much it needs)")
+    return plan
+
+
+def gpt2_table() -> str:
+    """The README's table: GPT-2's sizes, planned GB per GPU (bf16, AdamW, batch 12 x 1024)."""
+    from model import GPT, GPTConfig
+
+    sizes = {"124M": (12, 12, 768), "350M": (24, 16, 1024), "774M": (36, 20, 1280), "1.5B": (48, 25, 1600)}
+    rows = ["| model | 1 GPU | 8 GPUs ddp | 8 GPUs fsdp | 8 GPUs fsdp + checkpointing |", "|---|---|---|---|---|"]
+    for name, (n_layer, n_head, n_embd) in sizes.items():
+        with torch.device("meta"):
+            model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd), init_weights=False)
+        cells = [plan_memory(model, "adamw", 12, 1024, torch.bfloat16, world, sharded, ckpt)
+                 for world, sharded, ckpt in ((1, False, False), (8, False, False), (8, True, False), (8, True, True))]
+        rows.append(f"| GPT-2 {name} | " + " | ".join(f"{p.total / GB:.1f} GB" for p in cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(gpt2_table())
+    sys.exit(0)
