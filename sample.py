@@ -277,7 +277,7 @@ def main(argv: list[str]) -> None:
             print(f"{cfg.out_dir} is a nanoGPT run: {ckpt['nanogpt_vocabulary']}", file=sys.stderr)
     model = model.to(inference_dtype(cfg.dtype, device))
     meta = ckpt.get("meta") or {}
-    tokenizer = tokenizer_from_meta(meta)
+    tokenizer = tokenizer_from_meta(meta, where=cfg.init_from or cfg.out_dir)
     eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None
 
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))
