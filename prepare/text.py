@@ -568,8 +568,8 @@ def _train_bpe(passes: _Passes, vocab_size: int, pattern: str, sample_bytes: int
         train_bytes = int(passes.total_bytes * (1 - passes.val_fraction))
     fraction = 1.0 if train_bytes is None or train_bytes <= sample_bytes else sample_bytes / train_bytes
     if fraction < 1:
-        print(f"bpe: the training text is about {train_bytes / 1e6:,.0f} MB, more than --bpe_sample_bytes="
-              f"{sample_bytes / 1e6:,.0f} MB: learning from a seeded sample of about 1 piece in {1 / fraction:.1f}")
+        print(f"bpe: the training text is about {_size(train_bytes)}, more than --bpe_sample_bytes="
+              f"{_size(sample_bytes)}: learning from a seeded sample of about 1 piece in {1 / fraction:.1f}")
     stats = {"bytes": 0, "capped": False}
     started = time.perf_counter()
     with passes.reading("bpe training text") as documents:
@@ -578,14 +578,18 @@ def _train_bpe(passes: _Passes, vocab_size: int, pattern: str, sample_bytes: int
     if stats["bytes"] == 0:
         raise UserError("the training split holds no text to learn a bpe from; check --input and --val_fraction")
     if stats["capped"]:
-        print(f"bpe: stopped reading training text at --bpe_sample_bytes={sample_bytes / 1e6:,.0f} MB "
+        print(f"bpe: stopped reading training text at --bpe_sample_bytes={_size(sample_bytes)} "
               f"(the training text is bigger than its size on disk suggested)")
     print(f"bpe: learned {len(tok.tokens) - 256:,} merges ({tok.vocab_size:,} ids with <|endoftext|>) from "
-          f"{stats['bytes'] / 1e6:,.1f} MB of training text in {time.perf_counter() - started:.1f} s")
+          f"{_size(stats['bytes'])} of training text in {time.perf_counter() - started:.1f} s")
     if tok.vocab_size < vocab_size:
         print(f"bpe: the training text had no more pairs to merge: the vocabulary is {tok.vocab_size:,} ids, "
               f"not the {vocab_size:,} asked for")
     return tok, split
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:,.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:,.1f} kB"
 
 
 def _plan_bpe_split(passes: _Passes) -> tuple[int | None, int | None]:
