@@ -578,8 +578,8 @@ def _train_bpe(passes: _Passes, vocab_size: int, pattern: str, sample_bytes: int
     if stats["bytes"] == 0:
         raise UserError("the training split holds no text to learn a bpe from; check --input and --val_fraction")
     if stats["capped"]:
-        print(f"bpe: stopped reading training text at --bpe_sample_bytes={_size(sample_bytes)} "
-              f"(the training text is bigger than its size on disk suggested)")
+        print(f"bpe: stopped reading training text at --bpe_sample_bytes={_size(sample_bytes)}: the rest of it "
+              f"is not in the sample" + (" (it is bigger than its files' size suggested)" if fraction < 1 else ""))
     print(f"bpe: learned {len(tok.tokens) - 256:,} merges ({tok.vocab_size:,} ids with <|endoftext|>) from "
           f"{_size(stats['bytes'])} of training text in {time.perf_counter() - started:.1f} s")
     if tok.vocab_size < vocab_size:
@@ -589,6 +589,8 @@ def _train_bpe(passes: _Passes, vocab_size: int, pattern: str, sample_bytes: int
 
 
 def _size(n_bytes: int) -> str:
+    if n_bytes < 1000:
+        return f"{n_bytes} bytes"
     return f"{n_bytes / 1e6:,.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:,.1f} kB"
 
 
@@ -596,7 +598,6 @@ def _plan_bpe_split(passes: _Passes) -> tuple[int | None, int | None]:
     """(None, None) when there are documents enough for a split by document; else (train characters,
     train UTF-8 bytes) of a split by characters (see _train_bpe)."""
     n_docs = n_chars = n_bytes = 0
-    doc_chars = []  # characters of each document (few: fewer than MIN_VAL_DOCS / val_fraction)
     with passes.reading("counting documents") as documents:
         for chunks in documents:
             chars = 0
