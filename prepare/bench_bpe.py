@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import argparse
 import json
 import os
 import sysconfig
@@ -122,8 +123,8 @@ def main(argv=None):
     parser.add_argument("--size_mb", type=float, default=200, help="size of the 200mb corpus")
     parser.add_argument("--vocab_size", type=int, default=4096, help="ids including <|endoftext|>")
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES), help="trainers to run")
-    parser.add_argument("--child", choices=LIBRARIES, default=None, help=argparse_hidden())
-    parser.add_argument("--result", default=None, help=argparse_hidden())
+    parser.add_argument("--child", choices=LIBRARIES, default=None, help=argparse.SUPPRESS)  # (one measured run)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     n_ranks = args.vocab_size - 1
     if args.child:
@@ -146,12 +147,6 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for library, wall, cpu, peak, res in rows:
         print(f"| {library} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {res['ranks']} | {res['bytes_per_token']:.3f} |")
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
