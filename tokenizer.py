@@ -245,7 +245,8 @@ def parse_ranks(text: str, where: str) -> list[bytes]:
         try:
             token = base64.b64decode(parts[0], validate=True)
         except (binascii.Error, ValueError):
-            raise UserError(f"{where} line {lineno}: {parts[0][:40]!r} is not base64; the file is damaged: {fix}") from None
+            raise UserError(f"{where} line {lineno}: {parts[0][:40]!r} is not base64; the file is damaged: "
+                            f"{fix}") from None
         if int(parts[1]) != len(tokens) or not token:
             raise UserError(f"{where} line {lineno} has rank {parts[1]}, expected {len(tokens)}; the file is "
                             f"damaged: {fix}")
@@ -452,7 +453,8 @@ def _validate_bpe_meta(meta: dict, where: str, fix: str) -> None:
     if not isinstance(bpe, dict) or any(not isinstance(bpe.get(k), tp) for k, tp in types.items()):
         raise UserError(f"{where}: a bpe dataset needs 'bpe' with {', '.join(types)}; {fix}")
     if Path(bpe["ranks_file"]).name != bpe["ranks_file"] or bpe["ranks_file"] in ("", ".", ".."):
-        raise UserError(f"{where}: bpe ranks_file {bpe['ranks_file']!r} must be a file name in the dataset folder; {fix}")
+        raise UserError(f"{where}: bpe ranks_file {bpe['ranks_file']!r} must be a file name in the dataset "
+                        f"folder; {fix}")
     if bpe["special_tokens"] != {EOT_TEXT: meta["vocab_size"] - 1} or meta.get("eot_token") != meta["vocab_size"] - 1:
         raise UserError(f"{where}: a bpe dataset's only special token is {EOT_TEXT} = vocab_size - 1 "
                         f"({meta['vocab_size'] - 1}); {fix}")

@@ -52,7 +52,8 @@ def require_rustbpe():
 
 def check_vocab_size(vocab_size: int) -> None:
     if vocab_size < MIN_VOCAB:
-        raise UserError(f"--vocab_size must be at least {MIN_VOCAB} (the 256 bytes and <|endoftext|>), got {vocab_size}")
+        raise UserError(f"--vocab_size must be at least {MIN_VOCAB} (the 256 bytes and <|endoftext|>), "
+                        f"got {vocab_size}")
 
 
 def train_bpe(texts, vocab_size: int, pattern: str) -> BPETokenizer:

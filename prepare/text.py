@@ -84,7 +84,8 @@ import cli
 from cli import UserError
 from progress import progress as progress_report
 from prepare.bpe import DEFAULT_SAMPLE_BYTES, DEFAULT_VOCAB as DEFAULT_BPE_VOCAB, check_vocab_size, train_bpe
-from tokenizer import BPE_PATTERNS, BPE_RANKS_FILE, KINDS, build_tokenizer, make_meta, read_meta, token_dtype, tokenizer_from_meta, write_meta
+from tokenizer import (BPE_PATTERNS, BPE_RANKS_FILE, KINDS, build_tokenizer, make_meta, read_meta, token_dtype,
+                       tokenizer_from_meta, write_meta)
 
 PIECE_CHARS = 1 << 20  # characters per tokenization task (a document is cut into pieces this big)
 READ_CHARS = 1 << 20  # characters read from a text file at a time
