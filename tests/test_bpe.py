@@ -378,25 +378,3 @@ def test_hf_export_tokenizer_json_encodes_like_tiktoken(bpe_run, tmp_path):
     assert config["eos_token_id"] == ours.eot_token and config["vocab_size"] == ours.vocab_size
     assert hf.pretrained_meta(str(tmp_path / "export"))["bpe"]["ranks"] == ours.ranks_text()  # init_from=EXPORT works
 
-
-@pytest.mark.slow
-def test_bpe_memory_stays_bounded(rustbpe, tmp_path, shakespeare_text):
-    """A 150 MB corpus (one 100 MB file plus 1000 files) with a bpe sampled down to 10 MB: the trainer
-    and the tokenizer stream, so the peak stays well under the corpus size."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    block = shakespeare_text.encode("utf-8")
-    with open(corpus / "big.txt", "wb") as f:
-        for _ in range(90):
-            f.write(block)
-    for i in range(1000):
-        (corpus / f"doc{i:04d}.txt").write_bytes(block[i * 1000 : i * 1000 + 50_000])
-    size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
-    from prepare.bench_prepare import run_measured
-
-    _, peak_mb, _ = run_measured(REPO_ROOT / "prepare" / "text.py", "--input", str(corpus), "--out_dir",
-                                 str(tmp_path / "out"), "--tokenizer=bpe", "--vocab_size=1024",
-                                 "--bpe_sample_bytes=10000000", "--workers", "2", "--quiet")
-    meta = read_meta(tmp_path / "out")
-    assert meta["vocab_size"] == 1024 and meta["documents"]["train"] > 800
-    assert peak_mb < 0.7 * size_mb, f"peak RSS {peak_mb:.0f} MB for a {size_mb:.0f} MB corpus"
