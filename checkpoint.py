@@ -11,7 +11,7 @@ Its keys (FORMAT_VERSION 2):
     format_version  2; a newer number is refused (update the code), 1 is upgraded when read
     model           the uncompiled, unwrapped module's state dict
     model_config    dict of model.GPTConfig (vocab_size is the true vocabulary; rows are padded)
-    meta            the dataset's meta.json dict (tokenizer, vocabulary, ...)
+    meta            the dataset's meta.json dict (tokenizer, vocabulary, a trained bpe's ranks, ...)
     train_config    the resolved training config as a dict (model keys in a "model" table)
     optimizer, scaler            their state dicts (None in a checkpoint made only for sampling)
     rng_per_rank                 every process's RNG state, for exact resume

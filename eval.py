@@ -46,7 +46,7 @@ import checkpoint  # noqa: E402
 from cli import UserError, option, parse_config, run_main  # noqa: E402
 from device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from progress import progress  # noqa: E402
-from tokenizer import same_vocabulary, tokenizer_from_meta  # noqa: E402
+from tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402
 
 
 @dataclass
@@ -146,9 +146,8 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
         lengths = np.ones(256, dtype=np.int64)
     elif tokenizer.kind == "char":
         lengths = np.array([len(c.encode("utf-8", "surrogatepass")) for c in tokenizer.vocab], dtype=np.int64)
-    else:  # GPT-2 BPE: every token is a byte string (a piece of a character, sometimes)
-        enc = tokenizer.enc
-        lengths = np.array([len(enc.decode_single_token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+    else:  # BPE (gpt2, bpe): every token is a byte string (a piece of a character, sometimes)
+        lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
     if tokenizer.eot_token is not None:
         lengths[tokenizer.eot_token] = 0  # a separator between documents, not text
     return lengths
@@ -239,15 +238,14 @@ def main(argv: list[str]) -> dict:
     model = model.to(device).eval()
 
     if cfg.input:  # --dataset, if given too, only said where a nanoGPT run's vocabulary is
-        tokenizer = tokenizer_from_meta(model_meta)
+        tokenizer = tokenizer_from_meta(model_meta, where=str(model_name))
         tokens, described = input_tokens(cfg, tokenizer)
     else:
         if model_meta.get("tokenizer") and not same_vocabulary(model_meta, data_meta):
-            raise UserError(f"dataset {cfg.dataset} is tokenized with {data_meta['tokenizer']} "
-                            f"(vocab {data_meta['vocab_size']}) but the model {model_name} with "
-                            f"{model_meta['tokenizer']} (vocab {model_meta.get('vocab_size', '?')}); score a dataset "
-                            f"prepared like the model's, or the text itself with --input")
-        tokenizer = tokenizer_from_meta(data_meta)
+            raise UserError(f"dataset {cfg.dataset} is tokenized with {vocabulary_name(data_meta)} but the model "
+                            f"{model_name} with {vocabulary_name(model_meta)}; score a dataset prepared like the "
+                            f"model's (prepare/text.py --tokenizer_from={model_name}), or the text itself with --input")
+        tokenizer = tokenizer_from_meta(data_meta, where=str(folder))
         tokens = dataset_tokens(folder, data_meta, cfg.split, cfg.max_tokens)
         described = f"{folder / (cfg.split + '.bin')}"
     if cfg.max_tokens:

@@ -18,8 +18,10 @@ Out: one of our checkpoints becomes such a folder, loadable with
 The folder gets config.json, model.safetensors, README.md (which tokenizer the ids belong to) and
 smallgpt_meta.json (our dataset metadata, e.g. a char vocabulary). A model trained on GPT-2 BPE also
 gets vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tiktoken's ranks, so
-`AutoTokenizer.from_pretrained(DIR)` works; char and byte vocabularies have no Hugging Face
-tokenizer (README.md says how to encode for them).
+`AutoTokenizer.from_pretrained(DIR)` works; one trained on a bpe of its own (prepare/text.py
+--tokenizer=bpe) gets tokenizer.json + tokenizer_config.json (a byte-level BPE that encodes the same
+ids as our tiktoken encoding) and tokenizer.tiktoken; char and byte vocabularies have no Hugging
+Face tokenizer (README.md says how to encode for them).
 
 Mapping (GPT-2's checkpoint -> ours): HF stores c_attn, c_proj and c_fc as `Conv1D`, whose weight
 is (in, out), the transpose of an `nn.Linear` weight (out, in); everything else is copied as is.
@@ -152,9 +154,10 @@ def exportable_problem(config: GPTConfig) -> str | None:
     return None
 
 
-def hf_config_from_gpt(config: GPTConfig, tokenizer: str | None) -> dict:
-    """The GPT2Config dict for our config (check exportable_problem first)."""
-    eot = GPT2_EOT if tokenizer == "gpt2" and config.vocab_size > GPT2_EOT else None
+def hf_config_from_gpt(config: GPTConfig, tokenizer: str | None, eot_token: int | None = None) -> dict:
+    """The GPT2Config dict for our config (check exportable_problem first); eot_token: a bpe's <|endoftext|>."""
+    eot = GPT2_EOT if tokenizer == "gpt2" else eot_token if tokenizer == "bpe" else None
+    eot = eot if eot is not None and config.vocab_size > eot else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -356,44 +359,13 @@ def load_pretrained(init_from: str, dropout: float = 0.0) -> GPT:
 
 # ----------------------------------------------------------------------------- tokenizer files
 
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte, as its vocab.json and merges.txt spell tokens.
+def merges_from_ranks(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The pair each multi-byte token was merged from, in rank order, recovered from tiktoken's ranks.
 
-    Printable Latin-1 bytes stand for themselves; the other 68 (controls, space, ...) are moved to
-    code points 256 and up, in byte order.
+    tokens: in rank order. A merge is recovered by running BPE on a token's bytes with only the
+    merges ranked before it: the last two parts left are the pair that merge made.
     """
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-            *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    table, moved = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + moved)
-            moved += 1
-    return table
-
-
-def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
-    """vocab.json, merges.txt and tokenizer_config.json for GPT-2 BPE, rebuilt from tiktoken's ranks.
-
-    Needs only the r50k_base file tiktoken has cached (TIKTOKEN_CACHE_DIR works offline); None when
-    it cannot be had. A merge is recovered by running BPE on a token's bytes with only the merges
-    ranked before it: the last two parts left are the pair that merge made.
-    """
-    from tokenizer import build_tokenizer  # the project's tiktoken wrapper and its offline handling
-
-    try:
-        enc = build_tokenizer("gpt2").enc
-    except UserError:
-        return None
-    tokens = [enc.decode_single_token_bytes(rank) for rank in range(GPT2_EOT)]  # ranks 0..50255
     rank_of = {tok: rank for rank, tok in enumerate(tokens)}
-    show = byte_to_unicode()
-
-    def spelled(tok: bytes) -> str:
-        return "".join(show[b] for b in tok)
-
     merges = []
     for rank, tok in enumerate(tokens):
         if len(tok) < 2:
@@ -402,7 +374,33 @@ def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
         while len(parts) > 2:  # apply the lowest-ranked available merge, as BPE does
             best_rank, best_i = min((rank_of.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1))
             parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-        merges.append(f"{spelled(parts[0])} {spelled(parts[1])}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _spelling():
+    """Spell a token's bytes as Hugging Face's byte-level vocab and merges files do."""
+    from tokenizer import byte_to_unicode
+
+    show = byte_to_unicode()
+    return lambda tok: "".join(show[b] for b in tok)
+
+
+def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
+    """vocab.json, merges.txt and tokenizer_config.json for GPT-2 BPE, rebuilt from tiktoken's ranks.
+
+    Needs only the r50k_base file tiktoken has cached (TIKTOKEN_CACHE_DIR works offline); None when
+    it cannot be had.
+    """
+    from tokenizer import build_tokenizer  # the project's tiktoken wrapper and its offline handling
+
+    try:
+        enc = build_tokenizer("gpt2").enc
+    except UserError:
+        return None
+    tokens = [enc.decode_single_token_bytes(rank) for rank in range(GPT2_EOT)]  # ranks 0..50255
+    spelled = _spelling()
+    merges = [f"{spelled(a)} {spelled(b)}" for a, b in merges_from_ranks(tokens)]
     vocab = {spelled(tok): rank for rank, tok in enumerate(tokens)}
     vocab["<|endoftext|>"] = GPT2_EOT
     config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
@@ -410,6 +408,51 @@ def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
     return {"vocab.json": json.dumps(vocab, ensure_ascii=False),
             "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
             "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
+
+
+def bpe_tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str]:
+    """tokenizer.json (+ tokenizer_config.json, tokenizer.tiktoken) for a bpe trained by prepare/text.py.
+
+    tokenizer.json is a Hugging Face byte-level BPE that encodes as our tiktoken encoding does: the
+    same pre-split regex (a Split pre-tokenizer, then ByteLevel without its own regex), the merges
+    recovered from the ranks, and ignore_merges, so that a piece which is itself a token is that
+    token, as in tiktoken. transformers' PreTrainedTokenizerFast(tokenizer_file=...) and
+    AutoTokenizer.from_pretrained(folder) load it.
+    """
+    from tokenizer import EOT_TEXT, tokenizer_from_meta
+
+    tok = tokenizer_from_meta(meta, where="the checkpoint's metadata")
+    spelled = _spelling()
+    model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+             "vocab": {spelled(t): rank for rank, t in enumerate(tok.tokens)},
+             "merges": [f"{spelled(a)} {spelled(b)}" for a, b in merges_from_ranks(tok.tokens)]}
+    tokenizer_json = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": tok.eot_token, "content": EOT_TEXT, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": model,
+    }
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+              "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "clean_up_tokenization_spaces": False}
+    return {"tokenizer.json": json.dumps(tokenizer_json, ensure_ascii=False),
+            "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+            meta["bpe"].get("ranks_file", "tokenizer.tiktoken"): meta["bpe"]["ranks"]}
+
+
+def tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str] | None:
+    """The Hugging Face tokenizer files of a checkpoint's tokenizer; None when it has none (char, byte)."""
+    if meta.get("tokenizer") == "gpt2":
+        return gpt2_tokenizer_files(model_max_length)
+    if meta.get("tokenizer") == "bpe":
+        return bpe_tokenizer_files(meta, model_max_length)
+    return None
 
 
 # ----------------------------------------------------------------------------- export
@@ -422,6 +465,11 @@ def model_card(meta: dict, source: str, with_tokenizer: bool) -> str:
                "hub): " + ("this folder holds its files, so `AutoTokenizer.from_pretrained(THIS_FOLDER)` works."
                            if with_tokenizer else
                            "`AutoTokenizer.from_pretrained(\"openai-community/gpt2\")` encodes text for it."))
+    elif kind == "bpe":
+        tok = ("Token ids are a byte-level BPE trained by smallgpt on its dataset (the last id is <|endoftext|>): "
+               "tokenizer.json in this folder encodes them (`AutoTokenizer.from_pretrained(THIS_FOLDER)` or "
+               "`PreTrainedTokenizerFast(tokenizer_file=...)`), and tokenizer.tiktoken holds the same ranks in "
+               "tiktoken's format (pattern in smallgpt_meta.json).")
     elif kind == "byte":
         tok = ("Token ids are UTF-8 bytes (0..255): encode with `list(text.encode(\"utf-8\"))` and decode "
                "with `bytes(ids).decode(\"utf-8\", errors=\"replace\")`; no Hugging Face tokenizer applies.")
@@ -458,14 +506,14 @@ def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         safetensors_torch.save_file(state_dict_to_hf(model), str(tmp / SAFETENSORS_NAME), metadata={"format": "pt"})
-        hf_config = hf_config_from_gpt(config, meta.get("tokenizer"))
+        hf_config = hf_config_from_gpt(config, meta.get("tokenizer"), meta.get("eot_token"))
         (tmp / HF_CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
         if meta:
             (tmp / "smallgpt_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        tokenizer_files = gpt2_tokenizer_files(config.block_size) if meta.get("tokenizer") == "gpt2" else None
-        for name, text in (tokenizer_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(meta, str(out_dir), tokenizer_files is not None))
+        files = tokenizer_files(meta, config.block_size)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8", newline="")
+        (tmp / "README.md").write_text(model_card(meta, str(out_dir), files is not None))
         for f in tmp.iterdir():  # durable before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -498,7 +546,8 @@ USAGE = """usage: python hf.py export --out_dir=RUN --to=DIR [--overwrite]
 
   export   write our checkpoint RUN/ckpt.pt as a Hugging Face GPT-2 folder DIR (config.json +
            model.safetensors + README.md naming the tokenizer + smallgpt_meta.json; for GPT-2 BPE
-           runs also vocab.json/merges.txt/tokenizer_config.json, so AutoTokenizer loads DIR);
+           runs also vocab.json/merges.txt/tokenizer_config.json, for a bpe trained by prepare
+           tokenizer.json/tokenizer_config.json/tokenizer.tiktoken, so AutoTokenizer loads DIR);
            load it with transformers.GPT2LMHeadModel.from_pretrained(DIR). Only GPT-2-shaped
            models export (learned positions, layernorm, gelu, tied embeddings, mlp_ratio 4).
            The write is atomic; a non-empty DIR is refused unless --overwrite.

@@ -26,7 +26,7 @@ from checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, model_fro
 from cli import UserError, build_config, config_from_dict
 from distributed import print0
 from model import GPT, GPTConfig
-from tokenizer import same_vocabulary
+from tokenizer import same_vocabulary, vocabulary_name
 
 # Keys a resumed run may not change: they define the model its checkpoint holds.
 SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("vocab_size", "dropout"))
@@ -116,9 +116,11 @@ def first_model(cfg, meta: dict, ckpt: dict | None) -> tuple[GPT, str | None]:
     cfg: train.TrainConfig; meta: the dataset's meta.json; ckpt: the run's own checkpoint when resuming.
     """
     if ckpt is not None:
-        if (ckpt.get("meta") or {}).get("vocab_size") not in (None, meta["vocab_size"]):
-            raise UserError(f"cannot resume: the checkpoint was trained on a vocabulary of "
-                            f"{ckpt['meta']['vocab_size']} tokens, dataset {cfg.dataset} has {meta['vocab_size']}")
+        theirs = ckpt.get("meta") or {}
+        if theirs.get("vocab_size") not in (None, meta["vocab_size"]) or (
+                theirs.get("tokenizer") == "bpe" and not same_vocabulary(theirs, meta)):
+            raise UserError(f"cannot resume: the checkpoint was trained on {vocabulary_name(theirs)}, dataset "
+                            f"{cfg.dataset} has {vocabulary_name(meta)}")
         model = GPT(cfg.model, init_weights=False)
         load_weights(model, ckpt.pop("model"), cfg.out_dir)  # popped: the checkpoint's copy goes once loaded
         return model, ckpt.get("pretrained_from")
@@ -158,6 +160,6 @@ def check_same_vocabulary(cfg, theirs: dict, meta: dict) -> None:
         raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, but {cfg.dataset} "
                         f"uses the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "
                         f"(e.g. python prepare/shakespeare.py)")
-    raise UserError(f"init_from={cfg.init_from} was trained on the {theirs.get('tokenizer')} tokenizer (vocab "
-                    f"{theirs.get('vocab_size')}), dataset {cfg.dataset} on {meta['tokenizer']} (vocab "
-                    f"{meta['vocab_size']}); prepare the data with the run's tokenizer")
+    raise UserError(f"init_from={cfg.init_from} was trained on {vocabulary_name(theirs)}, dataset {cfg.dataset} on "
+                    f"{vocabulary_name(meta)}; prepare the data with the run's tokenizer "
+                    f"(prepare/text.py --tokenizer_from={cfg.init_from})")

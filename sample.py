@@ -14,15 +14,15 @@ printed, so a token that ends inside a UTF-8 character waits for the rest of it)
 are generated together as one batch and printed when they are done.
 
 A sample ends after max_new_tokens tokens, at the end-of-text token of tokenizers that have one
-(GPT-2 BPE's <|endoftext|>, which is not printed; --stop_at_eot=false to go on), or where the
-generated text first contains --stop (the stop text is searched in the generated text only, not in
-the prompt, and is not printed). Generation ends as soon as every sample of the batch has ended.
+(<|endoftext|> of GPT-2 BPE or a trained bpe, which is not printed; --stop_at_eot=false to go on),
+or where the generated text first contains --stop (the stop text is searched in the generated text
+only, not in the prompt, and is not printed). Generation ends as soon as every sample of the batch has ended.
 
-The same seed gives the same text. The tokenizer comes from the checkpoint itself, so the dataset
-folder is not needed. With --init_from (a GPT-2 hub name or a folder in the Hugging Face GPT-2
-layout, see hf.py) the weights come from there instead of --out_dir, with GPT-2's BPE (or, for a
+The same seed gives the same text. The tokenizer comes from the checkpoint itself (a trained bpe's
+ranks included), so the dataset folder is not needed. With --init_from (a GPT-2 hub name or a
+folder in the Hugging Face GPT-2 layout, see hf.py) the weights come from there instead of --out_dir, with GPT-2's BPE (or, for a
 folder that `hf.py export` wrote, its run's tokenizer from smallgpt_meta.json). This script imports
-neither train.py nor tiktoken (unless the checkpoint uses GPT-2 BPE), to start quickly.
+neither train.py nor tiktoken (unless the checkpoint uses a BPE), to start quickly.
 """
 
 import math
@@ -63,7 +63,7 @@ class SampleConfig:
     top_k: int = option(200, "sample only among the k most likely tokens; 0 disables")
     top_p: float = option(1.0, "sample from the smallest set of likeliest tokens whose probability reaches p; 1 disables")
     stop: str = option("", "end a sample where its generated text first contains this text (not printed); empty: none")
-    stop_at_eot: bool = option(True, "end a sample at the tokenizer's end-of-text token (GPT-2 BPE), if it has one")
+    stop_at_eot: bool = option(True, "end a sample at the tokenizer's end-of-text token (gpt2, bpe), if it has one")
     stream: bool = option(True, "with one sample, print the text token by token as it is generated")
     seed: int = option(1337, "random seed: the same seed gives the same samples")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -277,7 +277,7 @@ def main(argv: list[str]) -> None:
             print(f"{cfg.out_dir} is a nanoGPT run: {ckpt['nanogpt_vocabulary']}", file=sys.stderr)
     model = model.to(inference_dtype(cfg.dtype, device))
     meta = ckpt.get("meta") or {}
-    tokenizer = tokenizer_from_meta(meta)
+    tokenizer = tokenizer_from_meta(meta, where=cfg.init_from or cfg.out_dir)
     eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None
 
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))

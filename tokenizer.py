@@ -1,7 +1,7 @@
-"""Tokenizers for the trainer: characters, UTF-8 bytes, or GPT-2 BPE, behind one small interface.
+"""Tokenizers for the trainer: characters, UTF-8 bytes, GPT-2 BPE or a BPE of your own, behind one interface.
 
 Every tokenizer has
-    kind        "char", "byte" or "gpt2" (the value stored in a dataset's meta.json)
+    kind        "char", "byte", "gpt2" or "bpe" (the value stored in a dataset's meta.json)
     vocab_size  number of distinct token ids
     eot_token   id of the end-of-text token that separates documents, or None
     encode(text) -> list[int]
@@ -16,6 +16,14 @@ and, for prepare/text.py, `encode_array(text) -> np.ndarray` (uint32) that skips
           online. Offline, set TIKTOKEN_CACHE_DIR to a folder holding that file; `python
           prepare/shared.py` makes one (../shared/tiktoken_cache) while online. Text is encoded as
           ordinary text: "<|endoftext|>" written in a document is not turned into the special token.
+    bpe   a byte-level BPE trained on the dataset's own training text (prepare/text.py --tokenizer=bpe,
+          see prepare/bpe.py), encoded by tiktoken: ids 0..N-2 are its ranks (the 256 single bytes
+          and the merges, in the order they were learned), N-1 is <|endoftext|>. Its ranks are data,
+          in tiktoken's own text format ("base64(token) rank" per line): the file tokenizer.tiktoken
+          beside train.bin, whose SHA-256 meta.json records with the pre-split pattern and the
+          special token. read_meta() checks the file and adds its text to the meta dict as
+          meta["bpe"]["ranks"], so a checkpoint, which stores that dict, carries the whole tokenizer
+          (sampling, eval and export need no dataset folder). Text is encoded as ordinary text, as gpt2.
 
 A dataset folder (train.bin, val.bin, meta.json) records its tokenizer in meta.json; use
 `read_meta(folder)` and `tokenizer_from_meta(meta)` to get it back. Usage:
@@ -25,6 +33,9 @@ A dataset folder (train.bin, val.bin, meta.json) records its tokenizer in meta.j
     assert tok.decode(ids) == "héllo"
 """
 
+import base64
+import binascii
+import hashlib
 import json
 import os
 import tempfile
@@ -34,9 +45,22 @@ import numpy as np
 
 from cli import UserError
 
-KINDS = ("char", "byte", "gpt2")
+KINDS = ("char", "byte", "gpt2", "bpe")
 META_FORMAT_VERSION = 1
 GPT2_ENCODING = "r50k_base"  # same ranks and special token as tiktoken's "gpt2", one cache file
+EOT_TEXT = "<|endoftext|>"
+BPE_RANKS_FILE = "tokenizer.tiktoken"  # a trained bpe's ranks, beside train.bin
+# Pre-split patterns for a trained bpe: text is cut into pieces by the regex, and merges never cross
+# a piece boundary. "gpt4": GPT-4's (cl100k_base) behaviour: letters with one leading non-letter,
+# numbers in groups of at most 3 digits, punctuation runs with the line breaks that follow them,
+# line breaks with the spaces before them, and whitespace runs that leave their last space to the
+# next word. "gpt2": GPT-2's (r50k_base), where numbers are unbounded and a line break is no
+# special case. Both make a lone "\n" between two non-space characters a piece of its own, the cut
+# that prepare/text.py's parallel tokenization relies on (prepare/text.py _safe_cut).
+BPE_PATTERNS = {
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+}
 SHARED_DIR = Path(__file__).resolve().parent.parent / "shared"  # what prepare/shared.py fills by default
 
 
@@ -118,29 +142,10 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
-class GPT2Tokenizer:
-    """GPT-2 byte-pair encoding through tiktoken (r50k_base); documents end with <|endoftext|>."""
+class _TiktokenTokenizer:
+    """encode/decode through a tiktoken.Encoding `enc` (gpt2 and bpe): special-token text is ordinary text."""
 
-    kind = "gpt2"
-
-    def __init__(self):
-        try:
-            import tiktoken
-        except ImportError:
-            raise UserError("the gpt2 tokenizer needs tiktoken: pip install tiktoken") from None
-        try:
-            self.enc = tiktoken.get_encoding(GPT2_ENCODING)
-        except Exception as e:  # tiktoken raises requests/urllib/OSError-flavoured errors offline
-            cache = SHARED_DIR / "tiktoken_cache"
-            raise UserError(
-                f"GPT-2 BPE needs tiktoken's {GPT2_ENCODING} file: it is not in {_tiktoken_cache()} and downloading "
-                f"it failed ({type(e).__name__}). Get it while online with `python prepare/shared.py` (fills {cache}) "
-                f"and set TIKTOKEN_CACHE_DIR={cache} (or any folder holding the file); a sampling or training run "
-                "of GPT-2 BPE data needs it too, while new data can be prepared without it (--tokenizer=byte "
-                "or --tokenizer=char)"
-            ) from None
-        self.vocab_size = self.enc.n_vocab  # 50257
-        self.eot_token = self.enc.eot_token  # 50256
+    enc = None
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
@@ -157,8 +162,107 @@ class GPT2Tokenizer:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise UserError(f"token id {bad[0]} out of range for gpt2 (vocab {self.vocab_size})")
+            raise UserError(f"token id {bad[0]} out of range for {self.kind} (vocab {self.vocab_size})")
         return self.enc.decode(ids, errors="replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes token id `token` stands for (the special token's text for <|endoftext|>)."""
+        return self.enc.decode_single_token_bytes(token)
+
+
+def _import_tiktoken(kind: str):
+    try:
+        import tiktoken
+    except ImportError:
+        raise UserError(f"the {kind} tokenizer needs tiktoken: pip install tiktoken") from None
+    return tiktoken
+
+
+class GPT2Tokenizer(_TiktokenTokenizer):
+    """GPT-2 byte-pair encoding through tiktoken (r50k_base); documents end with <|endoftext|>."""
+
+    kind = "gpt2"
+
+    def __init__(self):
+        tiktoken = _import_tiktoken(self.kind)
+        try:
+            self.enc = tiktoken.get_encoding(GPT2_ENCODING)
+        except Exception as e:  # tiktoken raises requests/urllib/OSError-flavoured errors offline
+            cache = SHARED_DIR / "tiktoken_cache"
+            raise UserError(
+                f"GPT-2 BPE needs tiktoken's {GPT2_ENCODING} file: it is not in {_tiktoken_cache()} and downloading "
+                f"it failed ({type(e).__name__}). Get it while online with `python prepare/shared.py` (fills {cache}) "
+                f"and set TIKTOKEN_CACHE_DIR={cache} (or any folder holding the file); a sampling or training run "
+                "of GPT-2 BPE data needs it too, while new data can be prepared without it (--tokenizer=byte "
+                "or --tokenizer=char)"
+            ) from None
+        self.vocab_size = self.enc.n_vocab  # 50257
+        self.eot_token = self.enc.eot_token  # 50256
+
+
+class BPETokenizer(_TiktokenTokenizer):
+    """A byte-level BPE of our own: `tokens` in rank order (ids 0..len-1), then <|endoftext|>.
+
+    pattern: the pre-split regex (BPE_PATTERNS holds the named ones). Documents end with <|endoftext|>.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokens: list[bytes], pattern: str, where: str = "the bpe tokenizer"):
+        tiktoken = _import_tiktoken(self.kind)
+        self.tokens = list(tokens)
+        self.pattern = pattern
+        self.eot_token = len(self.tokens)
+        self.vocab_size = len(self.tokens) + 1
+        try:
+            self.enc = tiktoken.Encoding(name="smallgpt-bpe", pat_str=pattern,
+                                         mergeable_ranks={tok: rank for rank, tok in enumerate(self.tokens)},
+                                         special_tokens={EOT_TEXT: self.eot_token})
+        except ValueError as e:  # the regex does not compile
+            raise UserError(f"{where}: its pre-split pattern is not a valid regex ({str(e)[:120]}); "
+                            f"re-prepare the dataset") from None
+
+    def ranks_text(self) -> str:
+        """The ranks in tiktoken's file format: "base64(token) rank" per line, in rank order."""
+        return "".join(f"{base64.b64encode(tok).decode('ascii')} {rank}\n" for rank, tok in enumerate(self.tokens))
+
+
+def parse_ranks(text: str, where: str) -> list[bytes]:
+    """The tokens of a tiktoken ranks file's text, in rank order; a damaged file is a one-line UserError.
+
+    The ranks must be 0, 1, 2, ... in order (as BPETokenizer.ranks_text writes them), the tokens
+    distinct, and every single byte among them (so that any text can be encoded).
+    """
+    fix = "re-prepare the dataset (or copy the file back from the dataset it came from)"
+    tokens = []
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split(" ")
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
+            raise UserError(f"{where} line {lineno} is not \"base64 rank\" ({line[:40]!r}); the file is damaged: {fix}")
+        try:
+            token = base64.b64decode(parts[0], validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"{where} line {lineno}: {parts[0][:40]!r} is not base64; the file is damaged: "
+                            f"{fix}") from None
+        if int(parts[1]) != len(tokens) or not token:
+            raise UserError(f"{where} line {lineno} has rank {parts[1]}, expected {len(tokens)}; the file is "
+                            f"damaged: {fix}")
+        tokens.append(token)
+    if len(set(tokens)) != len(tokens):
+        raise UserError(f"{where} lists a token twice; the file is damaged: {fix}")
+    singles = set(tokens)
+    missing = [b for b in range(256) if bytes([b]) not in singles]
+    if missing:
+        raise UserError(f"{where} lacks {len(missing)} of the 256 single bytes (e.g. {missing[0]}); the file is "
+                        f"truncated or damaged: {fix}")
+    return tokens
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _tiktoken_cache() -> str:
@@ -169,8 +273,29 @@ def _tiktoken_cache() -> str:
     return f"tiktoken's cache {os.path.join(tempfile.gettempdir(), 'data-gym-cache')} (TIKTOKEN_CACHE_DIR is not set)"
 
 
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte, as Hugging Face's byte-level BPE files spell tokens.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 (controls, space, ...) are moved to
+    code points 256 and up, in byte order.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table, moved = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + moved)
+            moved += 1
+    return table
+
+
 def build_tokenizer(kind: str, vocab: list[str] | None = None):
-    """Make a tokenizer by name; "char" needs its vocabulary (a list of characters)."""
+    """Make a tokenizer by name; "char" needs its vocabulary (a list of characters).
+
+    A "bpe" tokenizer is trained (prepare/text.py --tokenizer=bpe) and read back with tokenizer_from_meta.
+    """
     if kind == "char":
         if vocab is None:
             raise UserError("the char tokenizer needs a vocabulary; prepare a char dataset and use its meta.json")
@@ -179,6 +304,9 @@ def build_tokenizer(kind: str, vocab: list[str] | None = None):
         return ByteTokenizer()
     if kind == "gpt2":
         return GPT2Tokenizer()
+    if kind == "bpe":
+        raise UserError("a bpe tokenizer is trained on a corpus: prepare one with prepare/text.py --tokenizer=bpe "
+                        "and read it back from the dataset's meta (tokenizer_from_meta)")
     raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -186,19 +314,61 @@ def same_vocabulary(a: dict, b: dict) -> bool:
     """Whether two meta dicts (a dataset's, a checkpoint's) give token ids the same meaning."""
     if a.get("tokenizer") != b.get("tokenizer"):
         return False
-    return a.get("tokenizer") != "char" or a.get("vocab") == b.get("vocab")
+    if a.get("tokenizer") == "char":
+        return a.get("vocab") == b.get("vocab")
+    if a.get("tokenizer") == "bpe":  # the same ranks (by their hash), pattern and special tokens
+        keys = ("ranks_sha256", "pattern", "special_tokens")
+        return all((a.get("bpe") or {}).get(k) == (b.get("bpe") or {}).get(k) for k in keys)
+    return True
 
 
-def tokenizer_from_meta(meta: dict):
-    """The tokenizer a dataset was prepared with, from its meta.json dict."""
+def vocabulary_name(meta: dict) -> str:
+    """A tokenizer in words, for messages: "the char tokenizer (vocab 65)", "the bpe tokenizer (vocab 4096,
+    ranks 3f2a9c1e)" (the start of the ranks' SHA-256, which tells two bpe tokenizers apart)."""
+    name = f"the {meta.get('tokenizer')} tokenizer (vocab {meta.get('vocab_size', '?')}"
+    if meta.get("tokenizer") == "bpe":
+        name += f", ranks {str((meta.get('bpe') or {}).get('ranks_sha256'))[:8]}"
+    return name + ")"
+
+
+def tokenizer_from_meta(meta: dict, where: str = "the dataset's meta"):
+    """The tokenizer a dataset was prepared with, from its meta dict (read_meta's, or a checkpoint's).
+
+    where: what holds the meta, for error messages (a checkpoint's path, say).
+    """
     kind = meta.get("tokenizer")
-    tok = build_tokenizer(kind, meta.get("vocab"))
+    if kind == "bpe":
+        tok = _bpe_from_meta(meta, where)
+    else:
+        tok = build_tokenizer(kind, meta.get("vocab"))
     if "vocab_size" in meta and meta["vocab_size"] != tok.vocab_size:
         raise UserError(
             f"meta.json says vocab_size {meta['vocab_size']} but the {kind} tokenizer has {tok.vocab_size}; "
             "re-prepare the dataset"
         )
     return tok
+
+
+def _bpe_from_meta(meta: dict, where: str) -> BPETokenizer:
+    bpe = meta.get("bpe")
+    if not isinstance(bpe, dict) or not isinstance(bpe.get("ranks"), str) or not isinstance(bpe.get("pattern"), str):
+        raise UserError(f"{where} names the bpe tokenizer but does not hold its ranks and pattern; read a dataset "
+                        f"with read_meta(folder), which adds them from its {BPE_RANKS_FILE}")
+    if sha256_text(bpe["ranks"]) != bpe.get("ranks_sha256"):
+        raise UserError(f"{where}: the bpe ranks do not match their recorded SHA-256; they are damaged "
+                        f"(re-prepare the dataset, or restore the checkpoint)")
+    tok = BPETokenizer(parse_ranks(bpe["ranks"], f"{where} (bpe ranks)"), bpe["pattern"], where)
+    if bpe.get("special_tokens") != {EOT_TEXT: tok.eot_token}:
+        raise UserError(f"{where}: bpe special tokens {bpe.get('special_tokens')!r} should be "
+                        f"{{{EOT_TEXT!r}: {tok.eot_token}}} for {tok.eot_token} ranks; re-prepare the dataset")
+    return tok
+
+
+def bpe_meta(tok: BPETokenizer) -> dict:
+    """meta["bpe"] of a dataset tokenized with `tok`; its "ranks" go to tokenizer.tiktoken, not meta.json."""
+    ranks = tok.ranks_text()
+    return {"pattern": tok.pattern, "special_tokens": {EOT_TEXT: tok.eot_token}, "ranks_file": BPE_RANKS_FILE,
+            "ranks_sha256": sha256_text(ranks), "ranks": ranks}
 
 
 def make_meta(tokenizer, *, train_tokens: int = 0, val_tokens: int = 0, documents: dict | None = None,
@@ -214,7 +384,26 @@ def make_meta(tokenizer, *, train_tokens: int = 0, val_tokens: int = 0, document
             "source": source}
     if tokenizer.kind == "char":
         meta["vocab"] = list(tokenizer.vocab)
+    if tokenizer.kind == "bpe":
+        meta["bpe"] = bpe_meta(tokenizer)
     return meta
+
+
+def write_meta(folder, meta: dict) -> list[str]:
+    """Write meta.json (and, for bpe, the ranks file it names) into folder; return the names written.
+
+    meta.json is the dict without the ranks text, which goes to its own file.
+    """
+    folder = Path(folder)
+    on_disk = dict(meta)
+    names = []
+    if meta.get("tokenizer") == "bpe":
+        bpe = dict(meta["bpe"])
+        (folder / bpe["ranks_file"]).write_text(bpe.pop("ranks"), encoding="utf-8", newline="")
+        on_disk["bpe"] = bpe
+        names.append(bpe["ranks_file"])
+    (folder / "meta.json").write_text(json.dumps(on_disk) + "\n", encoding="utf-8")
+    return names + ["meta.json"]
 
 
 _META_TYPES = {
@@ -250,14 +439,52 @@ def validate_meta(meta, where: str = "meta.json") -> dict:
         vocab = meta.get("vocab")
         if not isinstance(vocab, list) or len(vocab) != meta["vocab_size"]:
             raise UserError(f"{where}: a char dataset needs 'vocab', a list of {meta['vocab_size']} characters; {fix}")
+    if meta["tokenizer"] == "bpe":
+        _validate_bpe_meta(meta, where, fix)
     eot = meta.get("eot_token")
     if eot is not None and (not isinstance(eot, int) or not 0 <= eot < meta["vocab_size"]):
         raise UserError(f"{where}: eot_token {eot!r} is not a token id; {fix}")
     return meta
 
 
+def _validate_bpe_meta(meta: dict, where: str, fix: str) -> None:
+    bpe = meta.get("bpe")
+    types = {"pattern": str, "special_tokens": dict, "ranks_file": str, "ranks_sha256": str}
+    if not isinstance(bpe, dict) or any(not isinstance(bpe.get(k), tp) for k, tp in types.items()):
+        raise UserError(f"{where}: a bpe dataset needs 'bpe' with {', '.join(types)}; {fix}")
+    if Path(bpe["ranks_file"]).name != bpe["ranks_file"] or bpe["ranks_file"] in ("", ".", ".."):
+        raise UserError(f"{where}: bpe ranks_file {bpe['ranks_file']!r} must be a file name in the dataset "
+                        f"folder; {fix}")
+    if bpe["special_tokens"] != {EOT_TEXT: meta["vocab_size"] - 1} or meta.get("eot_token") != meta["vocab_size"] - 1:
+        raise UserError(f"{where}: a bpe dataset's only special token is {EOT_TEXT} = vocab_size - 1 "
+                        f"({meta['vocab_size'] - 1}); {fix}")
+
+
+def _read_bpe_ranks(folder: Path, meta: dict) -> None:
+    """Add the ranks file's text to meta["bpe"]["ranks"] after checking it against meta.json."""
+    path = folder / meta["bpe"]["ranks_file"]
+    fix = "re-prepare the dataset (or copy the file back from the dataset it came from)"
+    if not path.is_file():
+        raise UserError(f"{path} not found: meta.json says the bpe tokenizer's ranks are there; {fix}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not text (tiktoken's ranks format); the file is damaged: {fix}") from None
+    n_ranks = len(parse_ranks(text, str(path)))
+    if n_ranks + 1 != meta["vocab_size"]:
+        raise UserError(f"{path} holds {n_ranks} ranks but meta.json says vocab_size {meta['vocab_size']} "
+                        f"(ranks + {EOT_TEXT}); {fix}")
+    if sha256_text(text) != meta["bpe"]["ranks_sha256"]:
+        raise UserError(f"{path} does not match the SHA-256 meta.json records for it: the file is damaged or "
+                        f"from another dataset; {fix}")
+    meta["bpe"]["ranks"] = text
+
+
 def read_meta(dataset_dir) -> dict:
-    """Load and validate <dataset_dir>/meta.json; also check train.bin/val.bin sizes when present."""
+    """Load and validate <dataset_dir>/meta.json; also check train.bin/val.bin sizes when present.
+
+    For a bpe dataset the ranks file is checked too and its text added as meta["bpe"]["ranks"].
+    """
     folder = Path(dataset_dir)
     path = folder / "meta.json"
     if not path.is_file():
@@ -276,4 +503,6 @@ def read_meta(dataset_dir) -> dict:
                 f"{meta[f'{split}_tokens']} {meta['dtype']} tokens; the folder's files disagree: "
                 f"re-run the prepare script for this dataset"
             )
+    if meta["tokenizer"] == "bpe":
+        _read_bpe_ranks(folder, meta)
     return meta

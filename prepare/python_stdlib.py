@@ -2,6 +2,7 @@
 
     python prepare/python_stdlib.py                       # byte tokens into data/python_stdlib/
     python prepare/python_stdlib.py --tokenizer gpt2 --out_dir data/python_stdlib_gpt2
+    python prepare/python_stdlib.py --tokenizer bpe --vocab_size 4096 --out_dir data/python_stdlib_bpe4k
 
 Every .py file under sysconfig.get_paths()["stdlib"] except those in site-packages, dist-packages
 and test/tests/idle_test folders (about 800 files, 12 MB for CPython 3.11) is one document, read
@@ -19,7 +20,7 @@ import sysconfig
 
 import cli
 from cli import UserError
-from prepare.text import HelpFormatter, prepare_dataset, print_summary
+from prepare.text import HelpFormatter, add_bpe_arguments, bpe_options, prepare_dataset, print_summary
 from tokenizer import KINDS
 
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -41,16 +42,19 @@ def main(argv=None):
     parser = cli.ArgumentParser(prog="python prepare/python_stdlib.py",
                                 description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--out_dir", default="data/python_stdlib", help="output folder (relative to the current folder)")
-    parser.add_argument("--tokenizer", choices=KINDS, default="byte", help="byte, char or gpt2 (BPE)")
+    parser.add_argument("--tokenizer", choices=KINDS, default=None,
+                        help="byte, char, gpt2 (GPT-2's BPE) or bpe (trained here) (default: byte, or --tokenizer_from's)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the files for val.bin")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation files")
     parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    add_bpe_arguments(parser)
     args = parser.parse_args(argv)
     files = stdlib_files()
     version = ".".join(map(str, sys.version_info[:3]))
-    meta = prepare_dataset(files, args.out_dir, args.tokenizer, val_fraction=args.val_fraction, seed=args.seed,
+    tokenizer = args.tokenizer or (None if args.tokenizer_from else "byte")
+    meta = prepare_dataset(files, args.out_dir, tokenizer, val_fraction=args.val_fraction, seed=args.seed,
                            workers=args.workers, errors="replace",
-                           source=f"Python {version} standard library, {len(files)} .py files")
+                           source=f"Python {version} standard library, {len(files)} .py files", **bpe_options(args))
     print_summary(meta, args.out_dir)
     return meta
 

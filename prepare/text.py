@@ -2,10 +2,19 @@
 
     python prepare/text.py --input notes/ --out_dir data/notes --tokenizer char
     python prepare/text.py --input 'corpus/**/*.jsonl.gz' --out_dir data/corpus --tokenizer gpt2
+    python prepare/text.py --input code/ --out_dir data/code --tokenizer bpe --vocab_size 4096
+    python prepare/text.py --input more/ --out_dir data/more --tokenizer_from data/code
 
 The default tokenizer, gpt2 (GPT-2 BPE), needs tiktoken's r50k_base file: tiktoken downloads it once
 into its cache; offline, set TIKTOKEN_CACHE_DIR to a folder holding it (`python prepare/shared.py`
-makes one while online), or use --tokenizer char or byte, which need no file.
+makes one while online), or use --tokenizer char, byte or bpe, which need no file.
+
+--tokenizer bpe learns a byte-level BPE of --vocab_size ids from the training documents (never
+from val) with rustbpe (prepare/bpe.py), splitting text first with GPT-4's pattern (--bpe_pattern),
+then tokenizes with it through tiktoken. Training text beyond --bpe_sample_bytes is sampled down to
+it (seeded; a line says so). The ranks go to tokenizer.tiktoken beside train.bin (tiktoken's own
+format); their hash, the pattern and <|endoftext|> go to meta.json. --tokenizer_from FOLDER reuses
+the tokenizer of a dataset folder or of a run (its ckpt.pt), so a second corpus gets the same ids.
 
 What it reads
   * files, folders (walked recursively, hidden files and the output folder skipped, `--include '*.md'`
@@ -20,12 +29,15 @@ What it reads
 What it writes (see tokenizer.py for the meta.json keys)
   * the tokens of every document, in order, as raw little-endian uint16 (uint32 when the vocabulary
     has more than 65535 tokens) in train.bin and val.bin, and meta.json describing them.
-  * gpt2: each document is followed by <|endoftext|> (50256). char and byte: documents are simply
-    concatenated, with no separator (their vocabularies have no end-of-text token).
+  * gpt2 and bpe: each document is followed by <|endoftext|> (50256; a bpe's last id). char and
+    byte: documents are simply concatenated, with no separator (their vocabularies have no
+    end-of-text token).
   * validation split by document: a seeded hash of each document's index sends about
     `--val_fraction` of the documents to val.bin; no document is cut in two. When the corpus is too
     small for that (fewer than 10 / val_fraction documents, e.g. one Shakespeare file) the split is
-    the last val_fraction of the token stream instead, as nanoGPT does.
+    the last val_fraction of the token stream instead, as nanoGPT does. A bpe trained here splits
+    such a corpus by characters instead (the last val_fraction of the text is val, tokenized on its
+    own), so that what it learned from is exactly the train split.
   * outputs are written to temporary files in the output folder and renamed into place only when
     everything succeeded: a failed run leaves an earlier dataset there untouched.
 
@@ -33,11 +45,13 @@ How it runs
   * streaming: files are read in chunks and tokens written as they come, so memory stays at tens
     of MB whatever the corpus size. Progress is counted in input bytes: a bar on a terminal, a
     plain line every few seconds when the output goes to a log (progress.py). The char tokenizer reads
-    the input twice: once to collect its vocabulary, once to encode.
+    the input twice: once to collect its vocabulary, once to encode. A bpe reads it three times:
+    to count documents (stopping once there are enough for a split by document), to learn its
+    merges, and to encode.
   * parallel: documents are cut into ~1 MB pieces tokenized by `--workers` threads (tiktoken and
-    numpy release the GIL). gpt2 pieces are cut only after a line break that has non-space text on
-    both sides, where GPT-2's pre-tokenizer splits anyway, so the tokens equal a one-call encode and
-    the output is byte-identical for any number of workers.
+    numpy release the GIL). gpt2 and bpe pieces are cut only after a line break that has non-space
+    text on both sides, where both pre-split patterns split anyway, so the tokens equal a one-call
+    encode and the output is byte-identical for any number of workers.
 
 `prepare_dataset(...)` is the same thing as a Python function; the other prepare scripts use it.
 """
@@ -53,10 +67,12 @@ import fnmatch
 import glob
 import gzip
 import io
+import itertools
 import json
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from array import array
 from collections import deque
@@ -67,13 +83,16 @@ import numpy as np
 import cli
 from cli import UserError
 from progress import progress as progress_report
-from tokenizer import KINDS, build_tokenizer, make_meta, token_dtype
+from prepare.bpe import DEFAULT_SAMPLE_BYTES, DEFAULT_VOCAB as DEFAULT_BPE_VOCAB, check_vocab_size, train_bpe
+from tokenizer import (BPE_PATTERNS, BPE_RANKS_FILE, KINDS, build_tokenizer, make_meta, read_meta, token_dtype,
+                       tokenizer_from_meta, write_meta)
 
 PIECE_CHARS = 1 << 20  # characters per tokenization task (a document is cut into pieces this big)
 READ_CHARS = 1 << 20  # characters read from a text file at a time
 MIN_VAL_DOCS = 10  # split by document only when val_fraction of the documents is at least this many
 TRACK_DOCS = 1 << 20  # document lengths remembered for the tail-split fallback (8 bytes each)
 COPY_BYTES = 1 << 24  # buffer size when moving tokens between temporary files
+BPE_SAMPLE_SALT = 0x5A3D  # added to the seed for the choice of bpe training pieces (not the val choice)
 _MASK64 = (1 << 64) - 1
 
 
@@ -241,8 +260,9 @@ def iter_documents(inputs, include: str | None = None, text_field: str = "text",
 def _safe_cut(buf: str, lo: int) -> int:
     """Last p >= lo with buf[p-1] == "\\n" and non-space characters at p-2 and p, or -1.
 
-    GPT-2's pre-tokenizer regex makes that lone newline a piece of its own whether or not text
-    follows, and starts a fresh match at p; so encode(buf[:p]) + encode(buf[p:]) == encode(buf).
+    GPT-2's pre-tokenizer regex, and both of tokenizer.BPE_PATTERNS, end a piece with that lone
+    newline (after the punctuation run before it, if any) whether or not text follows, and start a
+    fresh match at p; so encode(buf[:p]) + encode(buf[p:]) == encode(buf).
     (Python's isspace() covers every Unicode White_Space character, so "not isspace" is safe.)
     """
     i = buf.rfind("\n", max(lo - 1, 1), len(buf) - 1)
@@ -256,7 +276,7 @@ def _safe_cut(buf: str, lo: int) -> int:
 def _pieces(chunks, anywhere: bool):
     """Cut one document's text chunks into pieces of about PIECE_CHARS that tokenize independently.
 
-    anywhere=True (char, byte): any character boundary will do. Otherwise (gpt2) only _safe_cut
+    anywhere=True (char, byte): any character boundary will do. Otherwise (gpt2, bpe) only _safe_cut
     points; a document without one stays whole.
     """
     buf = ""
@@ -291,6 +311,57 @@ def _with_last(items):
     yield prev, True
 
 
+def _cut_chunks(chunks, n: int):
+    """Two iterators over one document's chunks: its first n characters, then the rest.
+
+    Consume the first before the second (they share the underlying iterator).
+    """
+    source = iter(chunks)
+    rest: list[str] = []
+
+    def head():
+        left = n
+        for chunk in source:
+            if len(chunk) >= left:
+                if left:
+                    yield chunk[:left]
+                rest.append(chunk[left:])
+                return
+            left -= len(chunk)
+            yield chunk
+
+    def tail():
+        yield from rest
+        yield from source
+
+    return head(), tail()
+
+
+def _routed_pieces(documents, anywhere: bool, seed: int, val_fraction: float, train_chars: int | None):
+    """(piece, last, doc, is_val) for each piece of each document, in order; empty documents skipped.
+
+    doc numbers the non-empty documents from 0 and `last` marks a document's last piece. With
+    train_chars None each document is sent whole to val with probability val_fraction (seeded by its
+    number, _is_val); otherwise the first train_chars characters of the corpus are train and the rest
+    val, the document holding that point being cut there (the bpe split of a corpus of few documents).
+    """
+    n_docs = position = 0
+    for chunks in documents:
+        if train_chars is None:
+            pieces = ((piece, None) for piece in _pieces(chunks, anywhere))
+        else:
+            head, tail = _cut_chunks(chunks, max(train_chars - position, 0))
+            pieces = itertools.chain(((piece, False) for piece in _pieces(head, anywhere)),
+                                     ((piece, True) for piece in _pieces(tail, anywhere)))
+        doc = doc_val = None
+        for (piece, val), last in _with_last(pieces):
+            if doc is None:  # the first non-empty piece: the document counts
+                doc, n_docs = n_docs, n_docs + 1
+                doc_val = _is_val(seed, doc, val_fraction)
+            position += len(piece)
+            yield piece, last, doc, doc_val if val is None else val
+
+
 # ----------------------------------------------------------------------------------------------
 # validation choice
 
@@ -311,18 +382,20 @@ def _is_val(seed: int, index: int, fraction: float) -> bool:
 class _Task:
     """A batch of pieces (about PIECE_CHARS characters) for one worker, see _encode_task."""
 
-    __slots__ = ("texts", "ends", "docs", "chars")
+    __slots__ = ("texts", "ends", "docs", "vals", "chars")
 
     def __init__(self):
         self.texts: list[str] = []
         self.ends: list[bool] = []  # the piece is the last of its document
         self.docs: list[int] = []  # document index of each piece
+        self.vals: list[bool] = []  # the piece goes to val.bin
         self.chars = 0
 
-    def add(self, text: str, end: bool, doc: int):
+    def add(self, text: str, end: bool, doc: int, val: bool):
         self.texts.append(text)
         self.ends.append(end)
         self.docs.append(doc)
+        self.vals.append(val)
         self.chars += len(text)
 
 
@@ -361,7 +434,7 @@ def _copy_range(src, dst, start: int, length: int):
 def prepare_dataset(
     inputs,
     out_dir,
-    tokenizer: str = "gpt2",
+    tokenizer: str | None = "gpt2",
     *,
     val_fraction: float = 0.1,
     seed: int = 1337,
@@ -372,14 +445,22 @@ def prepare_dataset(
     max_tokens: int | None = None,
     source: str | None = None,
     progress: bool = True,
+    vocab_size: int | None = None,
+    bpe_pattern: str = "gpt4",
+    bpe_sample_bytes: int = DEFAULT_SAMPLE_BYTES,
+    tokenizer_from=None,
 ) -> dict:
     """Tokenize a corpus into out_dir/{train.bin,val.bin,meta.json}; return the meta dict.
 
     inputs: a list of files, folders and glob patterns; or a function returning an iterable of
-    document strings (called twice for the char tokenizer, which first collects its vocabulary).
+    document strings (called again for each pass: char collects its vocabulary first, a bpe
+    counts documents and learns its merges first).
     max_tokens: stop at the first document end at or after this many tokens.
+    vocab_size, bpe_pattern, bpe_sample_bytes: the bpe to train (tokenizer="bpe"; see prepare/bpe.py).
+    tokenizer_from: a dataset folder or a run folder whose tokenizer to use instead of making one
+    (tokenizer then None or its kind).
     """
-    if tokenizer not in KINDS:
+    if tokenizer_from is None and tokenizer not in KINDS:
         raise UserError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(KINDS)}")
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
@@ -401,18 +482,8 @@ def prepare_dataset(
         def documents(bar):
             return _file_documents(files, text_field, errors, bar)
 
-    vocab = None
-    if tokenizer == "char":
-        bar = _Progress(total_bytes, progress, "vocabulary")
-        try:
-            vocab = _collect_vocab(documents(bar))
-        except BaseException:
-            bar.close(failed=True)
-            raise
-        bar.close()
-        if not vocab:
-            raise UserError("the input holds no text; check --input (empty files are skipped)")
-    tok = build_tokenizer(tokenizer, vocab)
+    passes = _Passes(documents, total_bytes, progress, val_fraction, seed)
+    tok, split = _choose_tokenizer(passes, tokenizer, tokenizer_from, vocab_size, bpe_pattern, bpe_sample_bytes)
     dtype = np.dtype(token_dtype(tok.vocab_size))
 
     out = Path(out_dir)
@@ -420,18 +491,170 @@ def prepare_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
     try:
         counts = _tokenize(
-            tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress
+            tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress, split
         )
         meta = make_meta(tok, train_tokens=counts["train_tokens"], val_tokens=counts["val_tokens"],
                          documents={"train": counts["train_docs"], "val": counts["val_docs"]}, source=describe,
                          dtype=dtype.name)
-        (tmp / "meta.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
-        # Everything is written: move into place, meta.json last (read_meta checks the sizes).
-        for name in ("train.bin", "val.bin", "meta.json"):
+        names = write_meta(tmp, meta)  # meta.json, and before it a bpe's ranks file
+        # Everything is written: move into place, meta.json last (read_meta checks the sizes and the
+        # ranks file's hash against it, so a half-replaced folder is refused, never misread).
+        for name in ("train.bin", "val.bin", *names):
             os.replace(tmp / name, out / name)
+        if tok.kind != "bpe" and (out / BPE_RANKS_FILE).is_file():
+            (out / BPE_RANKS_FILE).unlink()  # an earlier bpe dataset's, no longer meant
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+class _Passes:
+    """What a pass over the corpus before tokenizing needs: the documents, a progress bar, the split."""
+
+    def __init__(self, documents, total_bytes: int, progress: bool, val_fraction: float, seed: int):
+        self.documents, self.total_bytes, self.progress = documents, total_bytes, progress
+        self.val_fraction, self.seed = val_fraction, seed
+
+    @contextlib.contextmanager
+    def reading(self, desc: str):
+        """The documents, read with a progress bar named desc (closed as failed on an error)."""
+        bar = _Progress(self.total_bytes, self.progress, desc)
+        try:
+            yield self.documents(bar)
+        except BaseException:
+            bar.close(failed=True)
+            raise
+        bar.close()
+
+
+def _choose_tokenizer(passes: _Passes, kind, tokenizer_from, vocab_size, bpe_pattern, bpe_sample_bytes):
+    """(tokenizer, split for _tokenize): reused from another folder, trained (bpe), collected (char) or fixed."""
+    if vocab_size is not None and (tokenizer_from is not None or kind != "bpe"):
+        raise UserError("--vocab_size is for a bpe trained here (--tokenizer=bpe); "
+                        + ("--tokenizer_from's tokenizer has its own" if tokenizer_from is not None else
+                           f"the {kind} tokenizer's vocabulary is fixed by its kind"))
+    if tokenizer_from is not None:
+        meta = tokenizer_source_meta(tokenizer_from)
+        if kind is not None and kind != meta["tokenizer"]:
+            raise UserError(f"--tokenizer={kind} but --tokenizer_from={tokenizer_from} holds a {meta['tokenizer']} "
+                            f"tokenizer; give one of the two")
+        return tokenizer_from_meta(meta, where=str(tokenizer_from)), "auto"
+    if kind == "bpe":
+        if bpe_pattern not in BPE_PATTERNS:
+            raise UserError(f"--bpe_pattern must be one of {', '.join(BPE_PATTERNS)}, got {bpe_pattern!r}")
+        check_vocab_size(vocab_size or DEFAULT_BPE_VOCAB)
+        if bpe_sample_bytes < 1:
+            raise UserError(f"--bpe_sample_bytes must be positive, got {bpe_sample_bytes}")
+        return _train_bpe(passes, vocab_size or DEFAULT_BPE_VOCAB, BPE_PATTERNS[bpe_pattern], bpe_sample_bytes)
+    vocab = None
+    if kind == "char":
+        with passes.reading("vocabulary") as documents:
+            vocab = _collect_vocab(documents)
+        if not vocab:
+            raise UserError("the input holds no text; check --input (empty files are skipped)")
+    return build_tokenizer(kind, vocab), "auto"
+
+
+def _train_bpe(passes: _Passes, vocab_size: int, pattern: str, sample_bytes: int):
+    """Learn a bpe from the training split only; return it and the split _tokenize must then make.
+
+    The split is decided first, by a pass that stops as soon as there are documents enough for a
+    split by document ("document"); a corpus of fewer documents is split by characters instead (an
+    int: the first 1 - val_fraction of its characters are train), because the token stream's tail
+    that the other tokenizers send to val is not known before the tokenizer exists.
+    """
+    train_chars, train_bytes = _plan_bpe_split(passes)
+    split = "document" if train_chars is None else train_chars
+    if train_bytes is None and passes.total_bytes:  # by document: estimated from the files' sizes
+        train_bytes = int(passes.total_bytes * (1 - passes.val_fraction))
+    fraction = 1.0 if train_bytes is None or train_bytes <= sample_bytes else sample_bytes / train_bytes
+    if fraction < 1:
+        print(f"bpe: the training text is about {_size(train_bytes)}, more than --bpe_sample_bytes="
+              f"{_size(sample_bytes)}: learning from a seeded sample of about 1 piece in {1 / fraction:.1f}")
+    stats = {"bytes": 0, "capped": False}
+    started = time.perf_counter()
+    with passes.reading("bpe training text") as documents:
+        pieces = _routed_pieces(documents, False, passes.seed, passes.val_fraction, train_chars)
+        tok = train_bpe(_bpe_training_text(pieces, passes.seed, fraction, sample_bytes, stats), vocab_size, pattern)
+    if stats["bytes"] == 0:
+        raise UserError("the training split holds no text to learn a bpe from; check --input and --val_fraction")
+    if stats["capped"]:
+        print(f"bpe: stopped reading training text at --bpe_sample_bytes={_size(sample_bytes)}: the rest of it "
+              f"is not in the sample" + (" (it is bigger than its files' size suggested)" if fraction < 1 else ""))
+    print(f"bpe: learned {len(tok.tokens) - 256:,} merges ({tok.vocab_size:,} ids with <|endoftext|>) from "
+          f"{_size(stats['bytes'])} of training text in {time.perf_counter() - started:.1f} s")
+    if tok.vocab_size < vocab_size:
+        print(f"bpe: the training text had no more pairs to merge: the vocabulary is {tok.vocab_size:,} ids, "
+              f"not the {vocab_size:,} asked for")
+    return tok, split
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes < 1000:
+        return f"{n_bytes} bytes"
+    return f"{n_bytes / 1e6:,.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:,.1f} kB"
+
+
+def _plan_bpe_split(passes: _Passes) -> tuple[int | None, int | None]:
+    """(None, None) when there are documents enough for a split by document; else (train characters,
+    train UTF-8 bytes) of a split by characters (see _train_bpe)."""
+    n_docs = n_chars = n_bytes = 0
+    with passes.reading("counting documents") as documents:
+        for chunks in documents:
+            chars = 0
+            for chunk in chunks:
+                chars += len(chunk)
+                n_bytes += len(chunk.encode("utf-8", "surrogatepass"))
+            if chars:
+                n_docs += 1
+                n_chars += chars
+                if n_docs * passes.val_fraction >= MIN_VAL_DOCS:
+                    documents.close()  # enough: the split is by document (as _finish_split decides)
+                    return None, None
+    train_chars = int(n_chars * (1 - passes.val_fraction))
+    return train_chars, int(n_bytes * train_chars / max(n_chars, 1))
+
+
+def _bpe_training_text(pieces, seed: int, fraction: float, sample_bytes: int, stats: dict):
+    """The train pieces of _routed_pieces, each kept with probability `fraction` (seeded by its
+    number), until sample_bytes UTF-8 bytes were kept; stats counts the bytes and the cut."""
+    index = 0
+    for piece, _, _, val in pieces:
+        if val:
+            continue
+        index += 1
+        if fraction < 1 and not _is_val(seed + BPE_SAMPLE_SALT, index, fraction):
+            continue
+        try:
+            n = len(piece.encode("utf-8"))
+        except UnicodeEncodeError:  # lone surrogates (from JSON escapes): replaced, as tiktoken encodes them
+            piece = piece.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            n = len(piece.encode("utf-8"))
+        if stats["bytes"] and stats["bytes"] + n > sample_bytes:
+            stats["capped"] = True
+            return
+        stats["bytes"] += n
+        yield piece
+
+
+def tokenizer_source_meta(folder) -> dict:
+    """The meta dict, tokenizer included, of a dataset folder (meta.json) or a run (its ckpt.pt)."""
+    path = Path(folder)
+    checkpoint_file = path if path.is_file() else path / "ckpt.pt"
+    if not (path / "meta.json").is_file() and checkpoint_file.is_file():
+        from checkpoint import load_checkpoint  # (torch) only for a run's tokenizer
+
+        meta = load_checkpoint(checkpoint_file).get("meta") or {}
+        if meta.get("tokenizer") not in KINDS:
+            raise UserError(f"{checkpoint_file} records no tokenizer (its run had no dataset metadata); "
+                            "give the dataset folder it was trained on")
+        return meta
+    if not path.is_dir():
+        raise UserError(f"--tokenizer_from={folder} is not a folder; give a dataset folder (meta.json) or a run "
+                        "folder (ckpt.pt)")
+    if not (path / "meta.json").is_file():
+        raise UserError(f"--tokenizer_from={folder} holds neither meta.json (a dataset) nor ckpt.pt (a run)")
+    return read_meta(path)
 
 
 def _describe_files(inputs, files) -> str:
@@ -441,13 +664,18 @@ def _describe_files(inputs, files) -> str:
     return f"{len(files)} file(s): {names}"
 
 
-def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress):
-    """Stream documents through the workers into tmp/train.bin and tmp/val.bin; return counts."""
+def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress,
+              split="auto"):
+    """Stream documents through the workers into tmp/train.bin and tmp/val.bin; return counts.
+
+    split: "auto" (by document, or the token stream's tail when there are too few documents),
+    "document" (by document only), or an int: the first that many characters are train (see
+    _routed_pieces; the choice a trained bpe was trained with).
+    """
     itemsize = dtype.itemsize
     files = {"train": open(tmp / "train.bin", "wb"), "val": open(tmp / "val.bin", "wb")}
-    n_docs = 0
-    docs = {"train": 0, "val": 0}
-    doc_flags: dict[int, bool] = {}  # val choice of documents whose tokens are still in flight
+    docs = {"train": 0, "val": 0}  # documents with text in each split
+    last_doc = {"train": -1, "val": -1}
     lengths = array("q")  # tokens of each document (first TRACK_DOCS), negative when in val
     current_len = 0
     total = 0
@@ -464,17 +692,18 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
         if stopped:
             return
         start = 0
-        for doc, end, n in zip(task.docs, task.ends, piece_lengths):
-            split = "val" if doc_flags[doc] else "train"
-            ids[start : start + n].tofile(files[split])
+        for doc, end, val, n in zip(task.docs, task.ends, task.vals, piece_lengths):
+            split_name = "val" if val else "train"
+            ids[start : start + n].tofile(files[split_name])
             start += n
             current_len += n
             total += n
+            if last_doc[split_name] != doc:
+                docs[split_name] += 1
+                last_doc[split_name] = doc
             if end:
                 if doc < TRACK_DOCS:
-                    lengths.append(-current_len if split == "val" else current_len)
-                docs[split] += 1
-                del doc_flags[doc]
+                    lengths.append(-current_len if val else current_len)
                 current_len = 0
                 if max_tokens is not None and total >= max_tokens:
                     stopped = True
@@ -490,20 +719,15 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
 
     try:
         task = _Task()
-        anywhere = tok.kind != "gpt2"
-        for chunks in documents(bar):
+        anywhere = tok.kind in ("char", "byte")  # gpt2 and bpe pieces are cut where their pattern cuts
+        train_chars = split if isinstance(split, int) else None
+        for piece, last, doc, val in _routed_pieces(documents(bar), anywhere, seed, val_fraction, train_chars):
             if stopped:
                 break
-            doc = None
-            for piece, last in _with_last(_pieces(chunks, anywhere)):
-                if doc is None:  # the first non-empty piece: the document counts
-                    doc = n_docs
-                    n_docs += 1
-                    doc_flags[doc] = _is_val(seed, doc, val_fraction)
-                task.add(piece, last, doc)
-                if task.chars >= PIECE_CHARS:
-                    submit(task)
-                    task = _Task()
+            task.add(piece, last, doc, val)
+            if task.chars >= PIECE_CHARS:
+                submit(task)
+                task = _Task()
         if task.texts:
             submit(task)
         while pending:
@@ -517,18 +741,27 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
         bar.close()  # (a no-op after a failure)
         for f in files.values():
             f.close()
-    # (n_docs counts documents read; after a max_tokens stop fewer were written)
-    return _finish_split(tmp, itemsize, docs["train"] + docs["val"], docs, lengths, total, val_fraction)
+    return _finish_split(tmp, itemsize, docs, lengths, total, val_fraction, split)
 
 
-def _finish_split(tmp: Path, itemsize: int, n_docs: int, docs: dict, lengths, total: int, val_fraction: float) -> dict:
-    """Keep the split by document, or rewrite tmp/*.bin as the nanoGPT-style tail split."""
+def _finish_split(tmp: Path, itemsize: int, docs: dict, lengths, total: int, val_fraction: float,
+                  split="auto") -> dict:
+    """Keep the split made while tokenizing, or rewrite tmp/*.bin as the nanoGPT-style tail split.
+
+    split: as _tokenize's; only "auto" may fall back to the tail split (a bpe was trained without
+    the text a tail split would send to val, so its split is kept, and must leave neither side empty).
+    """
     if total == 0:
         raise UserError("the input holds no text (zero tokens); check --input (empty files are skipped)")
     counts = {"train_docs": docs["train"], "val_docs": docs["val"]}
-    if n_docs * val_fraction >= MIN_VAL_DOCS and docs["train"] and docs["val"]:
+    n_docs = docs["train"] + docs["val"]  # (in the automatic split each document is in one of them)
+    if split != "auto" or (n_docs * val_fraction >= MIN_VAL_DOCS and docs["train"] and docs["val"]):
         counts["train_tokens"] = (tmp / "train.bin").stat().st_size // itemsize
         counts["val_tokens"] = (tmp / "val.bin").stat().st_size // itemsize
+        if not counts["train_tokens"] or not counts["val_tokens"]:
+            empty = "val" if not counts["val_tokens"] else "train"
+            raise UserError(f"the {val_fraction} validation split left {empty} empty ({total} tokens in all); "
+                            f"add text or change --val_fraction")
         return counts
 
     # Too few documents: the last val_fraction of the token stream, in document order.
@@ -591,9 +824,12 @@ def main(argv=None):
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files, folders (recursive) or glob patterns ('**' for any depth); .jsonl and .gz understood")
     parser.add_argument("--out_dir", required=True, help="folder for train.bin, val.bin and meta.json")
-    parser.add_argument("--tokenizer", choices=KINDS, default="gpt2",
+    parser.add_argument("--tokenizer", choices=KINDS, default=None,
                         help="char: distinct characters; byte: UTF-8 bytes; gpt2: tiktoken BPE with <|endoftext|> after "
-                             "each document (needs tiktoken's r50k_base file: downloaded once, or TIKTOKEN_CACHE_DIR)")
+                             "each document (needs tiktoken's r50k_base file: downloaded once, or TIKTOKEN_CACHE_DIR); "
+                             "bpe: a byte-level BPE trained here on the training documents, <|endoftext|> after each "
+                             "(needs rustbpe: the .[bpe] extra) (default: gpt2, or --tokenizer_from's)")
+    add_bpe_arguments(parser)
     parser.add_argument("--val_fraction", type=float, default=0.1,
                         help="share of documents for val.bin (share of the token stream's tail when there are few documents)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation documents")
@@ -610,11 +846,32 @@ def main(argv=None):
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     meta = prepare_dataset(
-        args.input, args.out_dir, args.tokenizer, val_fraction=args.val_fraction, seed=args.seed,
-        workers=args.workers, include=args.include, text_field=args.text_field, errors=args.errors,
-        max_tokens=args.max_tokens, progress=not args.quiet,
+        args.input, args.out_dir, args.tokenizer or (None if args.tokenizer_from else "gpt2"),
+        val_fraction=args.val_fraction, seed=args.seed, workers=args.workers, include=args.include,
+        text_field=args.text_field, errors=args.errors, max_tokens=args.max_tokens, progress=not args.quiet,
+        **bpe_options(args),
     )
     print_summary(meta, args.out_dir)
+
+
+def add_bpe_arguments(parser) -> None:
+    """The options of a trained bpe and of a reused tokenizer, for every prepare script that takes --tokenizer."""
+    parser.add_argument("--vocab_size", type=int, default=None,
+                        help=f"bpe: ids in all, <|endoftext|> included (default: {DEFAULT_BPE_VOCAB})")
+    parser.add_argument("--bpe_pattern", choices=tuple(BPE_PATTERNS), default="gpt4",
+                        help="bpe: the pre-split regex (merges never cross its pieces): GPT-4's or GPT-2's")
+    parser.add_argument("--bpe_sample_bytes", type=int, default=DEFAULT_SAMPLE_BYTES,
+                        help="bpe: learn from at most this much training text (UTF-8 bytes); a bigger corpus is "
+                             "sampled (seeded), which keeps the trainer's memory and time bounded")
+    parser.add_argument("--tokenizer_from", default=None, metavar="FOLDER",
+                        help="use the tokenizer of this dataset folder (meta.json) or run folder (ckpt.pt) "
+                             "instead of making one: the same ids, e.g. for a finetuning set or a second corpus")
+
+
+def bpe_options(args) -> dict:
+    """prepare_dataset's keyword arguments for the options add_bpe_arguments added."""
+    return {"vocab_size": args.vocab_size, "bpe_pattern": args.bpe_pattern, "bpe_sample_bytes": args.bpe_sample_bytes,
+            "tokenizer_from": args.tokenizer_from}
 
 
 def print_summary(meta: dict, out_dir) -> None:
@@ -622,6 +879,7 @@ def print_summary(meta: dict, out_dir) -> None:
         f"wrote {out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
         f"({meta['tokenizer']}, vocab {meta['vocab_size']:,}, {meta['dtype']}; "
         f"documents {meta['documents']['train']:,} train / {meta['documents']['val']:,} val)"
+        + (f"; tokenizer in {Path(out_dir) / meta['bpe']['ranks_file']}" if meta["tokenizer"] == "bpe" else "")
     )
 
 

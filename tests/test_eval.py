@@ -236,7 +236,7 @@ def char_run(tmp_path):
     (["--input={root}/ok.txt", "--block_size=17"], "exceeds the model's 16 positions"),
     (["--input={root}/ok.txt", "--context=17"], "must be 1..block_size"),
     (["--input={root}/ok.txt", "--batch_size=0"], "batch_size"),
-    (["--dataset={root}/other_ds"], "tokenized with char (vocab 10) but the model"),
+    (["--dataset={root}/other_ds"], "tokenized with the char tokenizer (vocab 10) but the model"),
     (["--dataset={root}/no_ds"], "dataset"),
     (["--input={root}/ok.txt", "--init_from=resume"], "has no meaning here"),
     (["--input={root}/ok.txt", "--out_dir={root}/nothing"], "no checkpoint at"),

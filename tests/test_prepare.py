@@ -63,8 +63,8 @@ def load(out: Path):
     train = np.fromfile(out / "train.bin", dtype=meta["dtype"])
     val = np.fromfile(out / "val.bin", dtype=meta["dtype"])
     assert len(train) == meta["train_tokens"] and len(val) == meta["val_tokens"]
-    assert META_KEYS <= set(meta) and set(meta) <= META_KEYS | {"vocab"}
-    assert ("vocab" in meta) == (meta["tokenizer"] == "char")
+    assert META_KEYS <= set(meta) and set(meta) <= META_KEYS | {"vocab", "bpe"}
+    assert ("vocab" in meta) == (meta["tokenizer"] == "char") and ("bpe" in meta) == (meta["tokenizer"] == "bpe")
     return meta, train, val
 
 
@@ -353,8 +353,12 @@ def test_uint32_for_large_char_vocabularies(tmp_path):
     assert "".join(decoded(tmp_path / "out")) == text
 
 
-def test_memory_stays_bounded(tmp_path, shakespeare):
-    """A 150 MB corpus (one 100 MB file plus 1000 files) is prepared in well under its size of memory."""
+@pytest.mark.parametrize("tokenizer", ["byte", pytest.param("bpe", marks=pytest.mark.slow)])
+def test_memory_stays_bounded(tmp_path, shakespeare, tokenizer):
+    """A 150 MB corpus (one 100 MB file plus 1000 files) is prepared in well under its size of memory;
+    a bpe trained on a 10 MB sample of it (--bpe_sample_bytes) too: its trainer streams as well."""
+    if tokenizer == "bpe":
+        pytest.importorskip("rustbpe", reason='rustbpe is not installed (pip install -e ".[bpe]")')
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     block = shakespeare.encode("utf-8")
@@ -367,10 +371,15 @@ def test_memory_stays_bounded(tmp_path, shakespeare):
     assert size_mb > 140
     from prepare.bench_prepare import run_measured
 
+    options = ["--tokenizer=byte"] if tokenizer == "byte" else ["--tokenizer=bpe", "--vocab_size=1024",
+                                                                 "--bpe_sample_bytes=10000000"]
     _, peak_mb, _ = run_measured(REPO_ROOT / "prepare" / "text.py", "--input", str(corpus), "--out_dir",
-                                 str(tmp_path / "out"), "--tokenizer", "byte", "--workers", "2", "--quiet")
+                                 str(tmp_path / "out"), *options, "--workers", "2", "--quiet")
     meta, _, _ = load(tmp_path / "out")
-    assert meta["train_tokens"] + meta["val_tokens"] == int(size_mb * 1e6 + 0.5)
+    if tokenizer == "byte":
+        assert meta["train_tokens"] + meta["val_tokens"] == int(size_mb * 1e6 + 0.5)
+    else:
+        assert meta["vocab_size"] == 1024 and meta["documents"]["train"] > 800
     # The tokens alone are 300 MB (uint16); reading everything first would need more than the
     # corpus size. With 2 workers the peak is ~75 MB here, ~35 MB of it the interpreter and numpy.
     assert peak_mb < 0.7 * size_mb, f"peak RSS {peak_mb:.0f} MB for a {size_mb:.0f} MB corpus"
@@ -468,7 +477,8 @@ def test_fineweb_streams_documents(tmp_path, monkeypatch, gpt2_cache):
 # --help of every prepare script
 
 
-PREPARE_SCRIPTS = sorted(p.name for p in (REPO_ROOT / "prepare").glob("*.py") if p.name != "__init__.py")
+PREPARE_SCRIPTS = sorted(p.name for p in (REPO_ROOT / "prepare").glob("*.py")  # the ones run as scripts
+                         if 'if __name__ == "__main__":' in p.read_text())
 
 
 @pytest.mark.parametrize("script", PREPARE_SCRIPTS)

@@ -146,9 +146,11 @@ def test_gpt2_error_names_tiktokens_default_cache(tmp_path, monkeypatch, no_netw
 
 def test_unknown_kind_names_the_choices():
     with pytest.raises(UserError) as err:
-        build_tokenizer("bpe")
+        build_tokenizer("sentencepiece")
     msg = str(err.value)
-    assert "'bpe'" in msg and "char" in msg and "byte" in msg and "gpt2" in msg
+    assert "'sentencepiece'" in msg and all(kind in msg for kind in ("char", "byte", "gpt2", "bpe"))
+    with pytest.raises(UserError, match="--tokenizer=bpe"):  # trained on a corpus, never built by name
+        build_tokenizer("bpe")
 
 
 def test_token_dtype_boundaries():

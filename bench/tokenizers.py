@@ -1,0 +1,177 @@
+"""Tokenizers compared on the same text: bytes per token held out, and the quick start in bits per byte.
+
+    python bench/tokenizers.py compression      # bpe 1K/4K/16K against byte and GPT-2 BPE, stdlib and Shakespeare
+    python bench/tokenizers.py quickstart       # config/python_stdlib.toml on byte and on bpe 1K and 4K, 100 s each
+    python bench/tokenizers.py quickstart --vocab_sizes 2048 8192 --work_dir=bench-tok   # keep data and runs
+
+compression: for each corpus a bpe of each size is trained by prepare/text.py on the corpus's
+training split, and every tokenizer then encodes the same held-out text: the bpe datasets' val
+split (the stdlib's held-out files; Shakespeare's last 10% of characters), which no bpe saw. Bytes
+per token = UTF-8 bytes of that text / tokens encoding it (<|endoftext|> not counted). GPT-2's
+column needs tiktoken's r50k_base file (TIKTOKEN_CACHE_DIR, see prepare/shared.py); without it the
+column says n/a. Shakespeare is ../shared/data/tinyshakespeare.txt (--shakespeare=PATH).
+
+quickstart: `python prepare/python_stdlib.py` with byte tokens and with a bpe of each
+--vocab_sizes, then for each dataset, one after the other, `python train.py
+config/python_stdlib.toml` (its 100 s budget, --max_seconds to change it), then `python eval.py
+--split=val` on the whole val split, which is the same held-out files for every tokenizer (the
+split is by file, seeded), in bits per byte, the measure that compares tokenizers. A tiny model
+pays for a big vocabulary in its embedding and head (parameters and time per step); a bpe gives it
+more text per block_size window and per step. The printed table says which won on this machine.
+
+Every step is a subprocess, as a user runs it; the data and runs go to a temporary folder unless
+--work_dir names one. Measure on a quiet machine: the load average is printed with the results.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cli import UserError, run_main  # noqa: E402
+from tokenizer import EOT_TEXT, build_tokenizer, read_meta, tokenizer_from_meta  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f}"
+
+
+def run(*command: str, cwd=REPO_ROOT) -> str:
+    """Run a repo script with this Python; its stdout, or a UserError with its last error line."""
+    proc = subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"{' '.join(command[:2])} failed: {last}")
+    return proc.stdout
+
+
+def prepare(script_args: list[str], out: Path) -> dict:
+    started = time.perf_counter()
+    run(*script_args, f"--out_dir={out}")
+    return {"meta": read_meta(out), "seconds": time.perf_counter() - started}
+
+
+def held_out_documents(folder: Path) -> list[str]:
+    """The text of a prepared bpe dataset's val split, one string per document."""
+    meta = read_meta(folder)
+    text = tokenizer_from_meta(meta).decode(np.fromfile(folder / "val.bin", dtype=meta["dtype"]))
+    return [doc for doc in text.split(EOT_TEXT) if doc]
+
+
+def bytes_per_token(tok, docs: list[str]) -> float:
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    return n_bytes / sum(len(tok.encode_array(d)) for d in docs)
+
+
+def compression(args, work: Path) -> None:
+    shakespeare = Path(args.shakespeare)
+    corpora = {"Python stdlib": ["prepare/python_stdlib.py", "--tokenizer=bpe"]}
+    if shakespeare.is_file():
+        corpora["tiny Shakespeare"] = ["prepare/text.py", f"--input={shakespeare}", "--tokenizer=bpe"]
+    else:
+        print(f"(no Shakespeare row: {shakespeare} not found; --shakespeare=PATH)")
+    try:
+        gpt2 = build_tokenizer("gpt2")
+    except UserError:
+        gpt2 = None
+    sizes = args.vocab_sizes or [1024, 4096, 16384]
+    rows = []
+    for name, script in corpora.items():
+        made = {v: prepare([*script, f"--vocab_size={v}"], work / f"{name.split()[-1]}-bpe{v}") for v in sizes}
+        docs = held_out_documents(work / f"{name.split()[-1]}-bpe{sizes[0]}")
+        cells = [bytes_per_token(build_tokenizer("byte"), docs), bytes_per_token(gpt2, docs) if gpt2 else None]
+        cells += [bytes_per_token(tokenizer_from_meta(made[v]["meta"]), docs) for v in sizes]
+        short = [f"bpe {v:,} has {made[v]['meta']['vocab_size']:,} ids" for v in sizes
+                 if made[v]["meta"]["vocab_size"] < v]
+        if short:
+            print(f"{name}: the training text ran out of pairs to merge: {'; '.join(short)}")
+        n_bytes = sum(len(d.encode()) for d in docs)
+        rows.append((name, n_bytes, cells, [made[v]["seconds"] for v in sizes]))
+    print(f"bytes per token on held-out text ({machine()})")
+    print("| corpus (held-out text) | byte | GPT-2 BPE | " + " | ".join(f"bpe {v:,}" for v in sizes) + " |")
+    print("|---" * (3 + len(sizes)) + "|")
+    for name, n_bytes, cells, seconds in rows:
+        shown = ["n/a" if c is None else f"{c:.2f}" for c in cells]
+        print(f"| {name} ({n_bytes / 1e6:.2f} MB) | " + " | ".join(shown) + " |")
+    for name, _, _, seconds in rows:
+        print(f"{name}: prepare (train the bpe + tokenize) took " +
+              ", ".join(f"{s:.0f} s for {v:,}" for v, s in zip(sizes, seconds)))
+
+
+def quickstart(args, work: Path) -> None:
+    sizes = args.vocab_sizes or [1024, 4096]
+    variants = [("byte", ["--tokenizer=byte"])] + [(f"bpe {v:,}", ["--tokenizer=bpe", f"--vocab_size={v}"])
+                                                   for v in sizes]
+    datasets = {}
+    for name, options in variants:
+        datasets[name] = work / f"stdlib-{name.replace(' ', '').replace(',', '')}"
+        prepare(["prepare/python_stdlib.py", *options], datasets[name])
+    rows = []
+    for name, data in datasets.items():
+        out = work / f"run-{data.name}"
+        extra = [f"--max_seconds={args.max_seconds}"] if args.max_seconds else []
+        run("train.py", "config/python_stdlib.toml", f"--dataset={data}", f"--out_dir={out}", *extra)
+        evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in evals if r.get("kind", "eval") == "eval"][-1]
+        limit = [f"--max_tokens={args.eval_max_tokens}"] if args.eval_max_tokens else []
+        result = json.loads(run("eval.py", f"--out_dir={out}", f"--dataset={data}", "--split=val", "--json",
+                                "--batch_size=64", *limit).strip().splitlines()[-1])
+        from checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(out / "ckpt.pt")
+        params = sum(t.numel() for k, t in ckpt["model"].items() if k != "lm_head.weight")  # (tied: once)
+        rows.append((name, read_meta(data)["vocab_size"], params, last["iter"], last["val_loss"],
+                     result["bits_per_byte"], result["bytes"]))
+    print(f"quick start (config/python_stdlib.toml, {args.max_seconds or 100:g} s budget) by tokenizer ({machine()})")
+    print("| tokenizer | vocab | parameters | iterations | val loss (nats/token, train.py) | val bits/byte (eval.py) |")
+    print("|---|---|---|---|---|---|")
+    for name, vocab, params, iters, val_loss, bpb, n_bytes in rows:
+        print(f"| {name} | {vocab:,} | {params / 1e6:.2f}M | {iters:,} | {val_loss:.3f} | {bpb:.4f} |")
+    best = min(rows, key=lambda r: r[5])
+    print(f"best: {best[0]} ({best[5]:.4f} bits/byte over {best[6]:,} val bytes"
+          + (", --eval_max_tokens cut each split at a different byte count: a smoke test, not a comparison)"
+             if args.eval_max_tokens else ")"))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python bench/tokenizers.py", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("what", choices=("compression", "quickstart"))
+    parser.add_argument("--vocab_sizes", type=int, nargs="+", default=None,
+                        help="bpe sizes (compression: 1024 4096 16384; quickstart: 1024 4096)")
+    parser.add_argument("--shakespeare", default=str(SHAKESPEARE), help="tiny Shakespeare's input.txt")
+    parser.add_argument("--max_seconds", type=float, default=0.0, help="quickstart: training budget (0: the config's)")
+    parser.add_argument("--eval_max_tokens", type=int, default=0,
+                        help="quickstart: score only this many val tokens (a smoke test; 0: the whole split)")
+    parser.add_argument("--work_dir", default=None, help="keep datasets and runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.work_dir:
+        work = Path(args.work_dir).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        (compression if args.what == "compression" else quickstart)(args, work)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-tokenizers-") as tmp:
+        (compression if args.what == "compression" else quickstart)(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
