@@ -12,6 +12,7 @@ same number of times, or the run hangs; so decisions that depend on one rank's s
 non-finite loss, a timer) are agreed with `any_rank` at fixed points of the loop.
 """
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -73,10 +74,13 @@ def shutdown(procs: Processes) -> None:
     joins its worker threads here and not during interpreter exit: a worker still finishing the
     last collective then takes the GIL while Python finalizes, is ended by pthread_exit, and the
     unwind through a noexcept destructor aborts the rank ("terminate called without an active
-    exception"). So the DDP model (its reducer holds the group) is gone before this is called, and
-    torch.distributed.nn is imported before the group exists (see the imports).
+    exception"). So the DDP model (its reducer holds the group) is gone before this is called, an
+    FSDP model (its units hold the group, and they sit in reference cycles that only the garbage
+    collector frees) is collected here first, and torch.distributed.nn is imported before the group
+    exists (see the imports).
     """
     if procs.ddp and dist.is_initialized():
+        gc.collect()  # the FSDP model sits in reference cycles (modules <-> hooks) that hold the group
         dist.destroy_process_group()
 
 

@@ -142,7 +142,9 @@ def check_memory(model, procs, **settings) -> MemoryPlan:
     plan = plan_memory(model, **settings)
     free = torch.cuda.mem_get_info(procs.device)[0] if procs.device.type == "cuda" else None
     where = f"rank {procs.rank} ({procs.device})" if procs.ddp else str(procs.device)
-    print(f"memory plan, {where}: {plan.line()}" + (f", {size(free)} free" if free is not None else ""), flush=True)
+    line = f"memory plan, {where}: {plan.line()}" + (f", {size(free)} free" if free is not None else "")
+    sys.stdout.write(line + "\n")  # one write: the processes' lines must not interleave
+    sys.stdout.flush()
     problem = None
     if free is not None:
         try:
