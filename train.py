@@ -50,7 +50,8 @@ from distributed import (Processes, any_rank, gather_objects, print0, rank0_valu
 from model import GPT, GPTConfig
 from optim import build_optimizer, set_learning_rate
 from preemption import StopRequest
-from report import EvalProgress, MetricWindow, describe, time_left, training_line, warn_if_slow
+from report import (EvalProgress, MetricWindow, describe, say_where_the_update_size_comes_from, time_left,
+                    training_line, warn_if_slow)
 from runfolder import RunFolder
 
 
@@ -142,7 +143,8 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
     pretrained weights, if init_from names some). A resumed run (and eval_only on a folder holding a
     checkpoint): the run's own saved config, then the keys given (init_from.resumed_config).
     """
-    given = read_overrides(TrainConfig, argv, __doc__)
+    sources: dict = {}  # where each key came from, for the line on the update's size
+    given = read_overrides(TrainConfig, argv, __doc__, sources, nanogpt="train")
     ckpt_path = Path(given.get("out_dir", TrainConfig.out_dir)) / CHECKPOINT_NAME
     if given.get("eval_only") and "init_from" not in given and ckpt_path.is_file():
         given["init_from"] = "resume"  # evaluate the run that is there
@@ -159,6 +161,7 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
     if cfg.tokens_per_update and cfg.tokens_per_update % cfg.model.block_size:
         raise UserError(f"bad value for tokens_per_update: {cfg.tokens_per_update} is not a multiple of "
                         f"block_size {cfg.model.block_size} (e.g. {cfg.model.block_size * 32:,})")
+    say_where_the_update_size_comes_from(cfg, sources)
     return cfg, ckpt
 
 
@@ -457,7 +460,7 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
     evaluation is recorded (and saved), "saved" after each checkpoint. It may read anything (state is the
     LoopState, run the Run) and raise; returning True asks the run to stop, as SIGTERM does."""
     cfg, ckpt = load_config(argv)
-    procs = setup_processes(cfg.device, cfg.dtype, cfg.threads)
+    procs = setup_processes(cfg.device, cfg.dtype, cfg.threads, cfg.model.n_embd)
     try:
         train(cfg, ckpt, procs, hook)
     finally:  # the run (its DDP model holds the process group) is gone by now: see distributed.shutdown
@@ -472,8 +475,7 @@ def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable 
         run, state = build_run(cfg, procs, ckpt, folder, stop, hook)
         block_size, plan = run.cfg.model.block_size, run.plan
         describe(procs, plan, run.eval_model is not run.model, run.model, run.meta, run.splits["train"].path.parent)
-        warn_if_slow(procs, run.model.flops_per_token(block_size), plan.tokens_per_update,
-                     2 * cfg.eval_iters * cfg.batch_size * block_size)
+        warn_if_slow(procs, run.model.flops_per_token(block_size), plan, cfg)
         if cfg.init_from == "resume" and state.iter_num >= cfg.max_iters and not cfg.eval_only:
             print0(f"the checkpoint is at iteration {state.iter_num}, max_iters is {cfg.max_iters}: nothing to train "
                    f"(raise --max_iters to continue)")
