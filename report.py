@@ -98,12 +98,7 @@ def describe(procs, plan, compiled: bool, model, meta: dict, data_dir) -> None:
            f"in all; vocab {meta['vocab_size']} ({meta['tokenizer']}); data {data_dir.resolve()}")
 
 
-def roughly(seconds: float) -> str:
-    """An expected duration: 40 ms, 6s, 3m07s."""
-    return f"{1000 * seconds:.0f} ms" if seconds < 1 else format_seconds(seconds)
-
-
-def say_where_the_update_size_comes_from(cfg, sources: dict) -> None:
+def batch_origin(cfg, sources: dict) -> None:
     """One line when a command-line batch_size or block_size meets tokens_per_update from a config file
     (sources: where each key came from, cli.read_overrides's): the file's tokens_per_update keeps the
     update's size, the command line's batch_size is only the micro-batch. (nanoGPT users expect
@@ -123,25 +118,27 @@ def say_where_the_update_size_comes_from(cfg, sources: dict) -> None:
 
 def warn_if_slow(procs, flops_per_token: float, plan, cfg) -> None:
     """On a CPU, one line before the first step with the expected time per update and per evaluation
-    (a forward pass is a third of training's FLOPs), from a matmul rate measured here: always when an
-    update is several micro-batches per process, saying which key sets its size; otherwise only when
-    an update or an evaluation will be long. plan: data.BatchPlan; cfg: train.TrainConfig."""
+    (a forward pass is a third of training's FLOPs), from a matmul rate measured here: when an update is
+    several micro-batches per process (then saying which key sets its size), or when an update or an
+    evaluation will be long (then saying what to lower). plan: data.BatchPlan; cfg: train.TrainConfig."""
     if procs.device.type != "cpu" or not procs.master:
         return
     rate = measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
     per_update = flops_per_token * plan.tokens_per_update / rate
     eval_tokens = 2 * cfg.eval_iters * cfg.batch_size * plan.block_size  # both splits
     per_eval = flops_per_token / 3 * eval_tokens / rate
-    expect = (f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {roughly(per_update)} per "
-              f"update and {roughly(per_eval)} per evaluation")
+    parts = [f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {format_seconds(per_update)} per update "
+             f"and {format_seconds(per_eval)} per evaluation"]
     if len(plan.micro_sizes) > 1:
         key = "tokens_per_update" if cfg.tokens_per_update else "gradient_accumulation_steps"
-        print0(f"an update is {len(plan.micro_sizes)} micro-batches of up to {max(plan.micro_sizes)} sequences"
-               f"{' per process' if procs.world_size > 1 else ''} on this CPU ({plan.tokens_per_update:,} tokens, set by "
-               f"{key}={getattr(cfg, key)}); {expect}; for quicker updates lower {key}")
-    elif per_update > 2 or per_eval > 60:
-        print0(f"{expect}; for a quicker run lower n_layer, n_embd, block_size or batch_size (and eval_iters), or "
-               f"start from config/quickstart_cpu.toml")
+        parts.append(f"an update is {len(plan.micro_sizes)} micro-batches of up to {max(plan.micro_sizes)} sequences"
+                     f"{' per process' if procs.world_size > 1 else ''} ({plan.tokens_per_update:,} tokens, set by "
+                     f"{key}={getattr(cfg, key)}): lower {key} for quicker updates")
+    if per_update > 2 or per_eval > 60:
+        parts.append("for a quicker run lower n_layer, n_embd, block_size or batch_size (and eval_iters), or start "
+                     "from config/quickstart_cpu.toml")
+    if len(parts) > 1:
+        print0("; ".join(parts))
 
 
 class EvalProgress:

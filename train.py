@@ -7,8 +7,8 @@
     python train.py config/finetune_shakespeare.toml     # finetune OpenAI's GPT-2 (init_from = "gpt2")
     python train.py --help                       # every key with its type, default and meaning
 
-Configs are TOML files whose keys are the fields of `TrainConfig` below and of model.GPTConfig
-(flat, or in a [model] table); `--key=value` overrides them. Writes out_dir/ckpt.pt (checkpoint.py),
+Configs are TOML files (or nanoGPT's .py configs, parsed, never run) whose keys are the fields of
+`TrainConfig` below and of model.GPTConfig (flat, or in a [model] table); `--key=value` overrides them. Writes out_dir/ckpt.pt (checkpoint.py),
 out_dir/metrics.jsonl (a record per training line and per evaluation) and out_dir/config.json.
 
 Read top to bottom: the config, the loop state a checkpoint resumes, building a run, one update
@@ -50,8 +50,7 @@ from distributed import (Processes, any_rank, gather_objects, print0, rank0_valu
 from model import GPT, GPTConfig
 from optim import build_optimizer, set_learning_rate
 from preemption import StopRequest
-from report import (EvalProgress, MetricWindow, describe, say_where_the_update_size_comes_from, time_left,
-                    training_line, warn_if_slow)
+from report import EvalProgress, MetricWindow, batch_origin, describe, time_left, training_line, warn_if_slow
 from runfolder import RunFolder
 
 
@@ -161,7 +160,7 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
     if cfg.tokens_per_update and cfg.tokens_per_update % cfg.model.block_size:
         raise UserError(f"bad value for tokens_per_update: {cfg.tokens_per_update} is not a multiple of "
                         f"block_size {cfg.model.block_size} (e.g. {cfg.model.block_size * 32:,})")
-    say_where_the_update_size_comes_from(cfg, sources)
+    batch_origin(cfg, sources)
     return cfg, ckpt
 
 
