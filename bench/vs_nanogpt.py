@@ -25,7 +25,6 @@ differ by noise (nanoGPT evaluates on random batches, we on fixed ones; differen
 use torch's default threads: run it on a quiet machine (the load is printed before and after).
 """
 
-import argparse
 import os
 import platform
 import re
