@@ -43,14 +43,18 @@ def rng_state(device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.device(device).type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    elif torch.device(device).type == "mps":  # dropout on mps draws from its own generator
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict, device) -> None:
-    """Restore what rng_state returned (the CUDA generator too, on a CUDA device)."""
+    """Restore what rng_state returned (the CUDA or mps generator too, on such a device)."""
     torch.set_rng_state(state["torch"])
     if torch.device(device).type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    elif torch.device(device).type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
 
 
 def build_checkpoint(model, model_state: dict | None = None, *, meta: dict, train_config: dict | None = None,
@@ -102,18 +106,15 @@ def save_checkpoint(state: dict, path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600); use the usual mode
+        if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13, where the mode means little)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600); use the usual mode
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
         tmp_name = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_folder(path.parent)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write (disk full) as RuntimeError
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
         raise UserError(f"could not save checkpoint {path}: {reason} (the previous checkpoint, "
@@ -122,6 +123,18 @@ def save_checkpoint(state: dict, path) -> None:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
     remove_stale_temporaries(path)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX). Windows opens no folder as a file (its NTFS journals
+    the rename itself), so there it is skipped."""
+    if os.name == "nt":
+        return
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def remove_stale_temporaries(path) -> list[Path]:

@@ -2,7 +2,8 @@
 
 Two jobs:
   * Configs: `parse_config(cls, argv)` builds a typed dataclass from TOML files and `--key=value`
-    overrides. Configs are data: TOML is parsed, never executed. Unknown keys are errors that name
+    overrides. Configs are data: TOML is parsed, never executed; a nanoGPT `*.py` config is parsed
+    with `ast` and only its literal assignments are evaluated (nanogpt_config.py). Unknown keys are errors that name
     the closest valid key; command-line values are converted by the field's type
     (`--learning_rate=1`, `--compile=False`); TOML values must already have it (`max_iters = "10"`
     is refused). `read_overrides` returns only the keys given, for resuming a saved config.
@@ -179,7 +180,7 @@ def project_version() -> str:
 
 def help_text(cls, prog: str, description: str) -> str:
     lines = [description.strip().splitlines()[0], "",
-             f"usage: python {prog} [config.toml ...] [--key=value ...] [--debug] [--version]", ""]
+             f"usage: python {prog} [config.toml|nanogpt_config.py ...] [--key=value ...] [--debug] [--version]", ""]
     group = None
     for key in config_keys(cls).values():
         if key.group != group and key.group is not None:
@@ -192,15 +193,22 @@ def help_text(cls, prog: str, description: str) -> str:
     return "\n".join(lines)
 
 
-def read_overrides(cls, argv: list[str], description: str = "") -> dict:
-    """The keys set by argv: each TOML file in order, then each --key=value (later wins).
+def read_overrides(cls, argv: list[str], description: str = "", sources: dict | None = None,
+                   nanogpt: str | None = None, log=None) -> dict:
+    """The keys set by argv: each config file in order, then each --key=value (later wins).
 
     Returns {key: typed value} for exactly the keys given (flat; option groups flattened), so a
     caller can tell what was set from what was left at its default. Handles --help and --version.
+    A `*.py` file is a nanoGPT config, read without running it (nanogpt_config.py); `nanogpt` names
+    the nanoGPT script whose defaults such a file lies over ("train", "sample"), and those defaults
+    come first. `sources`, if given, receives where each key came from: a file, "the command line"
+    or "nanoGPT's defaults". `log` receives the one-line notes about nanoGPT keys (default: stdout).
     """
     keys = config_keys(cls)
     valid = list(keys)
     values: dict = {}
+    sources = {} if sources is None else sources
+    python_file = None
     for arg in argv:
         if arg in ("-h", "--help"):
             print(help_text(cls, Path(sys.argv[0]).name, description or (cls.__doc__ or "")))
@@ -216,19 +224,37 @@ def read_overrides(cls, argv: list[str], description: str = "") -> dict:
             name, eq, raw = arg[2:].partition("=")
             name = name.replace("-", "_")
             if name not in keys:
+                import nanogpt_config
+
+                if nanogpt_config.ignored_on_command_line(name, raw, log):
+                    continue
                 raise _unknown_key(name, valid, "on the command line")
             if not eq:
                 if keys[name].type is not bool and "true" not in (keys[name].choices or ()):
                     raise UserError(f"missing value for --{name}: write --{name}=VALUE")
                 raw = "true"  # a bare flag switches a bool (or a true/false/auto choice) on
             values[name] = convert_value(keys[name], raw)
+            sources[name] = "the command line"
         elif arg.startswith("-"):
             raise UserError(f"unrecognised argument {arg!r}: options are written --key=value")
         else:
-            for name, raw in flatten_groups(cls, read_toml(arg)).items():
+            if arg.endswith(".py"):
+                import nanogpt_config
+
+                file_values, python_file = nanogpt_config.read_config(arg, keys, nanogpt, _unknown_key, log), arg
+            else:
+                file_values = flatten_groups(cls, read_toml(arg))
+            for name, raw in file_values.items():
                 if name not in keys:
                     raise _unknown_key(name, valid, f"in {arg}")
                 values[name] = convert_value(keys[name], raw, f"in {arg}")
+                sources[name] = arg
+    if python_file is not None:  # a nanoGPT config overrides nanoGPT's defaults: they go under everything
+        import nanogpt_config
+
+        defaults = nanogpt_config.defaults_under(nanogpt, keys, values, python_file, log)
+        values = {**{k: convert_value(keys[k], v, "in nanoGPT's defaults") for k, v in defaults.items()}, **values}
+        sources.update({k: "nanoGPT's defaults" for k in defaults if k not in sources})
     return values
 
 
@@ -269,9 +295,10 @@ def config_from_dict(cls, saved: dict):
     return build_config(cls, {k: v for k, v in flatten_groups(cls, saved).items() if k in keys})
 
 
-def parse_config(cls, argv: list[str], description: str = ""):
-    """Return `cls(...)` built from defaults, then each TOML file in argv, then each --key=value."""
-    return build_config(cls, read_overrides(cls, argv, description))
+def parse_config(cls, argv: list[str], description: str = "", **read_options):
+    """Return `cls(...)` built from defaults, then each config file in argv, then each --key=value
+    (read_options: read_overrides's nanogpt and log)."""
+    return build_config(cls, read_overrides(cls, argv, description, **read_options))
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -50,8 +50,9 @@ class Processes:
         return self.rank == 0
 
 
-def setup_processes(device_name: str, dtype_name: str, threads: int = 0) -> Processes:
-    """Device, threads, precision; under torchrun also the process group (NCCL on GPUs, gloo on CPUs)."""
+def setup_processes(device_name: str, dtype_name: str, threads: int = 0, width: int | None = None) -> Processes:
+    """Device, threads, precision (width: the model's n_embd, see device.resolve_dtype); under torchrun
+    also the process group (NCCL on GPUs, gloo on CPUs)."""
     device = resolve_device(device_name)
     if threads:
         torch.set_num_threads(threads)
@@ -64,7 +65,7 @@ def setup_processes(device_name: str, dtype_name: str, threads: int = 0) -> Proc
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     enable_tf32(device)
-    return Processes(rank, local_rank, world_size, device, resolve_dtype(dtype_name, device))
+    return Processes(rank, local_rank, world_size, device, resolve_dtype(dtype_name, device, width))
 
 
 def shutdown(procs: Processes) -> None:

@@ -26,6 +26,7 @@ from checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, model_fro
 from cli import UserError, build_config, config_from_dict
 from distributed import print0
 from model import GPT, GPTConfig
+from runfolder import LOCK_NAME, FolderLock
 from tokenizer import same_vocabulary, vocabulary_name
 
 # Keys a resumed run may not change: they define the model its checkpoint holds.
@@ -39,6 +40,10 @@ def resumed_config(config_cls, given: dict, ckpt_path: Path):
     load_state_dict moves its moments to the parameters' device). Changing a model-shape key is refused.
     """
     if not ckpt_path.is_file():
+        holder = FolderLock(ckpt_path.parent / LOCK_NAME).holder()
+        if holder is not None:
+            raise UserError(f"another trainer is using {ckpt_path.parent} ({holder}) and has not saved a checkpoint "
+                            f"yet; resume once it has saved or stopped, or choose another --out_dir")
         raise UserError(f"init_from=resume but there is no checkpoint at {ckpt_path}: train with "
                         f"--init_from=scratch first or point --out_dir at the run")
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")

@@ -373,8 +373,9 @@ class GPT(nn.Module):
                 {"params": [p for p in params if id(p) in vectors], "weight_decay": 0.0}]
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with decay on 2-D weights only; the fused kernel where this torch has one."""
-        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        """AdamW with decay on 2-D weights only; the fused kernel where this torch has one (torch 2.4+
+        has it for CUDA, CPU and Apple's mps)."""
+        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu", "mps")
         kwargs = dict(lr=learning_rate, betas=betas)
         if fused:
             kwargs["fused"] = True

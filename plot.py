@@ -254,7 +254,8 @@ def _save(fig, out: Path, dpi: int = 110) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private (0600); a picture gets the usual mode
+    if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private (0600); a picture gets the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi)

@@ -105,8 +105,7 @@ def describe(run, state) -> None:
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
            f"in all; vocab {run.meta['vocab_size']} ({run.meta['tokenizer']}); data "
            f"{run.splits['train'].path.parent.resolve()}")
-    warn_if_slow(procs, model.flops_per_token(plan.block_size), plan.tokens_per_update,
-                 2 * cfg.eval_iters * cfg.batch_size * plan.block_size)
+    warn_if_slow(procs, model.flops_per_token(plan.block_size), plan, cfg)
     if cfg.max_seconds and not cfg.eval_only:
         left = max(0.0, cfg.max_seconds - state.elapsed_s)
         print0(f"time budget {cfg.max_seconds:g}s ({format_seconds(left)} left), the last evaluation included: "
@@ -136,18 +135,47 @@ def log_training(run, state, window: MetricWindow, lr: float, eval_seconds: floa
     window.restart(state.iter_num)
 
 
-def warn_if_slow(procs, flops_per_token: float, tokens_per_update: int, eval_tokens: int) -> None:
-    """On a CPU, one line before a long first step: the expected time per update and per evaluation
-    (eval_tokens: the tokens of one evaluation, both splits; a forward pass is a third of training's FLOPs)."""
+def batch_origin(cfg, sources: dict) -> None:
+    """One line when a command-line batch_size or block_size meets tokens_per_update from a config file
+    (sources: where each key came from, cli.read_overrides's): the file's tokens_per_update keeps the
+    update's size, the command line's batch_size is only the micro-batch. (nanoGPT users expect
+    batch_size x gradient_accumulation_steps sequences: --tokens_per_update=0 gives that.)"""
+    source = sources.get("tokens_per_update")
+    given = [k for k in ("batch_size", "block_size") if sources.get(k) == "the command line"]
+    if not cfg.tokens_per_update or source in (None, "the command line") or not given:
+        return
+    block_size = cfg.model.block_size
+    what = {"batch_size": f"--batch_size={cfg.batch_size} is the micro-batch, not the update",
+            "block_size": f"--block_size={block_size} makes it {cfg.tokens_per_update // block_size:,} sequences "
+                          f"of {block_size}"}
+    print0(f"tokens per update: {cfg.tokens_per_update:,} from tokens_per_update in {source}; "
+           f"{'; '.join(what[k] for k in given)} (--tokens_per_update=0 makes an update batch_size x "
+           f"gradient_accumulation_steps sequences, as nanoGPT counts it)")
+
+
+def warn_if_slow(procs, flops_per_token: float, plan, cfg) -> None:
+    """On a CPU, one line before the first step with the expected time per update and per evaluation
+    (a forward pass is a third of training's FLOPs), from a matmul rate measured here: when an update is
+    several micro-batches per process (then saying which key sets its size), or when an update or an
+    evaluation will be long (then saying what to lower). plan: data.BatchPlan; cfg: train.TrainConfig."""
     if procs.device.type != "cpu" or not procs.master:
         return
     rate = device.measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
-    per_update = flops_per_token * tokens_per_update / rate
+    per_update = flops_per_token * plan.tokens_per_update / rate
+    eval_tokens = 2 * cfg.eval_iters * cfg.batch_size * plan.block_size  # both splits
     per_eval = flops_per_token / 3 * eval_tokens / rate
+    parts = [f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {format_seconds(per_update)} per update "
+             f"and {format_seconds(per_eval)} per evaluation"]
+    if len(plan.micro_sizes) > 1:
+        key = "tokens_per_update" if cfg.tokens_per_update else "gradient_accumulation_steps"
+        parts.append(f"an update is {len(plan.micro_sizes)} micro-batches of up to {max(plan.micro_sizes)} sequences"
+                     f"{' per process' if procs.world_size > 1 else ''} ({plan.tokens_per_update:,} tokens, set by "
+                     f"{key}={getattr(cfg, key)}): lower {key} for quicker updates")
     if per_update > 2 or per_eval > 60:
-        print0(f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {format_seconds(per_update)} per "
-               f"update and {format_seconds(per_eval)} per evaluation; for a quicker run lower n_layer, n_embd, "
-               f"block_size or batch_size (and eval_iters), or start from config/quickstart_cpu.toml")
+        parts.append("for a quicker run lower n_layer, n_embd, block_size or batch_size (and eval_iters), or start "
+                     "from config/quickstart_cpu.toml")
+    if len(parts) > 1:
+        print0("; ".join(parts))
 
 
 class EvalProgress:

@@ -260,7 +260,7 @@ def generate_text(model: GPT, tokenizer, prompt_ids: list[int], cfg: SampleConfi
 
 
 def main(argv: list[str]) -> None:
-    cfg = parse_config(SampleConfig, argv, __doc__)
+    cfg = parse_config(SampleConfig, argv, __doc__, nanogpt="sample", log=lambda line: print(line, file=sys.stderr))
     validate(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

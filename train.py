@@ -7,8 +7,8 @@
     python train.py config/finetune_shakespeare.toml     # finetune OpenAI's GPT-2 (init_from = "gpt2")
     python train.py --help                       # every key with its type, default and meaning
 
-Configs are TOML files whose keys are the fields of `TrainConfig` below and of model.GPTConfig
-(flat, or in a [model] table); `--key=value` overrides them. Writes out_dir/ckpt.pt (checkpoint.py),
+Configs are TOML files (or nanoGPT's .py configs, parsed, never run) whose keys are the fields of
+`TrainConfig` below and of model.GPTConfig (flat, or in a [model] table); `--key=value` overrides them. Writes out_dir/ckpt.pt (checkpoint.py),
 out_dir/metrics.jsonl (a record per training line and per evaluation) and out_dir/config.json.
 
 Read top to bottom: the config, the loop state a checkpoint resumes, building a run, one update
@@ -52,7 +52,7 @@ from memory import check_memory
 from model import GPT, GPTConfig
 from optim import build_optimizer, set_learning_rate
 from preemption import StopRequest
-from report import EvalProgress, MetricWindow, describe, log_training
+from report import EvalProgress, MetricWindow, batch_origin, describe, log_training
 from runfolder import RunFolder
 
 
@@ -148,7 +148,8 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
     pretrained weights, if init_from names some). A resumed run (and eval_only on a folder holding a
     checkpoint): the run's own saved config, then the keys given (init_from.resumed_config).
     """
-    given = read_overrides(TrainConfig, argv, __doc__)
+    sources: dict = {}  # where each key came from, for the line on the update's size
+    given = read_overrides(TrainConfig, argv, __doc__, sources, nanogpt="train")
     ckpt_path = Path(given.get("out_dir", TrainConfig.out_dir)) / CHECKPOINT_NAME
     if given.get("eval_only") and "init_from" not in given and ckpt_path.is_file():
         given["init_from"] = "resume"  # evaluate the run that is there
@@ -165,6 +166,7 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
     if cfg.tokens_per_update and cfg.tokens_per_update % cfg.model.block_size:
         raise UserError(f"bad value for tokens_per_update: {cfg.tokens_per_update} is not a multiple of "
                         f"block_size {cfg.model.block_size} (e.g. {cfg.model.block_size * 32:,})")
+    batch_origin(cfg, sources)
     return cfg, ckpt
 
 
@@ -464,7 +466,7 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
     LoopState, run the Run) and raise; returning True asks the run to stop, as SIGTERM does."""
     started = cpu_snapshot()  # from here, how busy other programs keep the CPU (the threads' choice)
     cfg, ckpt = load_config(argv)
-    procs = setup_processes(cfg.device, cfg.dtype, cfg.threads)
+    procs = setup_processes(cfg.device, cfg.dtype, cfg.threads, cfg.model.n_embd)
     try:
         train(cfg, ckpt, procs, hook, started)
     finally:  # the run (its DDP model holds the process group) is gone by now: see distributed.shutdown

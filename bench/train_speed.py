@@ -82,7 +82,7 @@ class Variant:
         self.name = name
         cfg, _ = load_config(argv)
         self.cfg = cfg
-        self.procs = setup_processes(cfg.device, cfg.dtype, cfg.threads)
+        self.procs = setup_processes(cfg.device, cfg.dtype, cfg.threads, cfg.model.n_embd)
         folder = RunFolder(cfg.out_dir, self.procs.master, read_only=True)  # nothing is written
         self.run, self.state = build_run(cfg, self.procs, None, folder, StopRequest(), hook=None)
         set_learning_rate(self.run.optimizer, cfg.learning_rate)
