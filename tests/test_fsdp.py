@@ -239,16 +239,20 @@ def test_activation_checkpointing_gives_the_same_training_bitwise(small_char_dat
 
 
 PEAK_MEMORY = """
-import resource, sys
+import sys
 sys.modules["matplotlib"] = None  # no loss.png thread: its memory would mix with the training's
 import train
 
+def status(field):  # kB in /proc/self/status
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
+
 base = []
-def hook(event, state, run):  # the loop's first event: everything is built, nothing has run
-    if not base:  # what the process holds now (its earlier high-water mark may be a passing transient)
-        base.append(int(open("/proc/self/statm").read().split()[1]) * 4096)
+def hook(event, state, run):
+    if not base:  # the loop's first event: everything is built, nothing has run; the high-water mark starts here
+        open("/proc/self/clear_refs", "w").write("5")
+        base.append(status("VmRSS"))
     if event == "update" and state.iter_num == 2:  # two updates: the optimizer's state exists in the second
-        print(f"peak above the start: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base[0]}")
+        print(f"peak above the start: {status('VmHWM') - base[0]}")
         return True
 
 train.main(sys.argv[1:], hook=hook)
