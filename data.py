@@ -163,6 +163,15 @@ class BatchPlan:
         return self.global_seqs / (micro_size * self.world_size)
 
 
+def sequences_per_update(tokens_per_update: int, block_size: int, otherwise: int) -> int:
+    """The sequences of one update: tokens_per_update of them when it is set (a multiple of block_size),
+    else `otherwise` (gradient_accumulation_steps x batch_size)."""
+    if tokens_per_update % block_size:
+        raise UserError(f"bad value for tokens_per_update: {tokens_per_update} is not a multiple of block_size "
+                        f"{block_size} (e.g. {block_size * 32:,})")
+    return tokens_per_update // block_size or otherwise
+
+
 def plan_batches(global_seqs: int, batch_size: int, block_size: int, rank: int = 0, world_size: int = 1) -> BatchPlan:
     """Share `global_seqs` sequences over `world_size` processes, in micro-batches of at most batch_size."""
     if global_seqs < world_size:

@@ -49,6 +49,7 @@ def check_torch() -> None:
 
 def shard_model(model: torch.nn.Module, procs) -> None:
     """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest)."""
+    check_torch()
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 

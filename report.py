@@ -106,6 +106,9 @@ def describe(run, state) -> None:
            f"in all; vocab {run.meta['vocab_size']} ({run.meta['tokenizer']}); data "
            f"{run.splits['train'].path.parent.resolve()}")
     warn_if_slow(procs, model.flops_per_token(plan.block_size), plan, cfg)
+    if cfg.init_from == "resume" and state.iter_num >= cfg.max_iters and not cfg.eval_only:
+        print0(f"the checkpoint is at iteration {state.iter_num}, max_iters is {cfg.max_iters}: nothing to train "
+               f"(raise --max_iters to continue)")
     if cfg.max_seconds and not cfg.eval_only:
         left = max(0.0, cfg.max_seconds - state.elapsed_s)
         print0(f"time budget {cfg.max_seconds:g}s ({format_seconds(left)} left), the last evaluation included: "

@@ -8,8 +8,9 @@
     python train.py --help                       # every key with its type, default and meaning
 
 Configs are TOML files (or nanoGPT's .py configs, parsed, never run) whose keys are the fields of
-`TrainConfig` below and of model.GPTConfig (flat, or in a [model] table); `--key=value` overrides them. Writes out_dir/ckpt.pt (checkpoint.py),
-out_dir/metrics.jsonl (a record per training line and per evaluation) and out_dir/config.json.
+`TrainConfig` below and of model.GPTConfig (flat, or in a [model] table); `--key=value` overrides
+them. Writes out_dir/ckpt.pt (checkpoint.py), out_dir/metrics.jsonl (a record per training line and
+per evaluation) and out_dir/config.json.
 
 Read top to bottom: the config, the loop state a checkpoint resumes, building a run, one update
 (`train_step`), the schedule, `evaluate`, `save`, the loop (`train_loop`), `main`. The rest lives in
@@ -44,7 +45,7 @@ import fsdp
 import init_from
 from checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
 from cli import UserError, build_config, option, option_group, read_overrides, run_main
-from data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches
+from data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches, sequences_per_update
 from device import CpuThreads, autocast, cpu_snapshot, should_compile
 from distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
                          sum_over_ranks)
@@ -161,11 +162,6 @@ def load_config(argv: list[str]) -> tuple[TrainConfig, dict | None]:
         if cfg.init_from != "scratch":
             shape = init_from.pretrained_shape(cfg.init_from, cfg.dataset, given, cfg.model.dropout)
             cfg = dataclasses.replace(cfg, model=shape)
-    if cfg.parallel == "fsdp":
-        fsdp.check_torch()
-    if cfg.tokens_per_update and cfg.tokens_per_update % cfg.model.block_size:
-        raise UserError(f"bad value for tokens_per_update: {cfg.tokens_per_update} is not a multiple of "
-                        f"block_size {cfg.model.block_size} (e.g. {cfg.model.block_size * 32:,})")
     batch_origin(cfg, sources)
     return cfg, ckpt
 
@@ -205,8 +201,8 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     model, pretrained_from = init_from.first_model(cfg, meta, ckpt)  # on the CPU, whole, for now
     model.activation_checkpointing = cfg.activation_checkpointing
     cfg = dataclasses.replace(cfg, model=model.config)  # the true vocabulary, as saved
-    global_seqs = cfg.tokens_per_update // block_size or cfg.gradient_accumulation_steps * cfg.batch_size
-    plan = plan_batches(global_seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
+    seqs = sequences_per_update(cfg.tokens_per_update, block_size, cfg.gradient_accumulation_steps * cfg.batch_size)
+    plan = plan_batches(seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
     sharded = procs.ddp and cfg.parallel == "fsdp"
     check_memory(model, procs, optimizer=cfg.optimizer, micro_batch=max(plan.micro_sizes), block_size=block_size,
                  dtype=procs.dtype, world_size=procs.world_size, sharded=sharded,
@@ -299,15 +295,17 @@ def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
 # ----------------------------------------------------------------------------- evaluate and save
 
 @torch.no_grad()
-def evaluate(run: Run, state: LoopState) -> dict | None:
+def evaluate(run: Run, state: LoopState) -> tuple[dict | None, float]:
     """{"train_loss": ..., "val_loss": ...}: the mean loss over eval_iters fixed batches per split, shared
     out over the processes; every key is printed and recorded. None, recording nothing, when a stop is
-    requested meanwhile (checked before each batch; every rank agrees, and makes as many checks)."""
+    requested meanwhile (checked before each batch; every rank agrees, and makes as many checks).
+    Also the seconds it takes without its first batch's one-time costs (compilation): what the next
+    evaluation will take, which a time budget keeps for the last one."""
     cfg, procs = run.cfg, run.procs
     run.eval_model.eval()
     mine = range(procs.rank, cfg.eval_iters, procs.world_size)  # this process's batches
     rounds = -(-cfg.eval_iters // procs.world_size)  # the same on every rank: as many stop checks
-    results, bar = {}, EvalProgress(2 * len(mine), procs.master)
+    results, bar, times = {}, EvalProgress(2 * len(mine), procs.master), [time.time()]
     try:
         for split, sampler in run.splits.items():
             eval_rng = np.random.Generator(np.random.PCG64(cfg.seed + 7))  # the same batches every time
@@ -317,7 +315,7 @@ def evaluate(run: Run, state: LoopState) -> dict | None:
             for j in range(rounds):
                 call_hook(run, "eval_batch", state)
                 if any_rank([run.stop.requested], procs)[0]:
-                    return None
+                    return None, 0.0
                 if j >= len(mine) and not run.sharded:  # eval_iters does not divide by the processes
                     continue  # (under FSDP every forward is a collective: a spare one is run, not counted)
                 x, y = sampler.batch(offsets[mine[j] if j < len(mine) else 0])
@@ -326,11 +324,13 @@ def evaluate(run: Run, state: LoopState) -> dict | None:
                 if j < len(mine):
                     total += loss.float()
                     bar.advance()
+                times.append(time.time())
             results[f"{split}_loss"] = sum_over_ranks(total, procs).item() / cfg.eval_iters
     finally:
         bar.close(finished=len(results) == len(run.splits))  # abandoned (stop or error): no "done" line
         run.eval_model.train()
-    return results
+    steady = (times[-1] - times[1]) * (len(times) - 1) / (len(times) - 2) if len(times) > 2 else times[-1] - times[0]
+    return results, steady
 
 
 def record_evaluation(run: Run, state: LoopState, results: dict, lr: float, seconds: float) -> None:
@@ -401,11 +401,11 @@ def train_loop(run: Run, state: LoopState) -> None:
         evaluated = due and (state.iter_num != state.evaluated_at or cfg.eval_only)
         if evaluated:
             started = time.time()
-            results = evaluate(run, state)
+            results, eval_seconds = evaluate(run, state)  # (its seconds without one-time costs: for the ETA)
             if results is None:  # abandoned for a stop; it reruns on resume
                 return stop_and_save(run, state, "the evaluation")
-            eval_seconds, state.elapsed_s = time.time() - started, time.time() - zero
-            record_evaluation(run, state, results, lr, eval_seconds)
+            state.elapsed_s = time.time() - zero
+            record_evaluation(run, state, results, lr, time.time() - started)
             call_hook(run, "evaluated", state)
             window.restart(state.iter_num)  # evaluations are not training time
         if finished:
@@ -480,9 +480,6 @@ def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable 
             folder.check_fresh_start(cfg.overwrite)
         run, state = build_run(cfg, procs, ckpt, folder, stop, hook, started)
         describe(run, state)  # device, batch, model, data, the budget's end; how long an update takes on a CPU
-        if cfg.init_from == "resume" and state.iter_num >= cfg.max_iters and not cfg.eval_only:
-            print0(f"the checkpoint is at iteration {state.iter_num}, max_iters is {cfg.max_iters}: nothing to train "
-                   f"(raise --max_iters to continue)")
         wandb = {"project": cfg.wandb_project, "name": cfg.wandb_run_name} if cfg.wandb_log else None
         folder.start(dataclasses.asdict(run.cfg), cfg.init_from == "resume", state.iter_num, state.evaluated_at, wandb)
         train_loop(run, state)
