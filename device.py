@@ -230,8 +230,33 @@ def cpu_snapshot():
                     busy_ticks += sum(ticks) - ticks[3] - ticks[4]
     except (OSError, ValueError, IndexError):
         return None
-    own = os.times()
-    return busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+    clock_ticks = os.sysconf("SC_CLK_TCK")
+    own = os.times()  # this process, and its children that ended (e.g. compile workers waited for)
+    own_seconds = own.user + own.system + own.children_user + own.children_system
+    own_seconds += _live_descendants_ticks() / clock_ticks  # torch.compile's worker processes: ours too
+    return busy_ticks / clock_ticks, own_seconds, time.monotonic()
+
+
+def _live_descendants_ticks() -> int:
+    """CPU ticks used so far by this process's live descendants (from /proc/PID/stat; 0 if unreadable)."""
+    parents, ticks = {}, {}
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return 0
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "PID (command)": state ppid ...
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parents[int(name)], ticks[int(name)] = int(fields[1]), sum(int(v) for v in fields[11:15])
+    ours, grew = {os.getpid()}, True
+    while grew:  # children of ours are ours, to any depth
+        found = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= found
+        grew = bool(found)
+    return sum(ticks[pid] for pid in ours - {os.getpid()})  # utime, stime and their ended children's
 
 
 def cores_used_by_others(since) -> float | None:

@@ -105,7 +105,7 @@ class TrainConfig:
     min_lr: float = option(6e-5, "learning rate at the end of the decay")
     max_seconds: float = option(0.0, "time budget in seconds of the training loop (0 = off): the LR "
                                 "schedule follows elapsed/max_seconds instead of iterations, and the run "
-                                "ends with an evaluation and checkpoint once the budget is spent "
+                                "stops in time for its last evaluation and checkpoint to end within it "
                                 "(or at max_iters, whichever comes first)", at_least=0)
     # system
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
