@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 
-import cli
 import device
 from cli import UserError, parse_config
 from conftest import run_script
