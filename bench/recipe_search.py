@@ -62,6 +62,8 @@ PRESET = [
 
 def split_args(argv: list[str]):
     config, options, variants = [], {"seconds": 90.0, "repeats": 1, "work": "", "dataset": ""}, []
+    options["cold"] = "--cold" in argv  # measure first-run costs: no warm-up run fills the compile cache
+    argv = [arg for arg in argv if arg != "--cold"]
     args = iter(argv)
     for arg in args:
         key, eq, value = arg.removeprefix("--").partition("=")
