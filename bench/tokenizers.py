@@ -1,7 +1,7 @@
 """Tokenizers compared on the same text: bytes per token held out, and the quick start in bits per byte.
 
     python bench/tokenizers.py compression      # bpe 1K/4K/16K against byte and GPT-2 BPE, stdlib and Shakespeare
-    python bench/tokenizers.py quickstart       # config/python_stdlib.toml on byte and on bpe 1K and 4K, 100 s each
+    python bench/tokenizers.py quickstart       # config/python_stdlib.toml on byte and on bpe 1K and 4K, 100 s each, twice
     python bench/tokenizers.py quickstart --vocab_sizes 2048 8192 --work_dir=bench-tok   # keep data and runs
 
 compression: for each corpus a bpe of each size is trained by prepare/text.py on the corpus's
@@ -12,12 +12,15 @@ column needs tiktoken's r50k_base file (TIKTOKEN_CACHE_DIR, see prepare/shared.p
 column says n/a. Shakespeare is ../shared/data/tinyshakespeare.txt (--shakespeare=PATH).
 
 quickstart: `python prepare/python_stdlib.py` with byte tokens and with a bpe of each
---vocab_sizes, then for each dataset, one after the other, `python train.py
-config/python_stdlib.toml` (its 100 s budget, --max_seconds to change it), then `python eval.py
+--vocab_sizes; 3 untimed steps on each (torch.compile caches a graph per vocabulary size: without
+them the first run of a new size pays ~15-30 s of compilation out of its budget that the others do
+not); then --repeats rounds (2) in which each dataset in turn gets `python train.py
+config/python_stdlib.toml` (its 100 s budget, --max_seconds to change it) and `python eval.py
 --split=val` on the whole val split, which is the same held-out files for every tokenizer (the
 split is by file, seeded), in bits per byte, the measure that compares tokenizers. A tiny model
 pays for a big vocabulary in its embedding and head (parameters and time per step); a bpe gives it
-more text per block_size window and per step. The printed table says which won on this machine.
+more text per block_size window and per step. The printed table (medians, and each run) says which
+won on this machine.
 
 Every step is a subprocess, as a user runs it; the data and runs go to a temporary folder unless
 --work_dir names one. Measure on a quiet machine: the load average is printed with the results.
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -126,27 +130,41 @@ def quickstart(args, work: Path) -> None:
     for name, options in variants:
         datasets[name] = work / f"stdlib-{name.replace(' ', '').replace(',', '')}"
         prepare(["prepare/python_stdlib.py", *options], datasets[name])
+    extra = [f"--max_seconds={args.max_seconds}"] if args.max_seconds else []
+    for name, data in datasets.items():  # 3 untimed steps each: torch.compile caches each vocabulary's graphs,
+        run("train.py", "config/python_stdlib.toml", f"--dataset={data}",  # so no run is charged compilation
+            f"--out_dir={work / 'warm-up'}", "--overwrite=true", "--max_iters=3", "--eval_interval=3", "--eval_iters=2")
+    found = {name: [] for name in datasets}
+    for repeat in range(args.repeats):  # tokenizers in turn, so that a change in the machine's speed hits all
+        for name, data in datasets.items():
+            out = work / f"run-{data.name}-{repeat}"
+            run("train.py", "config/python_stdlib.toml", f"--dataset={data}", f"--out_dir={out}", "--overwrite=true",
+                *extra)
+            evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            last = [r for r in evals if r.get("kind", "eval") == "eval"][-1]
+            limit = [f"--max_tokens={args.eval_max_tokens}"] if args.eval_max_tokens else []
+            result = json.loads(run("eval.py", f"--out_dir={out}", f"--dataset={data}", "--split=val", "--json",
+                                    "--batch_size=64", *limit).strip().splitlines()[-1])
+            found[name].append((last["iter"], last["val_loss"], result["bits_per_byte"], result["bytes"]))
+            print(f"  {name}, round {repeat + 1}: {last['iter']:,} iterations, {result['bits_per_byte']:.4f} bits/byte",
+                  flush=True)
+    from checkpoint import load_checkpoint
+
     rows = []
     for name, data in datasets.items():
-        out = work / f"run-{data.name}"
-        extra = [f"--max_seconds={args.max_seconds}"] if args.max_seconds else []
-        run("train.py", "config/python_stdlib.toml", f"--dataset={data}", f"--out_dir={out}", *extra)
-        evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        last = [r for r in evals if r.get("kind", "eval") == "eval"][-1]
-        limit = [f"--max_tokens={args.eval_max_tokens}"] if args.eval_max_tokens else []
-        result = json.loads(run("eval.py", f"--out_dir={out}", f"--dataset={data}", "--split=val", "--json",
-                                "--batch_size=64", *limit).strip().splitlines()[-1])
-        from checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(out / "ckpt.pt")
+        ckpt = load_checkpoint(work / f"run-{data.name}-0" / "ckpt.pt")
         params = sum(t.numel() for k, t in ckpt["model"].items() if k != "lm_head.weight")  # (tied: once)
-        rows.append((name, read_meta(data)["vocab_size"], params, last["iter"], last["val_loss"],
-                     result["bits_per_byte"], result["bytes"]))
-    print(f"quick start (config/python_stdlib.toml, {args.max_seconds or 100:g} s budget) by tokenizer ({machine()})")
-    print("| tokenizer | vocab | parameters | iterations | val loss (nats/token, train.py) | val bits/byte (eval.py) |")
-    print("|---|---|---|---|---|---|")
-    for name, vocab, params, iters, val_loss, bpb, n_bytes in rows:
-        print(f"| {name} | {vocab:,} | {params / 1e6:.2f}M | {iters:,} | {val_loss:.3f} | {bpb:.4f} |")
+        iters, val_loss, bpb, n_bytes = (statistics.median(r[i] for r in found[name]) for i in range(4))
+        rows.append((name, read_meta(data)["vocab_size"], params, iters, val_loss, bpb, int(n_bytes),
+                     [r[2] for r in found[name]]))
+    print(f"quick start (config/python_stdlib.toml, {args.max_seconds or 100:g} s budget) by tokenizer ({machine()}); "
+          f"medians of {args.repeats}")
+    print("| tokenizer | vocab | parameters | iterations | val loss (nats/token, train.py) | val bits/byte (eval.py) "
+          "| each run |")
+    print("|---|---|---|---|---|---|---|")
+    for name, vocab, params, iters, val_loss, bpb, n_bytes, each in rows:
+        print(f"| {name} | {vocab:,} | {params / 1e6:.2f}M | {iters:,.0f} | {val_loss:.3f} | {bpb:.4f} | "
+              f"{', '.join(f'{b:.4f}' for b in each)} |")
     best = min(rows, key=lambda r: r[5])
     print(f"best: {best[0]} ({best[5]:.4f} bits/byte over {best[6]:,} val bytes"
           + (", --eval_max_tokens cut each split at a different byte count: a smoke test, not a comparison)"
@@ -162,6 +180,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max_seconds", type=float, default=0.0, help="quickstart: training budget (0: the config's)")
     parser.add_argument("--eval_max_tokens", type=int, default=0,
                         help="quickstart: score only this many val tokens (a smoke test; 0: the whole split)")
+    parser.add_argument("--repeats", type=int, default=2, help="quickstart: runs of each tokenizer, in turn")
     parser.add_argument("--work_dir", default=None, help="keep datasets and runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.work_dir:

@@ -259,23 +259,36 @@ def test_damaged_tokenizer_file_is_a_one_line_error(rustbpe, tmp_path):
     assert read_meta(data)["bpe"]["ranks"] == good
 
 
-def test_python_stdlib_bpe_4096(rustbpe, tmp_path):
-    """The issue's command: the stdlib corpus, a 4096-id bpe, the files beside train.bin."""
-    proc = run_script("prepare/python_stdlib.py", "--tokenizer=bpe", "--vocab_size=4096",
-                      f"--out_dir={tmp_path / 'std'}", timeout=300)
+@pytest.mark.parametrize("args, vocab, merges, bytes_per_token", [
+    ([], 1024, 767, 2.3),  # the quick start's default
+    (["--tokenizer=bpe", "--vocab_size=4096"], 4096, 3839, 3),
+], ids=["default", "4096"])
+def test_python_stdlib_bpe(rustbpe, tmp_path, args, vocab, merges, bytes_per_token):
+    """The stdlib corpus with a bpe (the quick start's 1,024 ids by default), the files beside train.bin."""
+    proc = run_script("prepare/python_stdlib.py", *args, f"--out_dir={tmp_path / 'std'}", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "bpe: learned 3,839 merges" in proc.stdout and "tokenizer.tiktoken" in proc.stdout
+    assert f"bpe: learned {merges:,} merges" in proc.stdout and "tokenizer.tiktoken" in proc.stdout
     meta = read_meta(tmp_path / "std")
     assert sorted(p.name for p in (tmp_path / "std").iterdir()) == ["meta.json", "tokenizer.tiktoken", "train.bin",
                                                                     "val.bin"]
     on_disk = json.loads((tmp_path / "std" / "meta.json").read_text())
     assert "ranks" not in on_disk["bpe"] and on_disk["bpe"]["pattern"] == BPE_PATTERNS["gpt4"]
-    assert meta["vocab_size"] == 4096 and meta["eot_token"] == 4095 and meta["dtype"] == "uint16"
+    assert meta["vocab_size"] == vocab and meta["eot_token"] == vocab - 1 and meta["dtype"] == "uint16"
     tok = tokenizer_from_meta(meta)
     val = np.fromfile(tmp_path / "std" / "val.bin", dtype=np.uint16)
     text = tok.decode(val)
     assert text.count(EOT_TEXT) == meta["documents"]["val"]
-    assert len(text.encode()) / len(val) > 3  # code at 4096 ids: more than 3 bytes per token
+    assert len(text.encode()) / len(val) > bytes_per_token  # code: 2.5 bytes a token at 1,024 ids, 3.3 at 4,096
+
+
+def test_python_stdlib_without_rustbpe_says_what_to_do(tmp_path, monkeypatch):
+    """The quick start's default needs rustbpe; without it, one line names the install and the way around."""
+    from prepare import python_stdlib
+
+    monkeypatch.setitem(sys.modules, "rustbpe", None)  # as if not installed
+    with pytest.raises(UserError, match=r'pip install -e "\.\[dev\]".*--tokenizer=byte'):
+        python_stdlib.main([f"--out_dir={tmp_path / 'std'}"])
+    assert not (tmp_path / "std").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -426,7 +426,7 @@ def test_shakespeare_char_from_input_and_cache(tmp_path, shakespeare):
 
 
 def test_python_stdlib_dataset(tmp_path):
-    proc = run("prepare/python_stdlib.py", "--out_dir", str(tmp_path / "std"), timeout=60)
+    proc = run("prepare/python_stdlib.py", "--tokenizer=byte", "--out_dir", str(tmp_path / "std"), timeout=60)
     assert proc.returncode == 0, proc.stderr
     meta, train, val = load(tmp_path / "std")
     assert meta["tokenizer"] == "byte" and meta["vocab_size"] == 256 and meta["eot_token"] is None
