@@ -96,10 +96,11 @@ def describe(run, state) -> None:
     arithmetic, model size, data, when a time budget ends it; and, on a CPU, a warning when its updates
     or evaluations will be slow."""
     procs, plan, model, cfg = run.procs, run.plan, run.model, run.cfg
+    compiled = getattr(run.train_model, "module", run.train_model) is not model  # (DDP wraps the compiled model)
     micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
         f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
     print0(f"device {procs.device}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
-           f"process(es){', fsdp' if run.sharded else ''}, compile {'on' if run.eval_model is not model else 'off'}; "
+           f"process(es){', fsdp' if run.sharded else ''}, compile {'on' if compiled else 'off'}; "
            f"tokens per update: {plan.global_seqs} sequences x {plan.block_size} = {plan.tokens_per_update:,} (per "
            f"process {plan.stop - plan.start} sequences in micro-batch(es) of {micro})")
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
