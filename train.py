@@ -391,16 +391,17 @@ def train_loop(run: Run, state: LoopState) -> None:
     zero = time.time() - state.elapsed_s  # the clock of the whole run, resumes included
     window, eval_seconds, nonfinite_in_a_row, first_update = MetricWindow(state.iter_num), 0.0, 0, True
     while True:
-        # a time budget ends the run when what is left of it is the last evaluation (its measured time);
-        # under DDP every rank takes rank 0's clock: the same LR and the same last step
+        # a time budget ends the run when what is left of it is the last evaluation (its measured time),
+        # or two when one is due now (which then is the last); under DDP every rank takes rank 0's clock
         state.elapsed_s, spent = time.time() - zero, time.time() - zero + eval_seconds
         if cfg.max_seconds:
             state.elapsed_s, spent = rank0_values([state.elapsed_s, spent], procs)
-        out_of_time = 0 < cfg.max_seconds <= spent
+        due = state.iter_num % cfg.eval_interval == 0
+        out_of_time = 0 < cfg.max_seconds <= spent + (eval_seconds if due else 0)
         finished = state.iter_num >= cfg.max_iters or out_of_time or cfg.eval_only
         lr = learning_rate_at(state.iter_num, cfg, state.elapsed_s)
         set_learning_rate(run.optimizer, lr)
-        due = state.iter_num % cfg.eval_interval == 0 or finished
+        due = due or finished
         evaluated = due and (state.iter_num != state.evaluated_at or cfg.eval_only)
         if evaluated:
             started = time.time()

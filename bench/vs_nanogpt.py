@@ -51,7 +51,8 @@ DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 PATTERNS = {  # (iteration time in ms, val loss, tokens per iteration) in each trainer's output
     "nanoGPT": (r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", r"^step \d+: train loss [\d.]+, val loss ([\d.]+)",
                 r"tokens per iteration will be: ([\d,]+)"),
-    "smallgpt": (r"^iter \d+/\d+: .*?, ([\d.]+) ms/iter", r"^step \d+: train loss [\d.]+, val loss ([\d.]+)",
+    # "iter 10/2000: ..." or, with a time budget, "iter 50 (9/52s): ..."
+    "smallgpt": (r"^iter \d+(?:/\d+)?(?: \([^)]*\))?: .*?, ([\d.]+) ms/iter", r"^step \d+: train loss [\d.]+, val loss ([\d.]+)",
                  r"tokens per update: .*= ([\d,]+)"),
 }
 
@@ -124,7 +125,8 @@ def main(argv=None) -> dict:
     parser.add_argument("nanogpt", metavar="NANOGPT_DIR", help="a checkout of karpathy/nanoGPT")
     parser.add_argument("--max_iters", type=int, default=2000, help="iterations of each run (README: 2000)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating (nanoGPT first)")
-    parser.add_argument("--ours", default="", help="one of our configs to run instead of the same command")
+    parser.add_argument("--ours", default="", help='one of our configs to run instead of the same command, '
+                        'with any overrides: "config/shakespeare_char_cpu.toml --max_seconds=50"')
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="tiny Shakespeare text, if the "
                         "checkout's data/shakespeare_char has none")
     args = parser.parse_args(argv)
@@ -142,7 +144,7 @@ def main(argv=None) -> dict:
         for r in range(args.rounds):
             results["nanoGPT"].append(run("nanoGPT", [sys.executable, "train.py", "config/train_shakespeare_char.py",
                                                       *flags, f"--out_dir={tmp}/nanogpt{r}"], nanogpt))
-            ours = [args.ours] if args.ours else ["config/shakespeare_char.toml", *flags]
+            ours = args.ours.split() if args.ours else ["config/shakespeare_char.toml", *flags]
             results["smallgpt"].append(run("smallgpt", [sys.executable, "train.py", *ours, f"--dataset={data}",
                                                         f"--out_dir={tmp}/ours{r}"], REPO))
     print(f"load after: {load()}")

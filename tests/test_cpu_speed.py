@@ -4,8 +4,11 @@ and bench/train_speed.py.
     python -m pytest tests/test_cpu_speed.py -q
 """
 
+import contextlib
+import io
 import math
 import re
+import time
 
 import torch
 from conftest import records, run_script
@@ -71,6 +74,24 @@ def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp
     assert ckpt["iter_num"] == evals[-1]["iter"] and 2.5 <= ckpt["elapsed_s"] <= 4.0
     assert re.search(r"^time budget 3s \(3s left\), the last evaluation included: ends at about \d\d:\d\d:\d\d$",
                      result.stdout, re.MULTILINE), result.stdout
+
+
+def test_a_due_evaluation_that_leaves_no_room_for_the_last_one_is_the_last(small_char_dataset, tmp_path):
+    """Evaluations of ~2 s at every iteration, a 5 s budget: the one due at ~2 s ends at ~4 s and leaves
+    no room for another, so it is the last, and the run ends within its budget rather than at ~6 s."""
+    import train
+
+    def slow_evaluations(event, state, run):
+        if event == "eval_batch":  # 2 batches per split: 4 x 0.5 s per evaluation
+            time.sleep(0.5)
+
+    out = tmp_path / "run"
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main([f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--eval_interval=1",
+                    "--max_iters=1000", "--max_seconds=5", "--compile=false"], hook=slow_evaluations)
+    evals = records(out)
+    assert [r["iter"] for r in evals] == [0, 1], evals
+    assert evals[-1]["elapsed_s"] <= 5.0, evals
 
 
 def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
