@@ -216,8 +216,8 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     train_model = compiled if not procs.ddp or sharded else DDP(  # DDP: gradients in its buckets' memory
         compiled, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None,
         gradient_as_bucket_view=True)
-    # a CPU evaluates uncompiled: compiling the no-grad graph took 16 s of a first run's 100 s (3 s cached)
-    # and saved ~0.4 s per evaluation of the quick start (README: Training fast on a CPU)
+    # a CPU evaluates uncompiled: compiling the no-grad graph took 16 s of a first run's 100 s (2-3 s cached)
+    # to save ~0.3 s per evaluation of the quick start (README: Training fast on a CPU)
     eval_model = model if procs.device.type == "cpu" else compiled
     state = LoopState(pretrained_from=pretrained_from)
     if ckpt is not None:  # optimizer, scaler, this process's RNG, sampler position, and the loop state

@@ -172,12 +172,16 @@ def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_
 def test_first_ctrl_c_asks_to_stop_second_leaves_at_once():
     with StopRequest() as stop:
         assert not stop.requested
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)  # the handler runs at the next bytecode boundary of the main thread
+        # raise_signal sends it to this thread (os.kill to the process may land on one of torch's threads,
+        # whose turn on a busy CPU can come tens of ms later); the handler runs at the next bytecode
+        signal.raise_signal(signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert stop.requested and stop.reason == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
