@@ -301,6 +301,14 @@ def parse_config(cls, argv: list[str], description: str = "", **read_options):
     return build_config(cls, read_overrides(cls, argv, description, **read_options))
 
 
+def parse_variant(value: str) -> tuple[str, list[str]]:
+    """A bench's `--variant "NAME: --key=value ..."`: its name and its overrides."""
+    name, colon, overrides = value.partition(":")
+    if not colon or not name.strip():
+        raise UserError(f"bad --variant {value!r}: write --variant \"NAME: --key=value ...\"")
+    return name.strip(), overrides.split()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for scripts that take flags (prepare/): a bad flag is a one-line UserError, not usage + exit 2."""
 

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from cli import UserError, run_main  # noqa: E402
+from cli import UserError, parse_variant, run_main  # noqa: E402
 
 PRESET = [
     ("base", []),
@@ -77,10 +77,7 @@ def split_args(argv: list[str]):
         elif arg.startswith("--") and key == "variant":
             if not eq:
                 value = next(args, "")
-            name, colon, overrides = value.partition(":")
-            if not colon or not name.strip():
-                raise UserError(f"bad --variant {value!r}: write --variant \"NAME: --key=value ...\"")
-            variants.append((name.strip(), overrides.split()))
+            variants.append(parse_variant(value))
         elif arg == "--preset":
             variants.extend(PRESET)
         elif arg.startswith("-"):

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import torch  # noqa: E402
 
-from cli import UserError, run_main  # noqa: E402
+from cli import UserError, parse_variant, run_main  # noqa: E402
 from device import measure_matmul_flops, peak_flops, synchronize  # noqa: E402
 from distributed import setup_processes  # noqa: E402
 from optim import set_learning_rate  # noqa: E402
@@ -62,10 +62,7 @@ def split_args(argv: list[str]):
         elif arg.startswith("--") and key == "variant":
             if not eq:
                 value = next(args, "")
-            name, colon, overrides = value.partition(":")
-            if not colon or not name.strip():
-                raise UserError(f"bad --variant {value!r}: write --variant \"NAME: --key=value ...\"")
-            variants.append((name.strip(), overrides.split()))
+            variants.append(parse_variant(value))
         elif arg == "--no_peak":
             no_peak = True
         elif arg == "--matrix":
