@@ -18,6 +18,13 @@ time), best first. --preset adds the candidates this project searched: model sha
 rates, schedule, warmup, Muon settings, and the switches the speedrun community measured (value
 embeddings, U-net skips, zero-init projections, logit soft-capping). Runs that fail are listed with
 their error. The machine should be otherwise idle: say what the load was (it is printed).
+
+--iters=N compares at equal updates instead of equal time: each run is `--max_iters=N --max_seconds=0`
+(evaluated at the end; no warm-up run, since compilation no longer costs learning). A machine whose
+speed drifts between runs (a shared VM: 10-15%) moves a time-budgeted loss by about as much as a
+small recipe change does; at equal updates a run's loss does not depend on the machine's speed. Use
+it for what leaves a step's cost alone (learning rates, schedule, Muon settings, initialisation),
+then time the winner with --seconds.
 """
 
 import json
@@ -61,7 +68,7 @@ PRESET = [
 
 
 def split_args(argv: list[str]):
-    config, options, variants = [], {"seconds": 90.0, "repeats": 1, "work": "", "dataset": ""}, []
+    config, options, variants = [], {"seconds": 90.0, "iters": 0, "repeats": 1, "work": "", "dataset": ""}, []
     options["cold"] = "--cold" in argv  # measure first-run costs: no warm-up run fills the compile cache
     argv = [arg for arg in argv if arg != "--cold"]
     args = iter(argv)
@@ -97,14 +104,17 @@ def final_record(out_dir: Path) -> dict:
 
 
 def run_variant(config: list[str], overrides: list[str], options: dict, out_dir: Path) -> dict:
-    """One time-budgeted train.py process: its final evaluation and wall time, or its error."""
+    """One time-budgeted (or --iters) train.py process: its final evaluation and wall time, or its error."""
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), *config, *overrides, f"--out_dir={out_dir}", "--overwrite=true"]
     if options["dataset"]:
         cmd.insert(3, f"--dataset={options['dataset']}")
-    if not options["cold"]:  # a few steps first, so that compilation (once per shape, then cached) is not timed
-        subprocess.run(cmd + ["--max_iters=3", "--eval_interval=3", "--eval_iters=2"], cwd=REPO_ROOT,
-                       capture_output=True)
-    cmd.append(f"--max_seconds={options['seconds']:g}")
+    if options["iters"] > 0:  # equal updates: the clock plays no part
+        cmd += ["--max_seconds=0", f"--max_iters={options['iters']}", f"--eval_interval={options['iters']}"]
+    else:
+        if not options["cold"]:  # a few steps first, so that compilation (once per shape, then cached) is not timed
+            subprocess.run(cmd + ["--max_iters=3", "--eval_interval=3", "--eval_iters=2"], cwd=REPO_ROOT,
+                           capture_output=True)
+        cmd.append(f"--max_seconds={options['seconds']:g}")
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -122,7 +132,8 @@ def main(argv: list[str]) -> None:
         return
     config, options, variants = split_args(argv)
     work = Path(options["work"] or tempfile.mkdtemp(prefix="recipe_search_"))
-    print(f"{len(variants)} variant(s) x {options['repeats']} of {' '.join(config)}, {options['seconds']:g} s "
+    budget = f"{options['iters']} updates" if options["iters"] > 0 else f"{options['seconds']:g} s"
+    print(f"{len(variants)} variant(s) x {options['repeats']} of {' '.join(config)}, {budget} "
           f"each; load average {os.getloadavg()[0]:.2f}; runs in {work}", flush=True)
     results = {name: [] for name, _ in variants}
     for repeat in range(options["repeats"]):

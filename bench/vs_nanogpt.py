@@ -3,6 +3,7 @@
     python bench/vs_nanogpt.py ../nanoGPT                        # 2000 iterations each, as nanoGPT's README
     python bench/vs_nanogpt.py ../nanoGPT --max_iters=100 --rounds=2
     python bench/vs_nanogpt.py ../nanoGPT --ours=config/shakespeare_char_cpu.toml --rounds=2
+    python bench/vs_nanogpt.py ../nanoGPT --ours=config/shakespeare_char_cpu.toml --match_time --rounds=2
 
 NANOGPT_DIR is a checkout of karpathy/nanoGPT that you have (no nanoGPT code is in this repo). Its
 shakespeare_char data are prepared offline: --input (default: ../shared/data/tinyshakespeare.txt
@@ -22,14 +23,24 @@ multiple of 250, so that both evaluate at the end).
 --ours=CONFIG runs one of our configs instead of the same command (`python train.py CONFIG
 --dataset=NANOGPT_DIR/data/shakespeare_char`, as the config says otherwise: its own shape, optimizer
 and time budget): the race against nanoGPT's quick start for the best val loss in its wall time.
+With --match_time, ours gets that wall time on this machine: each round's run of ours is given
+--max_seconds = nanoGPT's wall time in that round minus --margin seconds (what ours spends outside
+its budget: start-up, the first batch's compilation, the save and exit; 7 s by default, 6 s measured
+on a 2-core EPYC), so the race is fair on a machine slower or faster than the one the config's
+max_seconds was set on. Both wall times are printed: check that ours' is not longer.
 
 Printed for each: tokens per iteration (from its own start line), ms per iteration (the median over
 every logged iteration but the first, as each prints it: nanoGPT's `time ...ms`, our `ms/iter`), the
-final val loss, and the wall time of the process; then ours over nanoGPT's ms/iter. The val losses
-differ by noise (nanoGPT evaluates on random batches, we on fixed ones; different data order). Both
-use torch's default threads: run it on a quiet machine (the load is printed before and after).
+final val loss as each trainer printed it, the val loss of its saved checkpoint on the whole val split
+(our eval.py --context=1: every one of the split's tokens scored once, in disjoint windows of the
+block size, the same tokens for both), and the wall time of the process (the scoring not included);
+then ours over nanoGPT's ms/iter. The printed val losses are estimates from a sample of the split
+(nanoGPT: 20 random batches of 12 windows; ours: fixed batches drawn with the run's seed), off the
+whole split's loss by up to ~0.02; compare the whole-split column. Both use torch's default threads:
+run it on a quiet machine (the load is printed before and after).
 """
 
+import json
 import os
 import platform
 import re
@@ -87,8 +98,9 @@ def prepare_nanogpt_data(nanogpt: Path, text: Path) -> Path:
     return data
 
 
-def run(name: str, cmd: list[str], cwd: Path) -> dict:
-    """Run one trainer; its iteration times, last val loss, tokens per iteration and wall time."""
+def run(name: str, cmd: list[str], cwd: Path, out_dir: Path, data: Path) -> dict:
+    """Run one trainer (writing to out_dir); its iteration times, last val loss, tokens per iteration,
+    wall time and its checkpoint's loss on data's whole val split."""
     print(f"{name}: {' '.join(cmd[1:])}", flush=True)
     started = time.time()
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -103,9 +115,21 @@ def run(name: str, cmd: list[str], cwd: Path) -> dict:
     if not times or not vals:
         raise UserError(f"{name}: found no iteration times or val loss in its output; its last line: "
                         f"{(result.stdout.strip().splitlines() or ['(none)'])[-1]}")
-    found = {"times": times, "val": float(vals[-1]), "tokens": tokens.group(1) if tokens else "?", "wall": wall}
-    print(f"  {statistics.median(times):.1f} ms/iter, val loss {found['val']:.4f}, {wall:.1f} s", flush=True)
+    found = {"times": times, "val": float(vals[-1]), "tokens": tokens.group(1) if tokens else "?", "wall": wall,
+             "full_val": whole_split_loss(out_dir, data)}
+    print(f"  {statistics.median(times):.1f} ms/iter, val loss {found['val']:.4f} (whole split "
+          f"{found['full_val']:.4f}), {wall:.1f} s", flush=True)
     return found
+
+
+def whole_split_loss(out_dir: Path, data: Path) -> float:
+    """The saved checkpoint's mean loss on every token of data's val split (eval.py, disjoint windows)."""
+    result = subprocess.run([sys.executable, "eval.py", f"--out_dir={out_dir}", f"--dataset={data}", "--split=val",
+                             "--context=1", "--json"], cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise UserError(f"eval.py could not score {out_dir}: {last}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["nats_per_token"]
 
 
 def load() -> str:
@@ -127,11 +151,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=1, help="runs of each, alternating (nanoGPT first)")
     parser.add_argument("--ours", default="", help='one of our configs to run instead of the same command, '
                         'with any overrides: "config/shakespeare_char_cpu.toml --max_seconds=50"')
+    parser.add_argument("--match_time", action="store_true", help="with --ours: give ours nanoGPT's wall time "
+                        "of the same round, less --margin (--max_seconds)")
+    parser.add_argument("--margin", type=float, default=7.0, help="seconds of ours' start-up and exit outside "
+                        "its budget, taken off nanoGPT's wall time by --match_time")
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="tiny Shakespeare text, if the "
                         "checkout's data/shakespeare_char has none")
     args = parser.parse_args(argv)
     if args.max_iters < 2 or args.rounds < 1:
         raise UserError("--max_iters must be at least 2 and --rounds at least 1")
+    if args.match_time and not args.ours:
+        raise UserError("--match_time gives one of our configs nanoGPT's time: name it with --ours=CONFIG")
     nanogpt = Path(args.nanogpt).resolve()
     data = prepare_nanogpt_data(nanogpt, args.input)
     import torch  # only for its version
@@ -142,21 +172,32 @@ def main(argv=None) -> dict:
     results: dict[str, list[dict]] = {"nanoGPT": [], "smallgpt": []}
     with tempfile.TemporaryDirectory(prefix="vs_nanogpt_") as tmp:
         for r in range(args.rounds):
+            out = Path(tmp) / f"nanogpt{r}"
             results["nanoGPT"].append(run("nanoGPT", [sys.executable, "train.py", "config/train_shakespeare_char.py",
-                                                      *flags, f"--out_dir={tmp}/nanogpt{r}"], nanogpt))
+                                                      *flags, f"--out_dir={out}"], nanogpt, out, data))
             ours = args.ours.split() if args.ours else ["config/shakespeare_char.toml", *flags]
+            if args.match_time:
+                budget = results["nanoGPT"][-1]["wall"] - args.margin
+                ours.append(f"--max_seconds={budget:.1f}")
+            out = Path(tmp) / f"ours{r}"
             results["smallgpt"].append(run("smallgpt", [sys.executable, "train.py", *ours, f"--dataset={data}",
-                                                        f"--out_dir={tmp}/ours{r}"], REPO))
+                                                        f"--out_dir={out}"], REPO, out, data))
     print(f"load after: {load()}")
     summary = {}
-    print(f"{'':10} {'tokens/iter':>11} {'ms/iter':>9} {'val loss':>16} {'wall s':>8}")
+    print(f"{'':10} {'tokens/iter':>11} {'ms/iter':>9} {'val loss':>16} {'whole split':>16} {'wall s':>8}")
     for name, runs in results.items():
         ms = statistics.median(t for found in runs for t in found["times"])
         vals = ", ".join(f"{found['val']:.4f}" for found in runs)
+        full = ", ".join(f"{found['full_val']:.4f}" for found in runs)
         wall = statistics.median(found["wall"] for found in runs)
-        summary[name] = {"ms_per_iter": ms, "val_loss": [found["val"] for found in runs], "wall_s": wall}
-        print(f"{name:10} {runs[0]['tokens']:>11} {ms:9.1f} {vals:>16} {wall:8.1f}")
+        summary[name] = {"ms_per_iter": ms, "val_loss": [found["val"] for found in runs],
+                         "whole_split_loss": [found["full_val"] for found in runs], "wall_s": wall}
+        print(f"{name:10} {runs[0]['tokens']:>11} {ms:9.1f} {vals:>16} {full:>16} {wall:8.1f}")
     if args.ours:
+        pairs = list(zip(results["nanoGPT"], results["smallgpt"]))
+        walls = ", ".join(f"{a['wall']:.1f} / {b['wall']:.1f} s" for a, b in pairs)
+        print(f"wall time by round, nanoGPT / ours: {walls}"
+              f"; ours within nanoGPT's time in {sum(b['wall'] <= a['wall'] for a, b in pairs)} of {len(pairs)}")
         ratio = summary["smallgpt"]["wall_s"] / summary["nanoGPT"]["wall_s"]
         print(f"wall time, {args.ours} over nanoGPT's quick start: {ratio:.2f}x ({args.rounds} round(s) each)")
         summary["ratio"] = ratio

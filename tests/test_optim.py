@@ -8,7 +8,8 @@ import copy
 import torch
 
 from model import GPT, GPTConfig
-from optim import MuonAdamW, build_optimizer, muon_param_groups, orthogonalize, set_learning_rate
+import optim
+from optim import MuonAdamW, build_optimizer, muon_param_groups, newton_schulz_dtype, orthogonalize, set_learning_rate
 from train import TrainConfig
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40)
@@ -38,7 +39,7 @@ def test_orthogonalize_matches_reference_and_is_near_orthogonal():
     torch.manual_seed(0)
     for shape in [(32, 96), (96, 32), (40, 40)]:
         g = torch.randn(shape)
-        got = orthogonalize(g, steps=5)
+        got = orthogonalize(g, steps=5, dtype=torch.float32)
         assert got.shape == g.shape
         torch.testing.assert_close(got, reference_newton_schulz(g, 5), rtol=1e-3, atol=1e-4)
         singular = torch.linalg.svdvals(got)
@@ -51,13 +52,37 @@ def test_orthogonalize_matches_reference_and_is_near_orthogonal():
         assert cosine > 0.95
 
 
+def test_bfloat16_newton_schulz_orthogonalizes_like_float32():
+    """The bf16 iteration (GPUs, CPUs with bf16 units) lands where float32's does, within bf16's precision."""
+    torch.manual_seed(4)
+    g = torch.randn(3, 128, 512)
+    exact, fast = orthogonalize(g, dtype=torch.float32), orthogonalize(g, dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32 and fast.shape == g.shape
+    cosine = (exact * fast).sum(dim=(1, 2)) / (exact.norm(dim=(1, 2)) * fast.norm(dim=(1, 2)))
+    assert cosine.min() > 0.999, cosine
+    assert (fast - exact).abs().max() < 0.02
+    singular = torch.linalg.svdvals(fast)
+    assert singular.min() > 0.5 and singular.max() < 1.3
+
+
+def test_newton_schulz_runs_in_bfloat16_only_where_matmuls_have_bf16_units(monkeypatch):
+    for has_units, expected in [(True, torch.bfloat16), (False, torch.float32)]:
+        monkeypatch.setattr(optim, "cpu_has_bf16_units", lambda: has_units)
+        newton_schulz_dtype.cache_clear()
+        assert newton_schulz_dtype("cpu") == expected
+        assert newton_schulz_dtype("cuda") == torch.bfloat16
+        assert newton_schulz_dtype("mps") == torch.float32
+    newton_schulz_dtype.cache_clear()
+
+
 def test_muon_step_matches_plain_computation():
     """Two steps of MuonAdamW on one matrix, by hand: momentum, Nesterov, NS, scale, decay."""
     torch.manual_seed(1)
     w = torch.nn.Parameter(torch.randn(48, 16))
     w0 = w.detach().clone()
     lr, wd, mu = 0.05, 0.1, 0.9
-    opt = MuonAdamW([{"params": [w], "use_muon": True, "lr": lr, "weight_decay": wd, "momentum": mu}])
+    opt = MuonAdamW([{"params": [w], "use_muon": True, "lr": lr, "weight_decay": wd, "momentum": mu}],
+                    ns_dtype=torch.float32)
     grads = [torch.randn(48, 16), torch.randn(48, 16)]
     expected, buf = w0.clone(), torch.zeros_like(w0)
     for g in grads:
