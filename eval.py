@@ -2,6 +2,7 @@
 
     python eval.py --out_dir=out-shakespeare-char --input=notes/              # files, folders, globs
     python eval.py --out_dir=out-shakespeare-char --dataset=shakespeare_char --split=val
+    python eval.py --out_dir=out-shakespeare-char        # the run's own dataset, val split
     python eval.py --init_from=gpt2 --input=book.txt --json                  # OpenAI's GPT-2 (Hugging Face)
     python eval.py --out_dir=../nanoGPT/out-shakespeare-char --input=book.txt  # a nanoGPT run
     python eval.py --help
@@ -13,7 +14,8 @@ Face layout (--init_from=gpt2|gpt2-medium|gpt2-large|gpt2-xl|FOLDER, needs the .
 The text: --input is read as prepare/text.py reads it (files, folders with --include, globs; .jsonl
 lines and .gz files; each file or .jsonl line one document) and tokenized with the model's tokenizer
 as prepare would (GPT-2 BPE puts <|endoftext|> after each document). Or --dataset with --split: the
-tokens of a prepared dataset folder, ours or nanoGPT's (--max_tokens scores only the first N).
+tokens of a prepared dataset folder, ours or nanoGPT's (--max_tokens scores only the first N). With
+neither, a run of ours is scored on --split of the dataset it trained on (as its config.json names it).
 
 Scoring: the tokens are read in windows of up to block_size tokens (the model's inputs), run as
 batches of --batch_size windows. Each window scores only the tokens that no earlier window scored,
@@ -223,8 +225,18 @@ def validate(cfg: EvalConfig) -> None:
                         f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
 
 
+def dataset_of_run(out_dir: str) -> str:
+    """The dataset a run of ours trained on (its config.json), or "" (a nanoGPT run, a bare checkpoint)."""
+    try:
+        return json.loads((Path(out_dir) / "config.json").read_text()).get("dataset", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def main(argv: list[str]) -> dict:
     cfg = parse_config(EvalConfig, argv, __doc__)
+    if not cfg.input and not cfg.dataset and not cfg.init_from:  # the run's own dataset, --split of it
+        cfg.dataset = dataset_of_run(cfg.out_dir)
     validate(cfg)
     device = resolve_device(cfg.device)
     dtype = inference_dtype(cfg.dtype, device)

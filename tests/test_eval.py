@@ -264,3 +264,19 @@ def test_script_output_in_a_log(char_run):
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and "nats/token" in lines[1] and "bits/byte" in lines[1] and "perplexity" in lines[1]
     assert f"{len(TEXT) - 1:,} tokens ({len(TEXT.encode('utf-8')) - len(TEXT[0].encode('utf-8')):,} bytes)" in lines[0]
+
+
+def test_a_run_alone_is_scored_on_its_own_dataset(tmp_path):
+    """`eval.py --out_dir=RUN` with no text: the val (or --split) tokens of the dataset the run trained on."""
+    import train
+
+    write_char_dataset(tmp_path / "ds", TEXT * 20)
+    train.main([f"--dataset={tmp_path / 'ds'}", f"--out_dir={tmp_path / 'run'}", "--n_layer=1", "--n_head=2",
+                "--n_embd=16", "--block_size=16", "--batch_size=4", "--max_iters=4", "--eval_interval=4",
+                "--eval_iters=1", "--device=cpu", "--dtype=float32", "--compile=false"])
+    common = [f"--out_dir={tmp_path / 'run'}", "--device=cpu", "--json"]
+    for split in ("val", "train"):
+        alone = eval_script.main([*common, f"--split={split}"])
+        named = eval_script.main([*common, f"--dataset={tmp_path / 'ds'}", f"--split={split}"])
+        assert alone == named and alone["text"].endswith(f"{split}.bin")
+    assert eval_script.main(common)["text"].endswith("val.bin")  # val is the default split
