@@ -15,7 +15,7 @@ The text: --input is read as prepare/text.py reads it (files, folders with --inc
 lines and .gz files; each file or .jsonl line one document) and tokenized with the model's tokenizer
 as prepare would (GPT-2 BPE puts <|endoftext|> after each document). Or --dataset with --split: the
 tokens of a prepared dataset folder, ours or nanoGPT's (--max_tokens scores only the first N). With
-neither, a run of ours is scored on --split of the dataset it trained on (as its config.json names it).
+neither, a run of ours is scored on --split of the dataset it trained on (as its checkpoint names it).
 
 Scoring: the tokens are read in windows of up to block_size tokens (the model's inputs), run as
 batches of --batch_size windows. Each window scores only the tokens that no earlier window scored,
@@ -173,15 +173,16 @@ def evaluate(model, tokens, byte_lengths, block_size: int, context: int, batch_s
 # ----------------------------------------------------------------------------- model and text
 
 def load_model(cfg: EvalConfig, dataset_folder: Path | None):
-    """(model on the CPU, its tokenizer meta, a name for it) for --init_from or --out_dir."""
+    """(model on the CPU, its tokenizer meta, a name for it, the dataset it trained on or "") for
+    --init_from or --out_dir (the dataset as a run of ours saved it in its checkpoint)."""
     if cfg.init_from:
         import hf  # optional dependencies, needed only here
 
-        return hf.load_pretrained(cfg.init_from), hf.pretrained_meta(cfg.init_from), cfg.init_from
+        return hf.load_pretrained(cfg.init_from), hf.pretrained_meta(cfg.init_from), cfg.init_from, ""
     model, ckpt = checkpoint.load_model(cfg.out_dir, dataset=dataset_folder)
     if "nanogpt_vocabulary" in ckpt:
         note(f"{cfg.out_dir} is a nanoGPT run: {ckpt['nanogpt_vocabulary']}")
-    return model, ckpt.get("meta") or {}, cfg.out_dir
+    return model, ckpt.get("meta") or {}, cfg.out_dir, (ckpt.get("train_config") or {}).get("dataset", "")
 
 
 def input_tokens(cfg: EvalConfig, tokenizer) -> tuple[np.ndarray, str]:
@@ -212,9 +213,12 @@ def dataset_tokens(folder: Path, meta: dict, split: str, max_tokens: int) -> np.
     return data[:max_tokens] if max_tokens else data
 
 
+NOTHING_TO_SCORE = "nothing to score: give --input=FILE_OR_FOLDER, or --dataset=FOLDER (with --split)"
+
+
 def validate(cfg: EvalConfig) -> None:
-    if not cfg.input and not cfg.dataset:
-        raise UserError("nothing to score: give --input=FILE_OR_FOLDER, or --dataset=FOLDER (with --split)")
+    if not cfg.input and not cfg.dataset and cfg.init_from:  # (a run of ours names its dataset)
+        raise UserError(NOTHING_TO_SCORE)
     for name in ("max_tokens", "block_size", "context"):
         if getattr(cfg, name) < 0:
             raise UserError(f"bad value for {name}: {getattr(cfg, name)} (must be >= 0; 0 picks the default)")
@@ -225,18 +229,8 @@ def validate(cfg: EvalConfig) -> None:
                         f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
 
 
-def dataset_of_run(out_dir: str) -> str:
-    """The dataset a run of ours trained on (its config.json), or "" (a nanoGPT run, a bare checkpoint)."""
-    try:
-        return json.loads((Path(out_dir) / "config.json").read_text()).get("dataset", "")
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
 def main(argv: list[str]) -> dict:
     cfg = parse_config(EvalConfig, argv, __doc__)
-    if not cfg.input and not cfg.dataset and not cfg.init_from:  # the run's own dataset, --split of it
-        cfg.dataset = dataset_of_run(cfg.out_dir)
     validate(cfg)
     device = resolve_device(cfg.device)
     dtype = inference_dtype(cfg.dtype, device)
@@ -246,8 +240,15 @@ def main(argv: list[str]) -> dict:
         from data import load_dataset
 
         folder, data_meta = load_dataset(cfg.dataset, log=note)
-    model, model_meta, model_name = load_model(cfg, folder)
+    model, model_meta, model_name, trained_on = load_model(cfg, folder)
     model = model.to(device).eval()
+    if not cfg.input and not cfg.dataset:  # a run of ours alone: --split of the dataset it trained on
+        if not trained_on:
+            raise UserError(NOTHING_TO_SCORE)
+        from data import load_dataset
+
+        cfg.dataset = trained_on
+        folder, data_meta = load_dataset(cfg.dataset, log=note)
 
     if cfg.input:  # --dataset, if given too, only said where a nanoGPT run's vocabulary is
         tokenizer = tokenizer_from_meta(model_meta, where=str(model_name))
