@@ -177,7 +177,7 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     max_seconds = max((s for records in runs for s in _series(records, "elapsed_s", "iter")[0]), default=0.0)
     scale, time_unit = _time_unit(max_seconds)
 
-    fig = Figure(figsize=(12, 7.5), layout="constrained")
+    fig = Figure(figsize=(12, 7.5))
     grid = fig.add_gridspec(2, 2, height_ratios=[3, 1.2])
     loss_it = fig.add_subplot(grid[0, 0])
     loss_t = fig.add_subplot(grid[0, 1], sharey=loss_it)
@@ -237,8 +237,13 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     handles = [Line2D([], [], color=f"C{i % 10}", linewidth=2.5, label=label) for i, label in enumerate(labels)]
     handles += [Line2D([], [], color="0.3", linestyle="-", marker="o", markersize=3, label="val loss"),
                 Line2D([], [], color="0.3", linestyle="--", label="train loss")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(labels) > 3 else 1, fontsize=9,
-               frameon=False)
+    ncol = 2 if len(labels) > 3 else 1
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
+    # fixed margins, the legend's rows below the panels: constrained layout measured every label for
+    # this and took about half of the drawing time (train.py redraws loss.png while it trains)
+    legend_rows = -(-len(handles) // ncol)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.91, hspace=0.08, wspace=0.04,
+                        bottom=(0.75 + 0.2 * legend_rows) / 7.5)
     if title is None:
         title = labels[0].split(":")[0] if len(labels) == 1 else f"{len(labels)} runs"
     fig.suptitle(title)

@@ -157,6 +157,9 @@ def batch_origin(cfg, sources: dict) -> None:
            f"gradient_accumulation_steps sequences, as nanoGPT counts it)")
 
 
+SLOWEST_CPU_FLOPS = 5e9  # matmul FLOP/s of a slow CPU: an old laptop core, or two shared with busy programs
+
+
 def warn_if_slow(procs, flops_per_token: float, plan, cfg) -> None:
     """On a CPU, one line before the first step with the expected time per update and per evaluation
     (a forward pass is a third of training's FLOPs), from a matmul rate measured here: when an update is
@@ -164,10 +167,12 @@ def warn_if_slow(procs, flops_per_token: float, plan, cfg) -> None:
     evaluation will be long (then saying what to lower). plan: data.BatchPlan; cfg: train.TrainConfig."""
     if procs.device.type != "cpu" or not procs.master:
         return
+    update_flops = flops_per_token * plan.tokens_per_update
+    eval_flops = flops_per_token / 3 * 2 * cfg.eval_iters * cfg.batch_size * plan.block_size  # both splits
+    if len(plan.micro_sizes) == 1 and max(update_flops / 2, eval_flops / 60) < SLOWEST_CPU_FLOPS:
+        return  # nothing to say even on the slowest CPU: spare the measurement's ~0.3 s
     rate = device.measure_matmul_flops(procs.device, procs.dtype, seconds=0.2)
-    per_update = flops_per_token * plan.tokens_per_update / rate
-    eval_tokens = 2 * cfg.eval_iters * cfg.batch_size * plan.block_size  # both splits
-    per_eval = flops_per_token / 3 * eval_tokens / rate
+    per_update, per_eval = update_flops / rate, eval_flops / rate
     parts = [f"this CPU does about {rate / 1e9:.0f} GFLOP/s: expect roughly {format_seconds(per_update)} per update "
              f"and {format_seconds(per_eval)} per evaluation"]
     if len(plan.micro_sizes) > 1:
