@@ -70,11 +70,13 @@ def cuda_has_bf16_units(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
-# Below this model width (n_embd) bf16 autocast on a CPU is slower than float32, even with AMX: the
-# casts around small matmuls cost more than the matmuls save. Measured on a 2-core Xeon with AMX,
-# torch 2.13: nanoGPT's CPU quick-start model (128 wide) 1.4x slower per step in bf16; 192 wide even;
-# 384 wide 1.2-2.4x faster in bf16.
-CPU_BF16_MIN_WIDTH = 192
+# Below this model width (n_embd) bf16 autocast on a CPU may not beat float32: the casts around small
+# matmuls cost about what the matmuls save. Measured on a 2-core AMD EPYC (Zen 5, AVX512-BF16), torch
+# 2.13, bench/train_speed.py, attention in float32 inside autocast (model.causal_attention): bf16 steps
+# 1.82x faster than float32 at 128 wide (shakespeare_char_cpu, compiled), 1.69x eager, 1.41x at 64
+# wide. (Before attention ran in float32, torch's slow bf16 flash-attention backward made bf16 1.4x
+# slower at 128 wide on a Xeon with AMX, hence the 192 this once was; AMX is unmeasured since.)
+CPU_BF16_MIN_WIDTH = 64
 
 
 def resolve_dtype(name: str, device: torch.device, width: int | None = None) -> torch.dtype:

@@ -67,6 +67,21 @@ def test_eval_forward_is_one_graph_too():
         torch.compile(model, backend="aot_eager", fullgraph=True)(x, x)
 
 
+def test_cpu_bf16_autocast_training_is_one_graph():
+    """bf16 autocast on a CPU (dtype=auto there on CPUs with bf16 units), with attention switched back to
+    float32 inside it (model.causal_attention), still traces into one graph."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, **ALL_MODERN))
+    x = torch.randint(0, 65, (2, 16))
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(model)(x, x)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        _, loss = torch.compile(model, backend="aot_eager", fullgraph=True)(x, x)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.slow
 def test_compiled_training_equals_eager_over_20_steps(small_char_dataset, tmp_path):
     """train.py with compile=true (inductor) against compile=false: the same 20 updates, losses and
