@@ -169,7 +169,6 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     runs = [read_metrics(d) for d in run_dirs]  # bad run folders are reported first, matplotlib or not
     require_matplotlib()
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     labels = [_label(name, options) for name, options in
@@ -234,20 +233,26 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     loss_t.tick_params(labelleft=False, which="both")
     lr_t.tick_params(labelleft=False, which="both")
 
+    _legend_below(fig, labels)
+    if title is None:
+        title = labels[0].split(":")[0] if len(labels) == 1 else f"{len(labels)} runs"
+    fig.suptitle(title)
+    return fig
+
+
+def _legend_below(fig, labels: list[str]) -> None:
+    """One colour per run, then the line styles, in rows under the panels. Margins are fixed from the
+    rows' count: constrained layout measured every label for this and took about half of the drawing
+    time (train.py redraws loss.png while it trains)."""
+    from matplotlib.lines import Line2D
+
     handles = [Line2D([], [], color=f"C{i % 10}", linewidth=2.5, label=label) for i, label in enumerate(labels)]
     handles += [Line2D([], [], color="0.3", linestyle="-", marker="o", markersize=3, label="val loss"),
                 Line2D([], [], color="0.3", linestyle="--", label="train loss")]
     ncol = 2 if len(labels) > 3 else 1
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
-    # fixed margins, the legend's rows below the panels: constrained layout measured every label for
-    # this and took about half of the drawing time (train.py redraws loss.png while it trains)
-    legend_rows = -(-len(handles) // ncol)
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.91, hspace=0.08, wspace=0.04,
-                        bottom=(0.75 + 0.2 * legend_rows) / 7.5)
-    if title is None:
-        title = labels[0].split(":")[0] if len(labels) == 1 else f"{len(labels)} runs"
-    fig.suptitle(title)
-    return fig
+    rows = -(-len(handles) // ncol)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.91, hspace=0.08, wspace=0.04, bottom=(0.75 + 0.2 * rows) / 7.5)
 
 
 def _save(fig, out: Path, dpi: int = 110) -> Path:
