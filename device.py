@@ -10,6 +10,7 @@ Shared by train.py, sample.py, eval and the benchmarks, so that they all make th
 """
 
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -45,6 +46,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change while a process runs: read /proc/cpuinfo once
 def cpu_has_bf16_units() -> bool:
     """True when this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16).
 

@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 from cli import UserError, option, parse_config, run_main  # noqa: E402
+from data import load_dataset  # noqa: E402
 from device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from progress import progress  # noqa: E402
 from tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402
@@ -237,16 +238,12 @@ def main(argv: list[str]) -> dict:
 
     folder, data_meta = None, None
     if cfg.dataset:
-        from data import load_dataset
-
         folder, data_meta = load_dataset(cfg.dataset, log=note)
     model, model_meta, model_name, trained_on = load_model(cfg, folder)
     model = model.to(device).eval()
     if not cfg.input and not cfg.dataset:  # a run of ours alone: --split of the dataset it trained on
         if not trained_on:
             raise UserError(NOTHING_TO_SCORE)
-        from data import load_dataset
-
         cfg.dataset = trained_on
         folder, data_meta = load_dataset(cfg.dataset, log=note)
 

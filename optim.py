@@ -24,8 +24,6 @@ Reference for the method: K. Jordan et al., "Muon: an optimizer for hidden layer
 networks" (2024). Written here from the description, not copied.
 """
 
-import functools
-
 import torch
 
 from device import cpu_has_bf16_units
@@ -36,7 +34,6 @@ from device import cpu_has_bf16_units
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-@functools.lru_cache(maxsize=None)
 def newton_schulz_dtype(device_type: str) -> torch.dtype:
     """bfloat16 where matmuls have bf16 units (GPUs; CPUs with AMX or AVX512-BF16), else float32.
 

@@ -13,6 +13,7 @@ import re
 import time
 
 import pytest
+import torch
 
 import device
 import sample
@@ -315,8 +316,8 @@ def test_nanogpt_readme_cpu_command_with_toml_trains_768_tokens_per_iteration(sm
     assert "tokens per update: 12 sequences x 64 = 768 (per process 12 sequences in micro-batch(es) of 1 x 12)" in out
     # nanoGPT trains float32 on a CPU; dtype=auto here is bf16 autocast where the CPU has bf16 units (faster
     # at 128 wide there), float32 elsewhere
-    expected = "bfloat16" if device.cpu_has_bf16_units() else "float32"
-    assert f"dtype {expected}" in out
+    expected = device.resolve_dtype("auto", torch.device("cpu"), width=128)
+    assert f"dtype {str(expected).removeprefix('torch.')}" in out
     assert "micro-batches" not in out and "tokens_per_update in" not in out and "this CPU does" not in out
 
 

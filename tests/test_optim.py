@@ -68,11 +68,9 @@ def test_bfloat16_newton_schulz_orthogonalizes_like_float32():
 def test_newton_schulz_runs_in_bfloat16_only_where_matmuls_have_bf16_units(monkeypatch):
     for has_units, expected in [(True, torch.bfloat16), (False, torch.float32)]:
         monkeypatch.setattr(optim, "cpu_has_bf16_units", lambda: has_units)
-        newton_schulz_dtype.cache_clear()
         assert newton_schulz_dtype("cpu") == expected
         assert newton_schulz_dtype("cuda") == torch.bfloat16
         assert newton_schulz_dtype("mps") == torch.float32
-    newton_schulz_dtype.cache_clear()
 
 
 def test_muon_step_matches_plain_computation():
