@@ -53,6 +53,9 @@ class GPTConfig:
     #                           the input of its mirror block in the second half (U-net style)
     value_embeds: bool = False  # each block adds a token embedding of its own to the attention's values
     #                             (a vocab x n_embd table per block: meant for small vocabularies)
+    prev_token_mix: bool = False  # each token's embedding adds a learned per-channel multiple (0 at init)
+    #                               of the previous token's: every block sees the last two tokens at each
+    #                               position (a width-2 causal convolution; pays on character vocabularies)
 
     # the values each string switch takes (validated below; tests enumerate them)
     CHOICES = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
@@ -147,6 +150,7 @@ class KVCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0
+        self.last_embedding = None  # (B, 1, n_embd): the token embedding at pos - 1 (prev_token_mix)
 
     def reset(self):
         self.pos = 0
@@ -258,6 +262,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        if config.prev_token_mix:  # per channel; 0 at init, so the model starts as one without it
+            self.prev_token_weight = nn.Parameter(torch.zeros(config.n_embd))
         if config.unet_skips:  # one weight per skip: block i of the first half feeds block n_layer - 1 - i
             self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         if init_weights:
@@ -323,6 +329,8 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, n_embd)
+        if self.config.prev_token_mix:
+            x = self.mix_previous_token(x, cache)
         rotary = None
         if self.config.pos_embedding == "learned":
             x = x + self.transformer.wpe.weight[start:start + T]  # positions start .. start + T - 1
@@ -357,6 +365,14 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def mix_previous_token(self, x, cache: KVCache | None):
+        """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 of the
+        sequence gets nothing added. With a cache, the token before x[0] is the cache's last one."""
+        before = cache.last_embedding if cache is not None and cache.pos > 0 else torch.zeros_like(x[:, :1])
+        if cache is not None:
+            cache.last_embedding = x[:, -1:]
+        return x + self.prev_token_weight * torch.cat([before, x[:, :-1]], dim=1)  # (B, T, n_embd)
 
     # ------------------------------------------------------------------------- training helpers
 

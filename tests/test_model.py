@@ -42,6 +42,25 @@ def test_changing_a_future_token_never_changes_earlier_logits(variant):
         assert not torch.allclose(logits2[:, t:], logits[:, t:])  # the change itself is seen
 
 
+def test_prev_token_mix_starts_as_the_plain_model_then_adds_the_previous_token_causally():
+    plain, mixed = tiny(pos_embedding="rope"), tiny(pos_embedding="rope", prev_token_mix=True)
+    idx = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(mixed(idx, idx)[0], plain(idx, idx)[0], rtol=0, atol=0)  # its weights start at 0
+    with torch.no_grad():
+        mixed.prev_token_weight.normal_()
+    logits, _ = mixed(idx, idx)
+    # the mix itself: x[t] + w * x[t - 1], nothing added at position 0
+    emb = mixed.transformer.wte(idx)
+    shifted = torch.cat([torch.zeros_like(emb[:, :1]), emb[:, :-1]], dim=1)
+    torch.testing.assert_close(mixed.mix_previous_token(emb, None), emb + mixed.prev_token_weight * shifted)
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 50
+        logits2, _ = mixed(changed, changed)
+        torch.testing.assert_close(logits2[:, :t], logits[:, :t], rtol=0, atol=0)
+        assert not torch.allclose(logits2[:, t:], logits[:, t:])
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("vocab_size", [65, 1000])
 def test_initial_loss_is_near_uniform(variant, vocab_size):

@@ -25,7 +25,7 @@ from tokenizer import ByteTokenizer, CharTokenizer
 
 LEARNED = dict(pos_embedding="learned")
 ROPE = dict(pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False,
-            logit_softcap=30.0, bias=False)
+            logit_softcap=30.0, bias=False, prev_token_mix=True)
 PADDED = dict(vocab_multiple=64, seed=3)  # 65 ids in 128 rows (seed: one whose greedy output varies, see tiny)
 VARIANTS = {"learned": LEARNED, "rope": ROPE, "padded": PADDED}
 SWITCHES = {**VARIANTS, **{switch_id(s): s for s in model_switches()}}  # and every switch of GPTConfig alone
@@ -46,6 +46,8 @@ def tiny(seed=0, **overrides) -> GPT:
         for name, p in model.transformer.h.named_parameters():
             if p.dim() >= 2:
                 p.mul_(3.0)
+        if model.config.prev_token_mix:  # 0 at init: weights that make the cache's last token matter
+            model.prev_token_weight.normal_()
     return model
 
 
