@@ -3,7 +3,8 @@
 GPT-2's architecture by default (pre-norm blocks, learned positions, GELU MLP, LayerNorm, tied
 input/output embeddings, optional biases, dropout). Modern options sit behind `GPTConfig` switches:
 rotary positions, RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs, untied embeddings, logit soft-capping,
-zero-initialised projections, U-net skips between the halves, value embeddings. Attention is one
+zero-initialised projections, U-net skips between the halves, value embeddings, a previous-token
+mix at the input. Attention is one
 `F.scaled_dot_product_attention` call (flash kernels where the device has them; in float32 under
 bf16 autocast on a CPU, where that is faster: `causal_attention`). Generation keeps
 a key/value cache, so each new token costs one position, not the whole context.
