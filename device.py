@@ -46,12 +46,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# oneDNN runs CPU bf16 matmuls; ONEDNN_MAX_CPU_ISA caps the instructions it may use (people set it to try
+# an older CPU's speed). These caps keep the bf16 dot-product instructions; any lower cap emulates bf16.
+_ONEDNN_ISAS_WITH_BF16 = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")
+
+
 @functools.lru_cache(maxsize=None)  # the CPU does not change while a process runs: read /proc/cpuinfo once
 def cpu_has_bf16_units() -> bool:
-    """True when this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16).
+    """True when this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16) and oneDNN may use it.
 
     Elsewhere bf16 matmuls are emulated and slower than float32, so `dtype=auto` keeps float32.
     """
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa_cap and not isa_cap.startswith(_ONEDNN_ISAS_WITH_BF16):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])

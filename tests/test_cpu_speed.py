@@ -10,6 +10,7 @@ import math
 import re
 import time
 
+import pytest
 import torch
 from conftest import records, run_script
 
@@ -27,6 +28,23 @@ def test_dtype_auto_on_cpu_follows_the_bf16_units():
     expected = torch.bfloat16 if cpu_has_bf16_units() else torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize("isa_cap, keeps_bf16", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", False),
+                                                  ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True)])
+def test_a_onednn_isa_cap_below_bf16_turns_the_bf16_units_off(monkeypatch, isa_cap, keeps_bf16):
+    # People cap oneDNN to try an older CPU's speed; bf16 would then be emulated, so auto must pick float32.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    cpu_has_bf16_units.cache_clear()
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+        has_units = "amx_bf16" in flags or "avx512_bf16" in flags
+        assert cpu_has_bf16_units() == (has_units and keeps_bf16)
+        expected = torch.bfloat16 if has_units and keeps_bf16 else torch.float32
+        assert resolve_dtype("auto", torch.device("cpu")) == expected
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        cpu_has_bf16_units.cache_clear()
 
 
 def test_bf16_autocast_on_cpu_computes_the_same_loss_and_gradients():
