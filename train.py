@@ -67,7 +67,8 @@ class TrainConfig:
                             "with the keys given here changed); gpt2|gpt2-medium|gpt2-large|gpt2-xl: OpenAI's "
                             "weights from the Hugging Face hub; or a folder in the Hugging Face GPT-2 layout")
     eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations", at_least=1)
-    eval_iters: int = option(200, "batches per split in each evaluation", at_least=1)
+    eval_iters: int = option(200, "batches per split in each evaluation, their windows evenly spaced through "
+                                  "the split (enough of them score every token)", at_least=1)
     eval_only: bool = option(False, "evaluate once and exit (the checkpoint in out_dir if there is one)")
     log_interval: int = option(10, "print a training line every this many iterations", at_least=1)
     always_save_checkpoint: bool = option(True, "save at every evaluation, not only when val loss improves")
@@ -299,7 +300,7 @@ def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
 
 @torch.no_grad()
 def evaluate(run: Run, state: LoopState) -> tuple[dict | None, float]:
-    """{"train_loss": ..., "val_loss": ...}: the mean loss over eval_iters fixed batches per split, shared
+    """{"train_loss": ..., "val_loss": ...}: the mean loss over eval_iters batches per split, shared
     out over the processes; every key is printed and recorded. None, recording nothing, when a stop is
     requested meanwhile (checked before each batch; every rank agrees, and makes as many checks).
     Also the seconds it takes without its first batch's one-time costs (compilation): what the next
@@ -311,10 +312,11 @@ def evaluate(run: Run, state: LoopState) -> tuple[dict | None, float]:
     results, bar, times = {}, EvalProgress(2 * len(mine), procs.master), [time.time()]
     try:
         for split, sampler in run.splits.items():
-            # the same batches every time, whatever the seed: runs with different seeds score the same tokens
-            eval_rng = np.random.Generator(np.random.PCG64(7))
-            offsets = eval_rng.integers(0, sampler.num_tokens - cfg.model.block_size,
-                                        size=(cfg.eval_iters, cfg.batch_size))
+            # windows evenly spaced through the split, the same every time whatever the seed: closer to the
+            # whole split's loss than as many random windows, and every token is scored once they overlap
+            last_start = sampler.num_tokens - cfg.model.block_size - 1
+            offsets = np.linspace(0, last_start, cfg.eval_iters * cfg.batch_size).round().astype(np.int64)
+            offsets = offsets.reshape(cfg.eval_iters, cfg.batch_size)
             total = torch.zeros((), device=procs.device)
             for j in range(rounds):
                 call_hook(run, "eval_batch", state)

@@ -35,7 +35,7 @@ final val loss as each trainer printed it, the val loss of its saved checkpoint 
 (our eval.py --context=1: every one of the split's tokens scored once, in disjoint windows of the
 block size, the same tokens for both), and the wall time of the process (the scoring not included);
 then ours over nanoGPT's ms/iter. The printed val losses are estimates from a sample of the split
-(nanoGPT: 20 random batches of 12 windows; ours: the same fixed batches whatever the seed), off the
+(nanoGPT: 20 random batches of 12 windows; ours: windows evenly spaced through the split), off the
 whole split's loss by up to ~0.02; compare the whole-split column. Both use torch's default threads:
 run it on a quiet machine (the load is printed before and after).
 """

@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,25 @@ def test_train_writes_metrics_and_checkpoint_then_resume_continues(small_char_da
     changed = run_script("train.py", f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY,
                          "--n_layer=3", "--init_from=resume", "--max_iters=40")
     assert changed.returncode == 1 and "n_layer: 2 -> 3" in changed.stderr
+
+
+def test_an_evaluation_whose_windows_cover_the_val_split_scores_all_of_it(small_char_dataset, tmp_path):
+    # val.bin cut to 40 windows of 32 tokens and one more: 10 batches of 4 evenly spaced windows then
+    # tile it, so the val loss printed is the whole split's, the loss eval.py --context=1 computes
+    data = tmp_path / "data"
+    shutil.copytree(small_char_dataset, data)
+    val = np.fromfile(data / "val.bin", dtype=np.uint16)[:40 * 32 + 1]
+    val.tofile(data / "val.bin")
+    meta = json.loads((data / "meta.json").read_text())
+    (data / "meta.json").write_text(json.dumps({**meta, "val_tokens": len(val)}))
+    out = tmp_path / "run"
+    train(data, out, "--max_iters=30", "--eval_interval=30", "--eval_iters=10", "--batch_size=4")
+    scored = run_script("eval.py", f"--out_dir={out}", f"--dataset={data}", "--context=1", "--dtype=float32",
+                        "--json")
+    assert scored.returncode == 0, scored.stderr
+    whole_split = json.loads(scored.stdout)
+    assert whole_split["tokens"] == 40 * 32
+    assert read_metrics(out)[-1]["val_loss"] == pytest.approx(whole_split["nats_per_token"], abs=1e-5)
 
 
 def test_sampling_is_deterministic_per_seed(small_char_dataset, tmp_path):
