@@ -22,9 +22,13 @@ TINY_RUN = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block
             "--eval_iters=2", "--log_interval=1", "--warmup_iters=2"]
 
 
-def test_dtype_auto_on_cpu_follows_the_bf16_units():
+def cpuinfo_has_bf16_units() -> bool:
     flags = open("/proc/cpuinfo").read().split()
-    assert cpu_has_bf16_units() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def test_dtype_auto_on_cpu_follows_the_bf16_units():
+    assert cpu_has_bf16_units() == cpuinfo_has_bf16_units()
     expected = torch.bfloat16 if cpu_has_bf16_units() else torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
@@ -37,13 +41,11 @@ def test_a_onednn_isa_cap_below_bf16_turns_the_bf16_units_off(monkeypatch, isa_c
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
     cpu_has_bf16_units.cache_clear()
     try:
-        flags = open("/proc/cpuinfo").read().split()
-        has_units = "amx_bf16" in flags or "avx512_bf16" in flags
+        has_units = cpuinfo_has_bf16_units()
         assert cpu_has_bf16_units() == (has_units and keeps_bf16)
         expected = torch.bfloat16 if has_units and keeps_bf16 else torch.float32
         assert resolve_dtype("auto", torch.device("cpu")) == expected
-    finally:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    finally:  # monkeypatch restores the variable; the next call must read it again
         cpu_has_bf16_units.cache_clear()
 
 
