@@ -33,6 +33,9 @@ import dataclasses
 import math
 import sys
 import time
+
+PROCESS_STARTED_AT = time.time()  # before torch's import: a time budget (max_seconds) counts start-up too
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -104,7 +107,7 @@ class TrainConfig:
     warmup_iters: int = option(100, "iterations of linear warmup", at_least=0)
     lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters")
     min_lr: float = option(6e-5, "learning rate at the end of the decay")
-    max_seconds: float = option(0.0, "time budget in seconds of the training loop (0 = off): the LR "
+    max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): the LR "
                                 "schedule follows elapsed/max_seconds instead of iterations, and the run "
                                 "stops in time for its last evaluation and checkpoint to end within it "
                                 "(or at max_iters, whichever comes first)", at_least=0)
@@ -138,7 +141,7 @@ class LoopState:
     iter_num: int = 0  # optimizer updates done
     best_val_loss: float = float("inf")  # the lowest val loss of any evaluation so far
     evaluated_at: int = -1  # the last iteration whose evaluation is in metrics.jsonl (one still due reruns)
-    elapsed_s: float = 0.0  # seconds of training over every resume (what max_seconds counts)
+    elapsed_s: float = 0.0  # seconds of every process of the run, start-ups included (what max_seconds counts)
     sampler: dict = field(default_factory=dict)  # the train sampler's position before the batches drawn ahead
     pretrained_from: str | None = None  # the init_from that gave the first weights, kept through resumes
 
@@ -472,20 +475,25 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
     evaluation is recorded (and saved), "saved" after each checkpoint. It may read anything (state is the
     LoopState, run the Run) and raise; returning True asks the run to stop, as SIGTERM does."""
     started = cpu_snapshot()  # from here, how busy other programs keep the CPU (the threads' choice)
+    # a time budget counts the whole process, importing torch included; called from Python, from this call
+    started_at = PROCESS_STARTED_AT if __name__ == "__main__" else time.time()
     cfg, ckpt = load_config(argv)
     procs = setup_processes(cfg.device, cfg.dtype, cfg.threads, cfg.model.n_embd)
     try:
-        train(cfg, ckpt, procs, hook, started)
+        train(cfg, ckpt, procs, hook, started, started_at)
     finally:  # the run (its DDP model holds the process group) is gone by now: see distributed.shutdown
         shutdown(procs)
 
 
-def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, started=None) -> None:
-    """Take the run folder, build the run, train; every reference to the run ends when this returns."""
+def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, started=None,
+          started_at: float | None = None) -> None:
+    """Take the run folder, build the run, train; every reference to the run ends when this returns.
+    started_at: when the process started (time.time()); its start-up counts in a time budget."""
     with RunFolder(cfg.out_dir, procs.master, read_only=cfg.eval_only) as folder, StopRequest() as stop:
         if ckpt is None and not cfg.eval_only:
             folder.check_fresh_start(cfg.overwrite)
         run, state = build_run(cfg, procs, ckpt, folder, stop, hook, started)
+        state.elapsed_s += time.time() - (started_at or time.time())  # start-up: imports, data, model
         describe(run, state)  # device, batch, model, data, the budget's end; how long an update takes on a CPU
         wandb = {"project": cfg.wandb_project, "name": cfg.wandb_run_name} if cfg.wandb_log else None
         folder.start(dataclasses.asdict(run.cfg), cfg.init_from == "resume", state.iter_num, state.evaluated_at, wandb)
