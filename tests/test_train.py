@@ -121,7 +121,7 @@ def test_end_to_end_quickstart_size_on_tinyshakespeare(tmp_path):
     assert prep.returncode == 0, prep.stderr
     out = tmp_path / "out"
     result = run_script("train.py", str(REPO_ROOT / "config/quickstart_cpu.toml"), f"--dataset={data}",
-                        f"--out_dir={out}", "--max_iters=500", "--lr_decay_iters=2000", "--eval_iters=100",
+                        f"--out_dir={out}", "--max_iters=500", "--lr_decay_iters=2000", "--eval_iters=40",
                         "--eval_interval=500", "--log_interval=100")
     assert result.returncode == 0, result.stderr
     final = read_metrics(out)[-1]
