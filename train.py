@@ -107,8 +107,8 @@ class TrainConfig:
     warmup_iters: int = option(100, "iterations of linear warmup", at_least=0)
     lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters")
     min_lr: float = option(6e-5, "learning rate at the end of the decay")
-    max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): the LR "
-                                "schedule follows elapsed/max_seconds instead of iterations, and the run "
+    max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): "
+                                "the LR schedule follows elapsed/max_seconds instead of iterations, and the run "
                                 "stops in time for its last evaluation and checkpoint to end within it "
                                 "(or at max_iters, whichever comes first)", at_least=0)
     # system
