@@ -33,9 +33,7 @@ import dataclasses
 import math
 import sys
 import time
-
 PROCESS_STARTED_AT = time.time()  # before torch's import: a time budget (max_seconds) counts start-up too
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -394,7 +392,7 @@ def call_hook(run: Run, event: str, state: LoopState) -> None:
 def train_loop(run: Run, state: LoopState) -> None:
     """Evaluate when due, one update, log, save; until max_iters, the time budget, or a stop."""
     cfg, procs = run.cfg, run.procs
-    zero = time.time() - state.elapsed_s  # the clock of the whole run, resumes included
+    zero = time.time() - state.elapsed_s  # the clock of the whole run, resumes and start-ups included
     window, eval_seconds, nonfinite_in_a_row, first_update = MetricWindow(state.iter_num), 0.0, 0, True
     while True:
         # a time budget ends the run when what is left of it is the last evaluation (its measured time),
@@ -475,8 +473,7 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
     evaluation is recorded (and saved), "saved" after each checkpoint. It may read anything (state is the
     LoopState, run the Run) and raise; returning True asks the run to stop, as SIGTERM does."""
     started = cpu_snapshot()  # from here, how busy other programs keep the CPU (the threads' choice)
-    # a time budget counts the whole process, importing torch included; called from Python, from this call
-    started_at = PROCESS_STARTED_AT if __name__ == "__main__" else time.time()
+    started_at = PROCESS_STARTED_AT if __name__ == "__main__" else time.time()  # called from Python: this call
     cfg, ckpt = load_config(argv)
     procs = setup_processes(cfg.device, cfg.dtype, cfg.threads, cfg.model.n_embd)
     try:
@@ -485,15 +482,13 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
         shutdown(procs)
 
 
-def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, started=None,
-          started_at: float | None = None) -> None:
-    """Take the run folder, build the run, train; every reference to the run ends when this returns.
-    started_at: when the process started (time.time()); its start-up counts in a time budget."""
+def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, started, started_at: float):
+    """Take the run folder, build the run, train; every reference to the run ends when this returns."""
     with RunFolder(cfg.out_dir, procs.master, read_only=cfg.eval_only) as folder, StopRequest() as stop:
         if ckpt is None and not cfg.eval_only:
             folder.check_fresh_start(cfg.overwrite)
         run, state = build_run(cfg, procs, ckpt, folder, stop, hook, started)
-        state.elapsed_s += time.time() - (started_at or time.time())  # start-up: imports, data, model
+        state.elapsed_s += time.time() - started_at  # this process's start-up (imports, data, model) counts
         describe(run, state)  # device, batch, model, data, the budget's end; how long an update takes on a CPU
         wandb = {"project": cfg.wandb_project, "name": cfg.wandb_run_name} if cfg.wandb_log else None
         folder.start(dataclasses.asdict(run.cfg), cfg.init_from == "resume", state.iter_num, state.evaluated_at, wandb)
