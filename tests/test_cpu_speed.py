@@ -84,15 +84,16 @@ def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp
     result = run_script("train.py", f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN,
                         "--max_iters=1000000", "--eval_interval=1000000", "--max_seconds=8",
                         "--warmup_iters=0")  # so that the last lr depends on the clock alone
-    process_seconds = time.time() - started
     assert result.returncode == 0, result.stderr
     assert "time budget of 8s spent" in result.stdout
     evals = records(out)
     assert evals[0]["iter"] == 0 and evals[-1]["iter"] > 0  # evaluated at the start and the end
     # the budget holds the start-up and the last evaluation too: the last evaluation ends about when the
-    # budget does, not an evaluation later, and the process a little after (saving, loss.png, exit)
+    # budget does, not an evaluation later, and its checkpoint is written then, counted from the process's
+    # start (its exit, drawing loss.png, follows; a VM's stalls make that part's length vary)
     assert 7.0 <= evals[-1]["elapsed_s"] <= 9.0, evals[-1]
-    assert process_seconds <= 8 + 4, process_seconds
+    saved_after = (out / "ckpt.pt").stat().st_mtime - started
+    assert saved_after <= 9.0, saved_after
     assert evals[-1]["lr"] < 1e-4  # the cosine ran to min_lr (6e-5) with the clock
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["iter_num"] == evals[-1]["iter"] and 7.0 <= ckpt["elapsed_s"] <= 9.0
