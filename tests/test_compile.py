@@ -14,7 +14,7 @@ import torch
 import train
 from checkpoint import load_checkpoint
 from conftest import model_switches, switch_id
-from model import GPT, GPTConfig
+from model import CPU_MATMUL_ATTENTION_MAX_T, GPT, GPTConfig
 from test_resume import read_metrics, tiny_args
 
 ALL_MODERN = {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False,
@@ -67,12 +67,14 @@ def test_eval_forward_is_one_graph_too():
         torch.compile(model, backend="aot_eager", fullgraph=True)(x, x)
 
 
-def test_cpu_bf16_autocast_training_is_one_graph():
-    """bf16 autocast on a CPU (dtype=auto there on CPUs with bf16 units), with attention switched back to
-    float32 inside it (model.causal_attention), still traces into one graph."""
+@pytest.mark.parametrize("block_size", [16, CPU_MATMUL_ATTENTION_MAX_T + 16])
+def test_cpu_bf16_autocast_training_is_one_graph(block_size):
+    """bf16 autocast on a CPU (dtype=auto there on CPUs with bf16 units), with attention as matmuls
+    around a float32 softmax (short blocks) or switched back to float32 (longer ones) inside it
+    (model.causal_attention), still traces into one graph."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, **ALL_MODERN))
-    x = torch.randint(0, 65, (2, 16))
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=65, **ALL_MODERN))
+    x = torch.randint(0, 65, (2, block_size))
     torch._dynamo.reset()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         explained = torch._dynamo.explain(model)(x, x)
