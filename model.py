@@ -144,8 +144,8 @@ def causal_attention(q, k, v, dropout_p: float = 0.0):
         T = q.size(-2)
         if T <= CPU_MATMUL_ATTENTION_MAX_T:
             scores = (q @ k.transpose(-2, -1)).float() * q.size(-1) ** -0.5  # (B, n_head, T, T)
-            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)  # keys after the query
+            probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
             probs = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
             return probs @ v  # bf16 (B, n_head, T, head_dim), as autocast casts the operands
         with torch.autocast("cpu", enabled=False):

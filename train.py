@@ -192,9 +192,9 @@ class Run:
 
 
 def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: RunFolder, stop: StopRequest,
-              hook: Callable | None, started=None) -> tuple[Run, LoopState]:
+              hook: Callable | None, cpu_at_start=None) -> tuple[Run, LoopState]:
     """Data, model, optimizer and loop state: fresh, from pretrained weights, or restored from ckpt.
-    started: a device.cpu_snapshot from the process's start (how busy other programs keep the CPU)."""
+    cpu_at_start: a device.cpu_snapshot from the process's start (how busy other programs keep the CPU)."""
     data_dir, meta = load_dataset(cfg.dataset, log=print0)
     block_size = cfg.model.block_size
     splits = {split: BatchSampler(data_dir / f"{split}.bin", meta["dtype"], block_size, cfg.seed + i, procs.device)
@@ -235,7 +235,7 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     state.sampler = batches.position
     fit_threads = procs.device.type == "cpu" and not cfg.threads and not procs.ddp
     run = Run(cfg, procs, meta, model, train_model, eval_model, optimizer, scaler, plan, batches, splits, folder,
-              stop, hook, CpuThreads(torch.get_num_threads(), started, print0) if fit_threads else None, sharded)
+              stop, hook, CpuThreads(torch.get_num_threads(), cpu_at_start, print0) if fit_threads else None, sharded)
     return run, state
 
 
@@ -472,22 +472,22 @@ def main(argv: list[str], hook: Callable | None = None) -> None:
     "update" after each update, "eval_batch" before each evaluation batch, "evaluated" after an
     evaluation is recorded (and saved), "saved" after each checkpoint. It may read anything (state is the
     LoopState, run the Run) and raise; returning True asks the run to stop, as SIGTERM does."""
-    started = cpu_snapshot()  # from here, how busy other programs keep the CPU (the threads' choice)
+    cpu_at_start = cpu_snapshot()  # from here, how busy other programs keep the CPU (the threads' choice)
     started_at = PROCESS_STARTED_AT if __name__ == "__main__" else time.time()  # called from Python: this call
     cfg, ckpt = load_config(argv)
     procs = setup_processes(cfg.device, cfg.dtype, cfg.threads, cfg.model.n_embd)
     try:
-        train(cfg, ckpt, procs, hook, started, started_at)
+        train(cfg, ckpt, procs, hook, cpu_at_start, started_at)
     finally:  # the run (its DDP model holds the process group) is gone by now: see distributed.shutdown
         shutdown(procs)
 
 
-def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, started, started_at: float):
+def train(cfg: TrainConfig, ckpt: dict | None, procs: Processes, hook: Callable | None, cpu_at_start, started_at):
     """Take the run folder, build the run, train; every reference to the run ends when this returns."""
     with RunFolder(cfg.out_dir, procs.master, read_only=cfg.eval_only) as folder, StopRequest() as stop:
         if ckpt is None and not cfg.eval_only:
             folder.check_fresh_start(cfg.overwrite)
-        run, state = build_run(cfg, procs, ckpt, folder, stop, hook, started)
+        run, state = build_run(cfg, procs, ckpt, folder, stop, hook, cpu_at_start)
         state.elapsed_s += time.time() - started_at  # this process's start-up (imports, data, model) counts
         describe(run, state)  # device, batch, model, data, the budget's end; how long an update takes on a CPU
         wandb = {"project": cfg.wandb_project, "name": cfg.wandb_run_name} if cfg.wandb_log else None
