@@ -51,6 +51,14 @@ def fsdp_args(dataset, out_dir, **overrides):
     return tiny_args(dataset, out_dir, **config)
 
 
+@pytest.fixture(scope="module")
+def fsdp_run(small_char_dataset, tmp_path_factory):
+    """(out_dir, stdout) of fsdp_args' run as it is (AdamW, tied embedding) on 2 processes: what several
+    tests compare with or load, run once."""
+    out = tmp_path_factory.mktemp("fsdp_run") / "run"
+    return out, run_torchrun("train.py", *fsdp_args(small_char_dataset, out)).stdout
+
+
 def assert_close_state(a: dict, b: dict):
     """Weights and optimizer moments equal within float rounding (the DDP tests' tolerance)."""
     for key, value in a["model"].items():
@@ -62,18 +70,22 @@ def assert_close_state(a: dict, b: dict):
 
 
 @pytest.mark.parametrize("optimizer, tie", [("adamw", "true"), ("muon", "false")])
-def test_fsdp_on_2_processes_equals_one_process_and_ddp(small_char_dataset, tmp_path, optimizer, tie):
+def test_fsdp_on_2_processes_equals_one_process_and_ddp(small_char_dataset, tmp_path, optimizer, tie, fsdp_run):
     common = dict(optimizer=optimizer, tie_embeddings=tie)
     train.main(fsdp_args(small_char_dataset, tmp_path / "one", **common))
-    sharded = run_torchrun("train.py", *fsdp_args(small_char_dataset, tmp_path / "fsdp", **common))
-    assert "2 process(es), fsdp" in sharded.stdout
-    assert re.search(r"^memory plan, rank 1 \(cpu\): .*; fsdp\): ", sharded.stdout, re.MULTILINE), sharded.stdout
-    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "fsdp")
+    if optimizer == "adamw" and tie == "true":  # fsdp_args' own
+        sharded_dir, stdout = fsdp_run
+    else:
+        sharded_dir = tmp_path / "fsdp"
+        stdout = run_torchrun("train.py", *fsdp_args(small_char_dataset, sharded_dir, **common)).stdout
+    assert "2 process(es), fsdp" in stdout
+    assert re.search(r"^memory plan, rank 1 \(cpu\): .*; fsdp\): ", stdout, re.MULTILINE), stdout
+    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(sharded_dir)
     assert one["model"].keys() == two["model"].keys() and one["optimizer"]["state"].keys() == two["optimizer"]["state"].keys()
     assert_close_state(one, two)
-    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "fsdp"), strict=True):
+    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(sharded_dir), strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
-    assert all(r["grad_norm"] > 0 for r in records(tmp_path / "fsdp", "train"))  # clip_grad_norm_'s DTensor, read
+    assert all(r["grad_norm"] > 0 for r in records(sharded_dir, "train"))  # clip_grad_norm_'s DTensor, read
     if optimizer == "adamw":  # and DDP, the same runs on the same 2 processes
         run_torchrun("train.py", *fsdp_args(small_char_dataset, tmp_path / "ddp", parallel="ddp", **common))
         assert_close_state(load_checkpoint(tmp_path / "ddp"), two)
@@ -123,15 +135,15 @@ train.main(sys.argv[1:], hook=hook)
 """
 
 
-def test_a_checkpoint_saved_on_2_fsdp_processes_loads_on_1_and_4_and_under_ddp(small_char_dataset, tmp_path):
-    run_torchrun("train.py", *fsdp_args(small_char_dataset, tmp_path / "saved", max_iters=3))
+def test_a_checkpoint_saved_on_2_fsdp_processes_loads_on_1_and_4_and_under_ddp(tmp_path, fsdp_run):
+    saved_dir, _ = fsdp_run
     script = tmp_path / "loaded_state.py"
     script.write_text(LOADED_STATE)
     for nproc, parallel in ((1, "fsdp"), (4, "fsdp"), (2, "ddp")):
         run_dir = tmp_path / f"{nproc}-{parallel}"
         run_dir.mkdir()
-        (run_dir / "ckpt.pt").write_bytes((tmp_path / "saved" / "ckpt.pt").read_bytes())
-        args = [f"--out_dir={run_dir}", "--init_from=resume", f"--parallel={parallel}", "--max_iters=6"]
+        (run_dir / "ckpt.pt").write_bytes((saved_dir / "ckpt.pt").read_bytes())
+        args = [f"--out_dir={run_dir}", "--init_from=resume", f"--parallel={parallel}", "--max_iters=9"]
         if nproc == 1:  # one plain process (no torchrun)
             result = subprocess.run([sys.executable, str(script), *args], cwd=REPO_ROOT, capture_output=True, text=True,
                                     env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=300)
@@ -208,8 +220,7 @@ def test_no_fsdp_model_outlives_the_process_group(small_char_dataset, tmp_path):
     assert result.stdout.count("modules alive after main: 0") == 2, result.stdout[-2000:]
 
 
-def test_two_nodes_on_one_machine_equal_one_node_of_two(small_char_dataset, tmp_path):
-    run_torchrun("train.py", *fsdp_args(small_char_dataset, tmp_path / "one_node"))
+def test_two_nodes_on_one_machine_equal_one_node_of_two(small_char_dataset, tmp_path, fsdp_run):
     port = 29500 + os.getpid() % 1000
     launchers = []
     for node in range(2):
@@ -224,7 +235,7 @@ def test_two_nodes_on_one_machine_equal_one_node_of_two(small_char_dataset, tmp_
     assert all(p.returncode == 0 for p in launchers), [err[-2000:] for _, err in outputs]
     assert any("2 process(es), fsdp" in out for out, _ in outputs)
     assert_same_state(comparable(load_checkpoint(tmp_path / "two_nodes")),
-                      comparable(load_checkpoint(tmp_path / "one_node")))
+                      comparable(load_checkpoint(fsdp_run[0])))
 
 
 # ----------------------------------------------------------------------------- activation checkpointing
@@ -261,12 +272,12 @@ train.main(sys.argv[1:], hook=hook)
 
 def measured_and_planned(dataset, tmp_path, name, **overrides) -> tuple[float, float]:
     """(bytes of peak memory above the loop's start, the plan's gradients + optimizer + activations) of
-    two updates of a model whose activations dominate (block 1024, batch 8, 256 wide, one thread).
+    two updates of a model whose activations dominate (block 512, batch 8, 4 layers, 256 wide, one thread).
     glibc is told to map every large allocation (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the
     process and the peak is the tensors' own."""
     script = tmp_path / "peak.py"
     script.write_text(PEAK_MEMORY)
-    args = tiny_args(dataset, tmp_path / name, n_layer=4, n_head=4, n_embd=256, block_size=1024, batch_size=8,
+    args = tiny_args(dataset, tmp_path / name, n_layer=4, n_head=4, n_embd=256, block_size=512, batch_size=8,
                      eval_iters=1, eval_interval=1000, max_iters=2, dropout=0.0, threads=1, **overrides)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MALLOC_MMAP_THRESHOLD_="131072")
     result = subprocess.run([sys.executable, str(script), *args, "--eval_iters=1"], cwd=REPO_ROOT, env=env,
