@@ -108,7 +108,8 @@ class TrainConfig:
     max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): "
                                 "the LR schedule follows elapsed/max_seconds instead of iterations, and the run "
                                 "stops in time for its last evaluation and checkpoint to end within it "
-                                "(or at max_iters, whichever comes first)", at_least=0)
+                                "(or at max_iters, whichever comes first); a new run's first evaluation then "
+                                "scores a tenth of eval_iters", at_least=0)
     # system
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs with bf16 tensor cores (else "
@@ -300,24 +301,24 @@ def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
 # ----------------------------------------------------------------------------- evaluate and save
 
 @torch.no_grad()
-def evaluate(run: Run, state: LoopState) -> tuple[dict | None, float]:
-    """{"train_loss": ..., "val_loss": ...}: the mean loss over eval_iters batches per split, shared
+def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, float]:
+    """{"train_loss": ..., "val_loss": ...}: the mean loss over `batches` batches per split, shared
     out over the processes; every key is printed and recorded. None, recording nothing, when a stop is
     requested meanwhile (checked before each batch; every rank agrees, and makes as many checks).
-    Also the seconds it takes without its first batch's one-time costs (compilation): what the next
-    evaluation will take, which a time budget keeps for the last one."""
+    Also the seconds it takes without its first batch's one-time costs (compilation), scaled to
+    eval_iters batches: what the next evaluation will take, which a time budget keeps for the last one."""
     cfg, procs = run.cfg, run.procs
     run.eval_model.eval()
-    mine = range(procs.rank, cfg.eval_iters, procs.world_size)  # this process's batches
-    rounds = -(-cfg.eval_iters // procs.world_size)  # the same on every rank: as many stop checks
+    mine = range(procs.rank, batches, procs.world_size)  # this process's batches
+    rounds = -(-batches // procs.world_size)  # the same on every rank: as many stop checks
     results, bar, times = {}, EvalProgress(2 * len(mine), procs.master), [time.time()]
     try:
         for split, sampler in run.splits.items():
             # windows evenly spaced through the split, the same every time whatever the seed: closer to the
             # whole split's loss than as many random windows, and every token is scored once they overlap
             last_start = sampler.num_tokens - cfg.model.block_size - 1
-            offsets = np.linspace(0, last_start, cfg.eval_iters * cfg.batch_size).round().astype(np.int64)
-            offsets = offsets.reshape(cfg.eval_iters, cfg.batch_size)
+            offsets = np.linspace(0, last_start, batches * cfg.batch_size).round().astype(np.int64)
+            offsets = offsets.reshape(batches, cfg.batch_size)
             total = torch.zeros((), device=procs.device)
             for j in range(rounds):
                 call_hook(run, "eval_batch", state)
@@ -332,12 +333,12 @@ def evaluate(run: Run, state: LoopState) -> tuple[dict | None, float]:
                     total += loss.float()
                     bar.advance()
                 times.append(time.time())
-            results[f"{split}_loss"] = sum_over_ranks(total, procs).item() / cfg.eval_iters
+            results[f"{split}_loss"] = sum_over_ranks(total, procs).item() / batches
     finally:
         bar.close(finished=len(results) == len(run.splits))  # abandoned (stop or error): no "done" line
         run.eval_model.train()
     steady = (times[-1] - times[1]) * (len(times) - 1) / (len(times) - 2) if len(times) > 2 else times[-1] - times[0]
-    return results, steady
+    return results, steady * cfg.eval_iters / batches
 
 
 def record_evaluation(run: Run, state: LoopState, results: dict, lr: float, seconds: float) -> None:
@@ -409,7 +410,10 @@ def train_loop(run: Run, state: LoopState) -> None:
         evaluated = due and (state.iter_num != state.evaluated_at or cfg.eval_only)
         if evaluated:
             started = time.time()
-            results, eval_seconds = evaluate(run, state)  # (its seconds without one-time costs: for the ETA)
+            # a time budget glances at a new run (it scores about ln(vocab) anywhere): a tenth of the batches
+            glance = cfg.max_seconds > 0 and state.iter_num == 0 and not finished
+            batches = max(1, cfg.eval_iters // 10) if glance else cfg.eval_iters
+            results, eval_seconds = evaluate(run, state, batches)  # (and what a whole one takes: for the ETA)
             if results is None:  # abandoned for a stop; it reruns on resume
                 return stop_and_save(run, state, "the evaluation")
             state.elapsed_s = time.time() - zero

@@ -103,6 +103,27 @@ def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp
     assert left and int(left.group(1)) < 8, result.stdout
 
 
+def test_a_time_budget_glances_at_the_start_and_evaluates_whole_at_the_end(small_char_dataset, tmp_path):
+    """With max_seconds, a new run's first evaluation scores a tenth of eval_iters per split (untrained
+    weights score ~ln(vocab) anywhere; a whole one cost ~4% of shakespeare_char_cpu's budget) and the
+    last one all of them; without it, the first is whole too."""
+    import train
+
+    for budget, first_batches in (("--max_seconds=600", 2), ("--max_seconds=0", 20)):
+        batches = []  # per evaluation: how many eval batches it ran
+        def count(event, state, run):
+            if event == "evaluated" or (event == "eval_batch" and not batches):
+                batches.append(0)
+            if event == "eval_batch":
+                batches[-1] += 1
+        out = tmp_path / budget[2:].replace("=", "_")
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.main([f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--eval_iters=20",
+                        "--eval_interval=3", "--max_iters=3", budget, "--compile=false"], hook=count)
+        assert batches[:2] == [2 * first_batches, 2 * 20], (budget, batches)
+        assert [r["iter"] for r in records(out)] == [0, 3]
+
+
 def test_a_due_evaluation_that_leaves_no_room_for_the_last_one_is_the_last(small_char_dataset, tmp_path):
     """Evaluations of ~4 s at every iteration, an 11 s budget: the one due at ~4 s (plus start-up, ~1 s)
     ends at ~9 s and leaves no room for another, so it is the last, and the run ends within its budget
