@@ -23,7 +23,7 @@ import torch.distributed as dist
 # after init_process_group, which would keep the group alive past destroy_process_group (shutdown).
 import torch.distributed.nn  # noqa: F401
 
-from device import enable_tf32, resolve_device, resolve_dtype
+from device import enable_tf32, repeatable_cpu_runs, resolve_device, resolve_dtype
 
 
 def print0(*args, **kwargs):
@@ -65,6 +65,7 @@ def setup_processes(device_name: str, dtype_name: str, threads: int = 0, width: 
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     enable_tf32(device)
+    repeatable_cpu_runs(device)
     return Processes(rank, local_rank, world_size, device, resolve_dtype(dtype_name, device, width))
 
 

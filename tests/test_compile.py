@@ -101,3 +101,14 @@ def test_compiled_training_equals_eager_over_20_steps(small_char_dataset, tmp_pa
     assert weights_eager.keys() == weights_compiled.keys()  # the uncompiled module is saved: no _orig_mod.
     for key, value in weights_eager.items():
         torch.testing.assert_close(weights_compiled[key], value, rtol=1e-3, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_compiled_cpu_training_repeats_bitwise(small_char_dataset, tmp_path):
+    """The same compiled run twice on 2 threads: the same weights, bitwise (inductor's CPU code once
+    summed the embedding's gradient rows with atomics, in a different order every run)."""
+    common = dict(max_iters=4, eval_interval=4, dropout=0.0, batch_size=16, compile="true", threads=2)
+    for name in ("first", "second"):
+        train.main(tiny_args(small_char_dataset, tmp_path / name, **common))
+    first, second = load_checkpoint(tmp_path / "first")["model"], load_checkpoint(tmp_path / "second")["model"]
+    assert all(torch.equal(first[key], second[key]) for key in first), "compiled training differs between runs"
