@@ -105,11 +105,10 @@ class TrainConfig:
     warmup_iters: int = option(100, "iterations of linear warmup", at_least=0)
     lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters")
     min_lr: float = option(6e-5, "learning rate at the end of the decay")
-    max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): "
-                                "the LR schedule follows elapsed/max_seconds instead of iterations, and the run "
-                                "stops in time for its last evaluation and checkpoint to end within it "
-                                "(or at max_iters, whichever comes first); a new run's first evaluation then "
-                                "scores a tenth of eval_iters", at_least=0)
+    max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): the LR "
+                                "schedule follows elapsed/max_seconds instead of iterations, the run stops in time for "
+                                "its last evaluation and checkpoint to end within it (or at max_iters, whichever comes "
+                                "first), and a new run's first evaluation scores a tenth of eval_iters", at_least=0)
     # system
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs with bf16 tensor cores (else "
@@ -317,8 +316,7 @@ def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, flo
             # windows evenly spaced through the split, the same every time whatever the seed: closer to the
             # whole split's loss than as many random windows, and every token is scored once they overlap
             last_start = sampler.num_tokens - cfg.model.block_size - 1
-            offsets = np.linspace(0, last_start, batches * cfg.batch_size).round().astype(np.int64)
-            offsets = offsets.reshape(batches, cfg.batch_size)
+            offsets = np.linspace(0, last_start, batches * cfg.batch_size).round().astype(np.int64).reshape(batches, -1)
             total = torch.zeros((), device=procs.device)
             for j in range(rounds):
                 call_hook(run, "eval_batch", state)

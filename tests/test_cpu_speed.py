@@ -110,12 +110,12 @@ def test_a_time_budget_glances_at_the_start_and_evaluates_whole_at_the_end(small
     import train
 
     for budget, first_batches in (("--max_seconds=600", 2), ("--max_seconds=0", 20)):
-        batches = []  # per evaluation: how many eval batches it ran
+        batches = [0]  # per evaluation: how many eval batches it ran
         def count(event, state, run):
-            if event == "evaluated" or (event == "eval_batch" and not batches):
-                batches.append(0)
             if event == "eval_batch":
                 batches[-1] += 1
+            elif event == "evaluated":
+                batches.append(0)
         out = tmp_path / budget[2:].replace("=", "_")
         with contextlib.redirect_stdout(io.StringIO()):
             train.main([f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--eval_iters=20",
