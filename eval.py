@@ -37,19 +37,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
+from smallgpt.device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
 
 STARTED = cpu_snapshot()  # how busy other programs keep the CPU is measured from here (the threads' choice)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import checkpoint  # noqa: E402
-from cli import UserError, option, parse_config, run_main  # noqa: E402
-from data import load_dataset  # noqa: E402
-from device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
-from progress import progress  # noqa: E402
-from tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402
+from smallgpt import checkpoint  # noqa: E402
+from smallgpt.cli import option, parse_config, run_main  # noqa: E402
+from smallgpt.data import load_dataset  # noqa: E402
+from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
+from smallgpt.errors import UserError
+from smallgpt.progress import progress  # noqa: E402
+from smallgpt.tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402
 
 
 @dataclass
@@ -177,7 +178,7 @@ def load_model(cfg: EvalConfig, dataset_folder: Path | None):
     """(model on the CPU, its tokenizer meta, a name for it, the dataset it trained on or "") for
     --init_from or --out_dir (the dataset as a run of ours saved it in its checkpoint)."""
     if cfg.init_from:
-        import hf  # optional dependencies, needed only here
+        from smallgpt.interop import hf  # optional dependencies, needed only here
 
         return hf.load_pretrained(cfg.init_from), hf.pretrained_meta(cfg.init_from), cfg.init_from, ""
     model, ckpt = checkpoint.load_model(cfg.out_dir, dataset=dataset_folder)
@@ -188,7 +189,7 @@ def load_model(cfg: EvalConfig, dataset_folder: Path | None):
 
 def input_tokens(cfg: EvalConfig, tokenizer) -> tuple[np.ndarray, str]:
     """The --input text tokenized as prepare/text.py would (eot after each document for GPT-2)."""
-    from prepare.text import iter_documents
+    from smallgpt.prepare import iter_documents
 
     arrays, n_docs = [], 0
     eot = np.array([tokenizer.eot_token], dtype=np.int64) if tokenizer.eot_token is not None else None

@@ -21,32 +21,30 @@ only, not in the prompt, and is not printed). Generation ends as soon as every s
 The same seed gives the same text. The tokenizer comes from the checkpoint itself (a trained bpe's
 ranks included), so the dataset folder is not needed. With --init_from (a GPT-2 hub name or a
 folder in the Hugging Face GPT-2 layout, see hf.py) the weights come from there instead of --out_dir, with GPT-2's BPE (or, for a
-folder that `hf.py export` wrote, its run's tokenizer from smallgpt_meta.json). This script imports
+folder that `python -m smallgpt.interop.hf export` wrote, its run's tokenizer from smallgpt_meta.json). This script imports
 neither train.py nor tiktoken (unless the checkpoint uses a BPE), to start quickly.
 """
 
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import UserError, option, parse_config, run_main
-from device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
+from smallgpt.cli import option, parse_config, run_main
+from smallgpt.device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
+from smallgpt.errors import UserError
 
 STARTED = cpu_snapshot()  # how busy the other processes keep the CPU is measured from here
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from checkpoint import load_model  # noqa: E402
-from device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from model import GPT  # noqa: E402
-from tokenizer import tokenizer_from_meta  # noqa: E402
+from smallgpt.checkpoint import load_model  # noqa: E402
+from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
+from smallgpt.inference import SampleText, row_split_is_faster, use_row_split  # noqa: E402
+from smallgpt.tokenizer import tokenizer_from_meta  # noqa: E402
 
 SEPARATOR = "---------------"
-REPLACEMENT_CHAR = "\ufffd"  # what decoding puts where a UTF-8 character is cut short
 
 
 @dataclass
@@ -99,135 +97,6 @@ def read_prompt(start: str) -> str:
     return start
 
 
-class SampleText:
-    """The text of one sample, built token by token: whole characters only, cut at the stop text.
-
-    `push(token)` returns the text that became final with that token (possibly ""), so printing each
-    return value streams the sample; `finish()` returns the rest. `text` is everything generated so
-    far (without the stop text), `done` whether the sample has ended (stop text or end-of-text).
-    """
-
-    def __init__(self, tokenizer, stop: str = "", eot_token: int | None = None):
-        self.tokenizer, self.stop, self.eot_token = tokenizer, stop, eot_token
-        self.text = ""  # decoded so far; its first `emitted` characters have been returned
-        self.emitted = 0
-        self.pending: list[int] = []  # tokens whose text is not final yet (a split UTF-8 character)
-        self.done = False
-
-    def push(self, token: int) -> str:
-        if self.done:
-            return ""
-        if token == self.eot_token:
-            return self.finish()
-        self.pending.append(token)
-        tail = self.tokenizer.decode(self.pending)
-        if tail.endswith(REPLACEMENT_CHAR):
-            if len(self.pending) < 8:
-                return ""  # most likely a character cut short: wait for its remaining bytes
-            tail = self._commit_longest_whole_prefix()  # garbage bytes: do not wait forever
-        else:
-            self.pending = []
-        return self._append(tail)
-
-    def finish(self) -> str:
-        """End the sample: decode what is left (broken bytes become U+FFFD) and return it."""
-        if self.done:
-            return ""
-        tail = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
-        out = self._append(tail, final=True)
-        self.done = True
-        return out
-
-    def _commit_longest_whole_prefix(self) -> str:
-        # Decoding a prefix whose text does not end in U+FFFD ends on a character boundary, so its
-        # text is exactly what decoding everything at once would give for those tokens.
-        for cut in range(len(self.pending) - 1, 0, -1):
-            head = self.tokenizer.decode(self.pending[:cut])
-            if not head.endswith(REPLACEMENT_CHAR):
-                self.pending = self.pending[cut:]
-                return head
-        return ""
-
-    def _append(self, tail: str, final: bool = False) -> str:
-        search_from = max(0, len(self.text) - len(self.stop) + 1)
-        self.text += tail
-        end = len(self.text)
-        if self.stop:
-            found = self.text.find(self.stop, search_from)
-            if found >= 0:
-                self.text = self.text[:found]
-                self.done = True
-                end = found
-            elif not final:  # hold back an ending that may yet grow into the stop text
-                for k in range(min(len(self.stop) - 1, len(self.text)), 0, -1):
-                    if self.text.endswith(self.stop[:k]):
-                        end = len(self.text) - k
-                        break
-        out = self.text[self.emitted:end]
-        self.emitted = end
-        return out
-
-
-# ----------------------------------------------------------------------------- one row on many CPU threads
-
-def row_splits(x: torch.Tensor, weight: torch.Tensor) -> int:
-    """Into how many row blocks to split `weight` for x @ weight.T; 0: use F.linear as it is.
-
-    Only one row on a CPU (decoding at batch 1), on 2+ threads that divide the output rows, with a
-    weight of at least ~128K entries: below that the threads cost more than they save.
-    """
-    splits = torch.get_num_threads()
-    if x.device.type != "cpu" or x.numel() != x.size(-1) or splits < 2:
-        return 0
-    return splits if weight.numel() >= 1 << 17 and weight.size(0) % splits == 0 else 0
-
-
-def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, splits: int) -> torch.Tensor:
-    """F.linear(x, weight, bias) for one row x, computed as `splits` row blocks of the weight in one
-    batched matmul. On some CPUs torch runs a matrix-vector product on one thread; the batched form
-    uses every thread (1.3x tokens/s at batch 1 on a 2-core AMD EPYC; 0.88x on a 2-core Intel Xeon,
-    whose BLAS threads the product already). Each output is still one row of the weight times x."""
-    out_features, in_features = weight.shape
-    blocks = weight.view(splits, out_features // splits, in_features)  # (S, out/S, in)
-    y = torch.bmm(x.reshape(1, 1, -1).expand(splits, 1, -1), blocks.transpose(1, 2))  # (S, 1, out/S)
-    y = y.view(x.shape[:-1] + (out_features,))
-    return y if bias is None else y + bias
-
-
-class RowSplitLinear(nn.Linear):
-    """nn.Linear whose one-row calls on a CPU take row_split_linear (set on a built model by use_row_split)."""
-
-    def forward(self, x):
-        splits = row_splits(x, self.weight)
-        return row_split_linear(x, self.weight, self.bias, splits) if splits else F.linear(x, self.weight, self.bias)
-
-
-def use_row_split(model: nn.Module) -> None:
-    """Make every nn.Linear of a built model a RowSplitLinear (same weights, same state dict)."""
-    for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__class__ = RowSplitLinear
-
-
-@torch.no_grad()
-def row_split_is_faster(layer: nn.Linear, repeats: int = 50) -> bool:
-    """Time one row through `layer` with F.linear and with the row split (on the current threads)."""
-    x = torch.randn(1, layer.in_features, dtype=layer.weight.dtype)
-    splits = row_splits(x, layer.weight)
-    if not splits:
-        return False
-    paths = {True: lambda: row_split_linear(x, layer.weight, layer.bias, splits),
-             False: lambda: F.linear(x, layer.weight, layer.bias)}
-    timings = {}
-    for split in (True, False, True, False):  # twice each, interleaved; the first rounds warm up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            paths[split]()
-        timings[split] = time.perf_counter() - start
-    return timings[True] < timings[False]
-
-
 # ----------------------------------------------------------------------------- generation
 
 def generate_text(model: GPT, tokenizer, prompt_ids: list[int], cfg: SampleConfig, eot_token=None,
@@ -268,7 +137,7 @@ def main(argv: list[str]) -> None:
         if cfg.init_from in ("scratch", "resume"):
             raise UserError(f"--init_from={cfg.init_from} has no meaning here: leave it out to sample from "
                             f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
-        import hf  # optional dependencies, needed only here
+        from smallgpt.interop import hf  # optional dependencies, needed only here
         model = hf.load_pretrained(cfg.init_from).to(device).eval()
         ckpt = {"meta": hf.pretrained_meta(cfg.init_from)}
     else:

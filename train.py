@@ -42,20 +42,20 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import fsdp
-import init_from
-from checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
-from cli import UserError, build_config, option, option_group, read_overrides, run_main
-from data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches, sequences_per_update
-from device import CpuThreads, autocast, cpu_snapshot, should_compile
-from distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
-                         sum_over_ranks)
-from memory import check_memory
 from model import GPT, GPTConfig
-from optim import build_optimizer, set_learning_rate
-from preemption import StopRequest
-from report import EvalProgress, MetricWindow, batch_origin, describe, log_training
-from runfolder import RunFolder
+from smallgpt import fsdp, init_from
+from smallgpt.checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
+from smallgpt.cli import build_config, option, option_group, read_overrides, run_main
+from smallgpt.data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches, sequences_per_update
+from smallgpt.device import CpuThreads, autocast, cpu_snapshot, should_compile
+from smallgpt.distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
+                                  sum_over_ranks)
+from smallgpt.errors import UserError
+from smallgpt.memory import check_memory
+from smallgpt.optim import build_optimizer, set_learning_rate
+from smallgpt.preemption import StopRequest
+from smallgpt.report import EvalProgress, MetricWindow, batch_origin, describe, log_training
+from smallgpt.runfolder import RunFolder
 
 
 @dataclass

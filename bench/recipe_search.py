@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from cli import UserError, parse_variant, run_main  # noqa: E402
+from smallgpt.cli import parse_variant, run_main
+from smallgpt.errors import UserError
 
 PRESET = [
     ("base", []),

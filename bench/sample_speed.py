@@ -30,21 +30,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from cli import option, parse_config, run_main  # noqa: E402
-from device import cpu_snapshot, free_cpu_threads  # noqa: E402
+from smallgpt.cli import option, parse_config, run_main
+from smallgpt.device import cpu_snapshot, free_cpu_threads
 
 STARTED = cpu_snapshot()  # threads are chosen as sample.py chooses them, from the load measured from here
 
-import copy  # noqa: E402
+import copy
 
-import torch  # noqa: E402
+import torch
 
-from checkpoint import CHECKPOINT_NAME, build_checkpoint, save_checkpoint  # noqa: E402
-from tokenizer import CharTokenizer, make_meta  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from sample import row_split_is_faster, use_row_split  # noqa: E402
+from model import GPT, GPTConfig
+from smallgpt.checkpoint import CHECKPOINT_NAME, build_checkpoint, save_checkpoint
+from smallgpt.inference import row_split_is_faster, use_row_split
+from smallgpt.tokenizer import CharTokenizer, make_meta
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # the 65 distinct characters of tiny Shakespeare, sorted (the vocabulary of shakespeare_char)
 SHAKESPEARE_VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")

@@ -14,10 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
-
-import cli  # noqa: E402
-from cli import UserError  # noqa: E402
+from smallgpt import cli
+from smallgpt.errors import UserError
 
 
 def first_at_or_below(records: list[dict], target: float) -> dict | None:

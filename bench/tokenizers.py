@@ -26,23 +26,21 @@ Every step is a subprocess, as a user runs it; the data and runs go to a tempora
 --work_dir names one. Measure on a quiet machine: the load average is printed with the results.
 """
 
+import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from cli import UserError, run_main  # noqa: E402
-from tokenizer import EOT_TEXT, build_tokenizer, read_meta, tokenizer_from_meta  # noqa: E402
+from smallgpt.cli import run_main
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import EOT_TEXT, build_tokenizer, read_meta, tokenizer_from_meta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -148,7 +146,7 @@ def quickstart(args, work: Path) -> None:
             found[name].append((last["iter"], last["val_loss"], result["bits_per_byte"], result["bytes"]))
             print(f"  {name}, round {repeat + 1}: {last['iter']:,} iterations, {result['bits_per_byte']:.4f} bits/byte",
                   flush=True)
-    from checkpoint import load_checkpoint
+    from smallgpt.checkpoint import load_checkpoint
 
     rows = []
     for name, data in datasets.items():

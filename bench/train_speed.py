@@ -21,6 +21,7 @@ warm-up: device.measure_matmul_flops; 8192^3 on a GPU, 2048^3 on a CPU).
 Bench options: --iters (20), --warmup (3), --repeats (3), --variant (repeatable), --matrix, --no_peak.
 """
 
+import importlib.util
 import math
 import os
 import statistics
@@ -28,18 +29,28 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
+import torch
 
-import torch  # noqa: E402
+from smallgpt.cli import parse_variant, run_main
+from smallgpt.device import measure_matmul_flops, peak_flops, synchronize
+from smallgpt.distributed import setup_processes
+from smallgpt.errors import UserError
+from smallgpt.optim import set_learning_rate
+from smallgpt.preemption import StopRequest
+from smallgpt.runfolder import RunFolder
 
-from cli import UserError, parse_variant, run_main  # noqa: E402
-from device import measure_matmul_flops, peak_flops, synchronize  # noqa: E402
-from distributed import setup_processes  # noqa: E402
-from optim import set_learning_rate  # noqa: E402
-from preemption import StopRequest  # noqa: E402
-from runfolder import RunFolder  # noqa: E402
-from train import build_run, load_config, train_step  # noqa: E402
 
+def load_trainer():
+    """train.py, the program at the checkout's root: a script, not an installed module, so loaded from its file."""
+    spec = importlib.util.spec_from_file_location("train", Path(__file__).resolve().parents[1] / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module  # (its dataclasses look their module up by name)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_trainer()
+build_run, load_config, train_step = train.build_run, train.load_config, train.train_step
 DEFAULT_THREADS = torch.get_num_threads()
 BENCH_OPTIONS = {"iters": 20, "warmup": 3, "repeats": 3}
 MATRIX = [("eager adamw", ["--compile=false", "--optimizer=adamw"]), ("compiled adamw", ["--compile=true", "--optimizer=adamw"]),

@@ -53,10 +53,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
 
-import cli  # noqa: E402
-from cli import UserError  # noqa: E402
+from smallgpt import cli
+from smallgpt.errors import UserError
 
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 PATTERNS = {  # (iteration time in ms, val loss, tokens per iteration) in each trainer's output

@@ -12,16 +12,11 @@ About --val_fraction of the documents go to val.bin (seeded, whole documents). N
 and, offline, TIKTOKEN_CACHE_DIR set to a folder holding the r50k_base cache.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import itertools
 
-import cli
-from cli import UserError
-from prepare.text import HelpFormatter, prepare_dataset, print_summary
+from smallgpt import cli
+from smallgpt.errors import UserError
+from smallgpt.prepare import HelpFormatter, prepare_dataset, print_summary
 
 
 def _load_stream(dataset: str, config: str | None, split: str):

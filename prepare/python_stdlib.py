@@ -16,35 +16,15 @@ training files (rustbpe, in the extras .[dev] and .[bpe]). In the quick start's 
 byte tokens and a 4,096-id bpe in val bits per byte (README, "Your own tokenizer").
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import importlib.util
-import sysconfig
+import sys
 
-import cli
-from cli import UserError
-from prepare.text import HelpFormatter, add_bpe_arguments, bpe_options, prepare_dataset, print_summary
-from tokenizer import KINDS
+from smallgpt import cli
+from smallgpt.errors import UserError
+from smallgpt.prepare import HelpFormatter, add_bpe_arguments, bpe_options, prepare_dataset, print_summary, stdlib_files
+from smallgpt.tokenizer import KINDS
 
 QUICK_START_VOCAB = 1024  # the default bpe's ids: the best of byte, 1,024 and 4,096 in the quick start
-EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-
-
-def stdlib_files(root: Path | None = None) -> list[Path]:
-    """The standard library's .py files, sorted, without third-party packages and test suites."""
-    root = Path(root or sysconfig.get_paths()["stdlib"])
-    if not root.is_dir():
-        raise UserError(f"the standard library folder {root} does not exist; pass another corpus to prepare/text.py")
-    files = [p for p in root.rglob("*.py")
-             if p.is_file() and not EXCLUDED_DIRS & set(p.relative_to(root).parts[:-1])]
-    if not files:
-        raise UserError(f"no .py files under {root}; pass another corpus to prepare/text.py")
-    return sorted(files, key=lambda p: p.as_posix())
-
-
 def main(argv=None):
     parser = cli.ArgumentParser(prog="python prepare/python_stdlib.py",
                                 description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)

@@ -11,17 +11,12 @@ characters first, so its counts, 301,966 / 36,059, differ slightly.) Without --i
 downloaded and cached as input.txt in the output folder.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import cli
-from prepare.shakespeare_char import run
+from smallgpt import cli
+from smallgpt.prepare import shakespeare_main
 
 
 def main(argv=None):
-    return run(argv, "gpt2", "data/shakespeare", __doc__, "shakespeare.py")
+    return shakespeare_main(argv, "gpt2", "data/shakespeare", __doc__, "shakespeare.py")
 
 
 if __name__ == "__main__":

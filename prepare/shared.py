@@ -19,26 +19,20 @@ only when complete, so an interrupted run leaves no partial file. Without the ne
 with one line naming what could not be fetched; what was fetched before stays.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-import urllib.error
-import urllib.request
+from pathlib import Path
 
-import cli
-from cli import UserError
-from prepare.text import HelpFormatter
-from tokenizer import GPT2_ENCODING as ENCODING
+from smallgpt import cli
+from smallgpt.errors import UserError
+from smallgpt.prepare import SHAKESPEARE_URL, HelpFormatter, download
+from smallgpt.tokenizer import GPT2_ENCODING as ENCODING
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TO = REPO_ROOT.parent / "shared"  # where tests/conftest.py looks
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_FILE = Path("data") / "tinyshakespeare.txt"
 TIKTOKEN_DIR = "tiktoken_cache"
 
@@ -58,34 +52,6 @@ if sys.argv[2] == "check":
     tiktoken.load.read_file = refuse
 tiktoken.get_encoding(sys.argv[1])
 """
-
-
-def download(url: str, dest: Path, timeout: float, hint: str) -> None:
-    """Write `url`'s content to `dest` atomically (temporary file beside it, then rename).
-
-    A failure raises a one-line UserError ending with `hint` (what to do instead); no partial file stays.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {url}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
-            while block := response.read(1 << 20):
-                f.write(block)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.path.getsize(tmp) == 0:
-            raise ValueError("the download is empty")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private; the downloaded one is not
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise UserError(f"could not download {url} ({reason}); {hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _tiktoken(cache_dir: Path, mode: str, timeout: float) -> subprocess.CompletedProcess:

@@ -140,9 +140,11 @@ def torchrun_command(script, *args: str, nproc: int = 2, env: dict | None = None
 
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd=None):
-    """Run a repo script with this Python; returns the CompletedProcess (text mode, output captured)."""
+    """Run a repo script ("train.py", "prepare/text.py") or a library module ("-m smallgpt.plot") with this
+    Python; returns the CompletedProcess (text mode, output captured)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TIKTOKEN_CACHE_DIR=str(TIKTOKEN_CACHE))
     full_env.pop("GPT_DEBUG", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd or REPO_ROOT,
+    target = script.split() if script.startswith("-m ") else [str(REPO_ROOT / script)]
+    return subprocess.run([sys.executable, *target, *args], cwd=cwd or REPO_ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)

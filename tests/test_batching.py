@@ -14,14 +14,15 @@ import sys
 
 import pytest
 import torch
-
-import train
-from checkpoint import load_checkpoint
-from cli import UserError, build_config, read_overrides
-from conftest import REPO_ROOT, torchrun_command
-from data import plan_batches
 from test_hf import gpt2_dataset  # noqa: F401  (a fixture: GPT-2 BPE data for the finetune config)
 from test_train import TINY, read_metrics
+
+import train
+from conftest import REPO_ROOT, torchrun_command
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.cli import build_config, read_overrides
+from smallgpt.data import plan_batches
+from smallgpt.errors import UserError
 
 CONFIGS = sorted((REPO_ROOT / "config").glob("*.toml"))
 

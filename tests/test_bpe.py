@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import UserError
 from conftest import REPO_ROOT, SHAKESPEARE, run_script
-from tokenizer import (BPE_PATTERNS, BPETokenizer, EOT_TEXT, parse_ranks, read_meta, same_vocabulary,
-                       tokenizer_from_meta)
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import (BPE_PATTERNS, EOT_TEXT, BPETokenizer, parse_ranks, read_meta, same_vocabulary,
+                                tokenizer_from_meta)
 
-sys.path.insert(0, str(REPO_ROOT))
-from prepare import text as text_mod  # noqa: E402
-from prepare.text import prepare_dataset  # noqa: E402
+from smallgpt import prepare as text_mod
+from smallgpt.prepare import prepare_dataset
 
 MIXED = ["def f(x):\n    return {'a': x ** 2}  # naïve café\n\n\n\t\tpass   \n",
          "héllo wörld ✓ 日本語のテキスト 🙂🙂 👩‍👩‍👧 12345678 it's DON'T they'll",
@@ -53,7 +52,7 @@ def marker_of(doc: str) -> str:
 
 
 def trained(rustbpe, texts, vocab_size=600, pattern="gpt4") -> BPETokenizer:
-    from prepare.bpe import train_bpe
+    from smallgpt.bpe import train_bpe
 
     return train_bpe(iter(texts), vocab_size, BPE_PATTERNS[pattern])
 
@@ -113,7 +112,7 @@ def test_safe_cuts_keep_bpe_tokens(rustbpe, pattern):
 
 def test_same_vocabulary_compares_ranks(rustbpe):
     def meta_of(tok):
-        from tokenizer import bpe_meta
+        from smallgpt.tokenizer import bpe_meta
 
         return {"tokenizer": "bpe", "vocab_size": tok.vocab_size, "bpe": bpe_meta(tok)}
 
@@ -312,7 +311,7 @@ def bpe_run(rustbpe, tmp_path_factory):
 def test_run_folder_alone_samples_and_evaluates(bpe_run, tmp_path, capsys):
     import eval as eval_mod
     import sample
-    from checkpoint import load_checkpoint
+    from smallgpt.checkpoint import load_checkpoint
 
     data, run = bpe_run
     alone = tmp_path / "alone"
@@ -367,7 +366,7 @@ def test_sample_text_streams_bpe_tokens_that_end_inside_a_character(rustbpe):
 
 def test_hf_export_tokenizer_json_encodes_like_tiktoken(bpe_run, tmp_path):
     transformers = pytest.importorskip("transformers", reason='transformers is not installed (pip install -e ".[hf]")')
-    import hf
+    from smallgpt.interop import hf
 
     data, run = bpe_run
     hf.export_checkpoint(str(run), str(tmp_path / "export"))

@@ -6,12 +6,12 @@
 import json
 
 import pytest
+from test_resume import read_metrics, tiny_args
 
 import train
-from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from cli import UserError
 from conftest import run_script
-from test_resume import read_metrics, tiny_args
+from smallgpt.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from smallgpt.errors import UserError
 
 
 @pytest.fixture(scope="module")

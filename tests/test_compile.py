@@ -10,12 +10,12 @@ backend traces forward and backward (AOTAutograd) without generating code, so th
 
 import pytest
 import torch
+from test_resume import read_metrics, tiny_args
 
 import train
-from checkpoint import load_checkpoint
 from conftest import model_switches, switch_id
 from model import CPU_MATMUL_ATTENTION_MAX_T, GPT, GPTConfig
-from test_resume import read_metrics, tiny_args
+from smallgpt.checkpoint import load_checkpoint
 
 ALL_MODERN = {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp": "relu2", "tie_embeddings": False,
               "logit_softcap": 30.0, "bias": False}

@@ -11,9 +11,10 @@ import time
 import pytest
 import torch
 
-import device
-from cli import UserError, parse_config
 from conftest import run_script
+from smallgpt import device
+from smallgpt.cli import parse_config
+from smallgpt.errors import UserError
 from train import TrainConfig
 
 
@@ -47,8 +48,9 @@ def test_model_keys_flat_or_in_a_model_table(tmp_path):
 def test_every_model_field_is_a_key_with_help():
     """Derived from GPTConfig: a new model field is a config key, documented by its comment."""
     import dataclasses
-    from cli import config_keys
+
     from model import GPTConfig
+    from smallgpt.cli import config_keys
 
     keys = config_keys(TrainConfig)
     for f in dataclasses.fields(GPTConfig):
@@ -114,7 +116,7 @@ def test_config_files_in_the_repo_are_valid():
 def test_help_lists_every_key_with_type_and_default():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
-    from cli import config_keys
+    from smallgpt.cli import config_keys
     for name in config_keys(TrainConfig):
         assert f"--{name}=" in result.stdout
     assert "--debug" in result.stdout and "--version" in result.stdout

@@ -12,10 +12,10 @@ import time
 
 import pytest
 import torch
-from conftest import records, run_script
 
+from conftest import records, run_script
 from model import GPT, GPTConfig
-from device import cpu_has_bf16_units, resolve_dtype
+from smallgpt.device import cpu_has_bf16_units, resolve_dtype
 from train import TrainConfig, learning_rate_at
 
 TINY_RUN = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4",

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import UserError
-from data import BatchSampler, load_dataset
+from smallgpt.data import BatchSampler, load_dataset
+from smallgpt.errors import UserError
 
 
 def write_tokens(folder, train, val, dtype="uint16", vocab_size=1000, **meta_overrides):
@@ -86,7 +86,7 @@ def test_missing_dataset_path_is_named_as_written(tmp_path, monkeypatch):
 
 
 def test_dataset_name_resolves_in_the_checkout_from_elsewhere(tmp_path, monkeypatch):
-    import data
+    from smallgpt import data
 
     checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -105,7 +105,7 @@ def test_dataset_name_resolves_in_the_checkout_from_elsewhere(tmp_path, monkeypa
 
 
 def test_missing_dataset_name_lists_every_place_tried(tmp_path, monkeypatch):
-    import data
+    from smallgpt import data
 
     monkeypatch.setattr(data, "CHECKOUT", tmp_path / "checkout")
     monkeypatch.chdir(tmp_path)

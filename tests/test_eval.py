@@ -22,11 +22,11 @@ import pytest
 import torch
 
 import eval as eval_script
-from checkpoint import build_checkpoint, save_checkpoint
-from cli import run_main
 from conftest import TIKTOKEN_CACHE, write_char_dataset
 from model import GPT, GPTConfig
-from tokenizer import tokenizer_from_meta
+from smallgpt.checkpoint import build_checkpoint, save_checkpoint
+from smallgpt.cli import run_main
+from smallgpt.tokenizer import tokenizer_from_meta
 
 TEXT = "Ça, Æsir: ðø þæ!\nHear me speak. Before we proceed — any further, hear me.\n"
 
@@ -180,7 +180,7 @@ def test_gpt2_documents_end_with_eot_which_counts_no_bytes(tmp_path, capsys, mon
 
 def test_hugging_face_folder_scores_like_our_checkpoint(tmp_path, capsys):
     safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is not installed (.[hf])")
-    import hf
+    from smallgpt.interop import hf
 
     meta = char_meta(TEXT)
     model = jittered_model(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=len(meta["vocab"])))

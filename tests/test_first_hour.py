@@ -32,13 +32,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import progress
-import report
-import train
-from checkpoint import load_checkpoint
-from conftest import REPO_ROOT, records, run_script, torchrun_command, training_line_fields
 from test_resume import MAX_ITERS, read_metrics, tiny_args
+
+import train
+from conftest import REPO_ROOT, records, run_script, torchrun_command, training_line_fields
+from smallgpt import progress, report
+from smallgpt.checkpoint import load_checkpoint
 
 ETA = r"(\?|\d+s|\d+m\d\ds|\d+h\d\dm)"  # report.format_seconds
 

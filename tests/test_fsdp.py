@@ -23,15 +23,14 @@ import sys
 
 import pytest
 import torch
-
-import fsdp
-import memory
-import train
-from checkpoint import load_checkpoint
-from cli import UserError
-from conftest import REPO_ROOT, records, torchrun_command
 from test_preemption import wait_for_line, worker_pids
 from test_resume import assert_same_state, comparable, read_metrics, tiny_args
+
+import train
+from conftest import REPO_ROOT, records, torchrun_command
+from smallgpt import fsdp, memory
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -117,8 +116,9 @@ def test_fsdp_split_run_resumes_bitwise(small_char_dataset, tmp_path):
 
 LOADED_STATE = """
 import sys, torch
-import fsdp, train
-from checkpoint import load_checkpoint
+import train
+from smallgpt import fsdp
+from smallgpt.checkpoint import load_checkpoint
 
 def hook(event, state, run):  # the first event of the resumed run: the state just loaded, gathered whole
     weights = fsdp.full_state(run.model.state_dict(), run.procs)
@@ -176,7 +176,8 @@ def test_sigterm_to_one_fsdp_rank_stops_every_rank_and_saves(small_char_dataset,
 
 POISON_ONE_SHARD = """
 import sys, torch
-import fsdp, train
+import train
+from smallgpt import fsdp
 
 def hook(event, state, run):  # after update 3 (an evaluation iteration), on rank 1's shard only
     if event == "update" and state.iter_num == 3 and run.procs.rank == 1:

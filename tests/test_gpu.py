@@ -12,13 +12,13 @@ import sys
 
 import pytest
 import torch
+from test_resume import assert_same_state, comparable, read_metrics, tiny_args
 
 import train
-from checkpoint import load_checkpoint
 from conftest import REPO_ROOT, run_script
-from device import cuda_has_bf16_units, resolve_dtype
 from model import GPT, GPTConfig
-from test_resume import assert_same_state, comparable, read_metrics, tiny_args
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.device import cuda_has_bf16_units, resolve_dtype
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none found)")
 

@@ -14,14 +14,14 @@
 
 import pytest
 import torch
+from test_resume import tiny_args
 
-import device
 import train
-from checkpoint import load_checkpoint
-from cli import UserError
 from conftest import records, training_line_fields
 from model import GPT, GPTConfig
-from test_resume import tiny_args
+from smallgpt import device
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.errors import UserError
 
 
 def fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> torch.device:

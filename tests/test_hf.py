@@ -19,11 +19,10 @@ import pytest
 import torch
 
 from conftest import TIKTOKEN_CACHE, model_switches, records, run_script, switch_id, write_char_dataset
-
-import hf
-from checkpoint import build_checkpoint, save_checkpoint
-from cli import UserError
 from model import GPT, GPTConfig
+from smallgpt.checkpoint import build_checkpoint, save_checkpoint
+from smallgpt.errors import UserError
+from smallgpt.interop import hf
 
 MAX_ABS_DIFF = 1e-5
 
@@ -203,7 +202,7 @@ def test_export_refuses_a_parameter_gpt2_has_no_place_for(tmp_path):
 def test_export_cli_one_line_error_for_rope(tmp_path):
     config = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16, pos_embedding="rope")
     run_dir = save_our_checkpoint(GPT(config), tmp_path / "run")
-    result = run_script("hf.py", "export", f"--out_dir={run_dir}", f"--to={tmp_path / 'export'}")
+    result = run_script("-m smallgpt.interop.hf", "export", f"--out_dir={run_dir}", f"--to={tmp_path / 'export'}")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pos_embedding='rope'" in lines[0], result.stderr
@@ -234,7 +233,7 @@ def test_gpt2_tokenizer_files_encode_like_tiktoken(tmp_path, shakespeare_text, m
     for name, text in files.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
-    from tokenizer import build_tokenizer
+    from smallgpt.tokenizer import build_tokenizer
     ours = build_tokenizer("gpt2")
     samples = [shakespeare_text[:20_000], "  héllo wörld\t\n\n 12345 ﬁ 🙂 日本語 <|endoftext|>", "\x00\x7f\u00ad"]
     for text in samples:
@@ -266,7 +265,7 @@ def gpt2_dataset(tmp_path_factory, shakespeare_text) -> Path:
     """The first 60k characters of Shakespeare in GPT-2 BPE, in the prepare scripts' format."""
     import os
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
-    from tokenizer import build_tokenizer
+    from smallgpt.tokenizer import build_tokenizer
     ids = np.array(build_tokenizer("gpt2").encode(shakespeare_text[:60_000]), dtype=np.uint16)
     out = tmp_path_factory.mktemp("shakespeare_gpt2")
     n_train = int(len(ids) * 0.9)

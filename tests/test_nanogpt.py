@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import init_from
-import nanogpt
-import train
-from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError
-from conftest import run_script
-from data import BatchSampler, load_dataset
-from model import GPTConfig
 from nanogpt_files import model_args_for, nanogpt_weights, write_meta_pkl, write_nanogpt_checkpoint, write_nanogpt_data
-from tokenizer import tokenizer_from_meta
+
+import train
+from conftest import run_script
+from model import GPTConfig
+from smallgpt import init_from
+from smallgpt.checkpoint import load_checkpoint, model_from_checkpoint
+from smallgpt.data import BatchSampler, load_dataset
+from smallgpt.errors import UserError
+from smallgpt.interop import nanogpt
+from smallgpt.tokenizer import tokenizer_from_meta
 
 HAS_VOCAB_MULTIPLE = "vocab_multiple" in {f.name for f in dataclasses.fields(GPTConfig)}
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak. Ça va? Æsir ðø!\n" * 3
@@ -115,7 +115,7 @@ def test_converted_checkpoint_gives_nanogpt_logits(tmp_path, bias, monkeypatch):
     assert nanogpt.is_nanogpt_checkpoint(raw)
     assert any(k.startswith("_orig_mod.") for k in raw["model"]) and any(k.endswith(".attn.bias") for k in raw["model"])
 
-    ckpt = nanogpt.convert_checkpoint(raw, path)
+    ckpt = load_checkpoint(path)
     assert not nanogpt.is_nanogpt_checkpoint(ckpt)
     assert not any(k.startswith("_orig_mod.") or k.endswith(".attn.bias") for k in ckpt["model"])
     assert ckpt["model_config"]["mlp"] == "gelu_exact" and ckpt["model_config"]["bias"] is bias
@@ -154,12 +154,12 @@ def test_vocabulary_search_order(nanogpt_checkout, tmp_path, monkeypatch):
     write_meta_pkl(tmp_path / "mine" / "meta.pkl", explicit)
 
     # 1. the current folder's data/<dataset>/meta.pkl, where nanoGPT's sample.py looks
-    assert nanogpt.convert_checkpoint(raw, root / "out-shakespeare-char", cwd=elsewhere)["meta"]["vocab"] == other
+    assert load_checkpoint(root / "out-shakespeare-char", cwd=elsewhere)["meta"]["vocab"] == other
     # 2. otherwise the checkout the run folder sits in
-    assert nanogpt.convert_checkpoint(raw, root / "out-shakespeare-char", cwd=tmp_path)["meta"]["vocab"] == vocab
+    assert load_checkpoint(root / "out-shakespeare-char", cwd=tmp_path)["meta"]["vocab"] == vocab
     # 3. an explicit folder (or the meta.pkl itself) overrides both
     for hint in (tmp_path / "mine", tmp_path / "mine" / "meta.pkl"):
-        converted = nanogpt.convert_checkpoint(raw, root / "out-shakespeare-char", dataset_hint=hint, cwd=elsewhere)
+        converted = load_checkpoint(root / "out-shakespeare-char", dataset=hint, cwd=elsewhere)
         assert converted["meta"]["vocab"] == explicit
     # a dataset name is looked up where nanoGPT keeps datasets
     monkeypatch.chdir(elsewhere)
@@ -245,13 +245,14 @@ def test_run_checkpoint_path_tells_runs_from_other_sources(nanogpt_checkout, tmp
 
 def test_damaged_model_args_are_one_line(nanogpt_checkout):
     raw = torch.load(nanogpt_checkout["ckpt"], weights_only=True)
-    broken = {**raw, "model_args": {k: v for k, v in raw["model_args"].items() if k != "n_head"}}
+    damaged = nanogpt_checkout["ckpt"].parent / "damaged.pt"
+    torch.save({**raw, "model_args": {k: v for k, v in raw["model_args"].items() if k != "n_head"}}, damaged)
     with pytest.raises(UserError, match="model_args lacks n_head"):
-        nanogpt.convert_checkpoint(broken, nanogpt_checkout["ckpt"])
-    wrong = {**raw, "model_args": {**raw["model_args"], "vocab_size": 99}}
+        load_checkpoint(damaged)
+    torch.save({**raw, "model_args": {**raw["model_args"], "vocab_size": 99}}, damaged)
     rows = len(nanogpt_checkout["vocab"])
     with pytest.raises(UserError, match=f"vocab_size 99 but the embedding has {rows} rows"):
-        nanogpt.convert_checkpoint(wrong, nanogpt_checkout["ckpt"])
+        load_checkpoint(damaged)
 
 
 # ----------------------------------------------------------------------------- data folders

@@ -14,14 +14,15 @@ import time
 
 import pytest
 import torch
+from test_hf import gpt2_dataset  # noqa: F401  (a fixture: GPT-2 BPE data for the GPT-2 configs)
 
-import device
 import sample
 import train
-from checkpoint import load_checkpoint
-from cli import UserError, build_config, read_overrides
 from conftest import REPO_ROOT, run_script
-from test_hf import gpt2_dataset  # noqa: F401  (a fixture: GPT-2 BPE data for the GPT-2 configs)
+from smallgpt import device
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.cli import build_config, read_overrides
+from smallgpt.errors import UserError
 
 NANOGPT_CONFIGS = {
     "train_shakespeare_char.py": """

@@ -8,8 +8,9 @@ import copy
 import torch
 
 from model import GPT, GPTConfig
-import optim
-from optim import MuonAdamW, build_optimizer, muon_param_groups, newton_schulz_dtype, orthogonalize, set_learning_rate
+from smallgpt import optim
+from smallgpt.optim import (MuonAdamW, build_optimizer, muon_param_groups, newton_schulz_dtype, orthogonalize,
+                            set_learning_rate)
 from train import TrainConfig
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40)

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-import plot
-from cli import run_main
 from conftest import run_script
+from smallgpt import plot
+from smallgpt.cli import run_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -114,10 +114,10 @@ def test_save_loss_plot_never_raises(tmp_path):
 
 
 def test_script_errors_are_one_line(tmp_path):
-    result = run_script("plot.py", str(tmp_path / "no_run"), f"--out={tmp_path / 'x.png'}")
+    result = run_script("-m smallgpt.plot", str(tmp_path / "no_run"), f"--out={tmp_path / 'x.png'}")
     assert result.returncode == 1 and result.stderr.startswith("error: no metrics.jsonl in")
     assert len(result.stderr.strip().splitlines()) == 1
-    result = run_script("plot.py")
+    result = run_script("-m smallgpt.plot")
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "RUN" in result.stderr
 
 
@@ -125,8 +125,9 @@ def test_training_draws_loss_png_and_runs_on_without_matplotlib(small_char_datas
     """train.py leaves out_dir/loss.png with every evaluation drawn; without matplotlib it trains the same
     and draws nothing."""
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e \".[plot]\")")
-    import train
     from test_resume import tiny_args
+
+    import train
 
     train.main(tiny_args(small_char_dataset, tmp_path / "drawn", max_iters=10))
     picture = tmp_path / "drawn" / "loss.png"

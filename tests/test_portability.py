@@ -20,16 +20,16 @@ import types
 
 import pytest
 import torch
-
-import device
-import train
-from checkpoint import load_checkpoint, rng_state, save_checkpoint
-from cli import UserError
-from conftest import REPO_ROOT
-from distributed import setup_processes
-from model import GPT, GPTConfig
-from runfolder import FolderLock, RunFolder
 from test_train import TINY
+
+import train
+from conftest import REPO_ROOT
+from model import GPT, GPTConfig
+from smallgpt import device
+from smallgpt.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from smallgpt.distributed import setup_processes
+from smallgpt.errors import UserError
+from smallgpt.runfolder import FolderLock, RunFolder
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ for name in ("uname", "pread", "pwrite", "fchmod", "O_CLOEXEC"):
     if hasattr(os, name):
         delattr(os, name)
 import train
-from cli import run_main
+from smallgpt.cli import run_main
 run_main(train.main, sys.argv[1:])
 """
 

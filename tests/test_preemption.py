@@ -32,14 +32,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_resume import MAX_ITERS, assert_same_state, comparable, read_metrics, tiny_args
 
-import hf
 import sample
 import train
-from checkpoint import load_checkpoint
-from cli import UserError, run_main
 from conftest import REPO_ROOT, TIKTOKEN_CACHE, run_script, torchrun_command
-from test_resume import MAX_ITERS, assert_same_state, comparable, read_metrics, tiny_args
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.cli import run_main
+from smallgpt.errors import UserError
+from smallgpt.interop import hf
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import UserError
-from tokenizer import read_meta, tokenizer_from_meta
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import read_meta, tokenizer_from_meta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
 
-sys.path.insert(0, str(REPO_ROOT))
-from prepare import text as text_mod  # noqa: E402
-from prepare.text import prepare_dataset  # noqa: E402
+from smallgpt import prepare as text_mod
+from smallgpt.prepare import prepare_dataset
 
 META_KEYS = {"format_version", "tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens", "eot_token",
              "documents", "source"}
@@ -278,7 +277,7 @@ def test_max_tokens_stops_at_a_document_end(tmp_path, gpt2_cache):
 
 
 def test_safe_cuts_keep_gpt2_tokens(gpt2_cache, shakespeare):
-    from tokenizer import GPT2Tokenizer
+    from smallgpt.tokenizer import GPT2Tokenizer
 
     enc = GPT2Tokenizer().enc
     rng = random.Random(0)
@@ -316,7 +315,7 @@ def test_parallel_output_is_byte_identical(tmp_path, monkeypatch, gpt2_cache, sh
         outputs.append([(out / n).read_bytes() for n in ("train.bin", "val.bin", "meta.json")])
     assert outputs[0] == outputs[1] == outputs[2]
     if tokenizer == "gpt2":  # pieces cut at safe points: the tokens of a one-call encode
-        from tokenizer import GPT2Tokenizer
+        from smallgpt.tokenizer import GPT2Tokenizer
 
         enc = GPT2Tokenizer().enc
         files = sorted(folder.iterdir())
@@ -329,7 +328,7 @@ def test_parallel_output_is_byte_identical(tmp_path, monkeypatch, gpt2_cache, sh
 
 
 def test_shakespeare_gpt2_is_one_call_encode(tmp_path, gpt2_cache, shakespeare):
-    from tokenizer import GPT2Tokenizer
+    from smallgpt.tokenizer import GPT2Tokenizer
 
     proc = run("prepare/shakespeare.py", "--input", str(SHAKESPEARE), "--out_dir", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
@@ -369,7 +368,7 @@ def test_memory_stays_bounded(tmp_path, shakespeare, tokenizer):
         (corpus / f"doc{i:04d}.txt").write_bytes(block[i * 1000 : i * 1000 + 50_000])
     size_mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
     assert size_mb > 140
-    from prepare.bench_prepare import run_measured
+    from bench.prepare_speed import run_measured
 
     options = ["--tokenizer=byte"] if tokenizer == "byte" else ["--tokenizer=bpe", "--vocab_size=1024",
                                                                  "--bpe_sample_bytes=10000000"]
@@ -434,7 +433,7 @@ def test_python_stdlib_dataset(tmp_path):
     assert meta["train_tokens"] > 5_000_000 and meta["val_tokens"] > 100_000
     assert b"def " in train[:200_000].astype(np.uint8).tobytes()
 
-    from prepare.python_stdlib import stdlib_files
+    from smallgpt.prepare import stdlib_files
 
     parts = {part for f in stdlib_files() for part in f.parts}
     assert not parts & {"site-packages", "dist-packages", "test", "tests"}
@@ -553,7 +552,8 @@ def test_shared_folder_is_filled_and_then_found(tmp_path, monkeypatch, capsys, s
     # GPT-2 BPE loads from the new folder with no network
     import tiktoken.load
     import tiktoken.registry
-    from tokenizer import GPT2Tokenizer
+
+    from smallgpt.tokenizer import GPT2Tokenizer
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(to / "tiktoken_cache"))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})

@@ -15,7 +15,7 @@ import termios
 import pytest
 
 from conftest import REPO_ROOT, SHAKESPEARE, run_script
-from progress import PlainProgress, progress, use_bar
+from smallgpt.progress import PlainProgress, progress, use_bar
 
 
 class FakeTTY(io.StringIO):

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint
-from cli import UserError
 from conftest import model_switches, records, switch_id
+from smallgpt.checkpoint import load_checkpoint
+from smallgpt.errors import UserError
 
 MAX_ITERS = 20
 

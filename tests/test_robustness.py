@@ -30,13 +30,14 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
 import sample
 import train
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import UserError, run_main
 from conftest import REPO_ROOT, run_script
-from preemption import StopRequest
+from smallgpt import checkpoint
+from smallgpt.checkpoint import load_checkpoint, save_checkpoint
+from smallgpt.cli import run_main
+from smallgpt.errors import UserError
+from smallgpt.preemption import StopRequest
 
 spec = importlib.util.spec_from_file_location("prepare_text", REPO_ROOT / "prepare" / "text.py")
 prepare_text = importlib.util.module_from_spec(spec)
@@ -69,8 +70,7 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 SAVER = """
 import sys, torch
-sys.path.insert(0, sys.argv[3])
-from checkpoint import save_checkpoint
+from smallgpt.checkpoint import save_checkpoint
 path, k = sys.argv[1], int(sys.argv[2])
 weights = torch.empty(4_000_000)  # 16 MB: each save takes long enough to be killed in the middle
 while True:
@@ -91,7 +91,7 @@ def test_checkpoint_survives_sigkill_at_random_moments(tmp_path):
     mid_save_kills = 0  # kills that left a temporary file, i.e. landed inside a save
     for round_ in range(5):
         start = 1000 * round_
-        proc = subprocess.Popen([sys.executable, str(script), str(ckpt_path), str(start), str(REPO_ROOT)],
+        proc = subprocess.Popen([sys.executable, str(script), str(ckpt_path), str(start)],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == str(start)  # one save of this round has finished
         time.sleep(rng.uniform(0.0, 0.4))
@@ -169,20 +169,57 @@ def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_
     assert load_checkpoint(tmp_path)["iter_num"] == stop_iter + 3
 
 
-def test_first_ctrl_c_asks_to_stop_second_leaves_at_once():
+@pytest.fixture
+def sigint_as_a_terminal_leaves_it():
+    """SIGINT as an interactive shell hands it to Python: the default handler, not blocked in this thread.
+
+    A test process started as a background job or under nohup inherits SIGINT ignored, and StopRequest
+    rightly keeps an ignored SIGINT ignored; a test of Ctrl-C sets the disposition it needs and restores
+    what it found, so neither how pytest was started nor an earlier test decides its outcome."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
+
+
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass (a handler runs at the next bytecode of the main thread)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_first_ctrl_c_asks_to_stop_second_leaves_at_once(sigint_as_a_terminal_leaves_it):
     with StopRequest() as stop:
         assert not stop.requested
-        # raise_signal sends it to this thread (os.kill to the process may land on one of torch's threads,
-        # whose turn on a busy CPU can come tens of ms later); the handler runs at the next bytecode
+        # raise_signal sends it to this thread (os.kill to the process may land on one of torch's threads)
         signal.raise_signal(signal.SIGINT)
-        deadline = time.monotonic() + 5
-        while not stop.requested and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert stop.requested and stop.reason == "SIGINT"
+        assert wait_for(lambda: stop.requested) and stop.reason == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
             time.sleep(5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_an_inherited_ignored_ctrl_c_stays_ignored_and_sigterm_still_stops():
+    """A trainer started with nohup (SIGINT ignored) keeps ignoring Ctrl-C, and still stops on SIGTERM."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    try:
+        with StopRequest() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert not wait_for(lambda: stop.requested, 0.2)
+            signal.raise_signal(signal.SIGTERM)
+            assert wait_for(lambda: stop.requested) and stop.reason == "SIGTERM"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is sigterm_before
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_interrupt_is_one_line_and_exit_130(capsys):

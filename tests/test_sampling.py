@@ -4,24 +4,24 @@ temperature, streamed text (split UTF-8 characters, stop text), and sample.py en
 Checkpoints are tiny random models saved with the same keys train.py writes; nothing is trained.
 """
 
+import copy
 import os
 import random
 import subprocess
 import sys
 import time
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import sample
-from checkpoint import build_checkpoint, load_model, save_checkpoint
-from cli import UserError
 from conftest import REPO_ROOT, TIKTOKEN_CACHE, model_switches, run_script, switch_id
 from model import GPT, GPTConfig, KVCache
-from tokenizer import ByteTokenizer, CharTokenizer
+from smallgpt.checkpoint import build_checkpoint, load_model, save_checkpoint
+from smallgpt import inference
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import ByteTokenizer, CharTokenizer
 
 LEARNED = dict(pos_embedding="learned")
 ROPE = dict(pos_embedding="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", tie_embeddings=False,
@@ -93,10 +93,10 @@ def test_batch_one_through_the_row_split_matches_recompute(variant):
     the plain model's full recompute at every step, and its greedy tokens."""
     model = tiny(n_embd=384, n_head=6, **VARIANTS[variant])  # wide enough for the path
     split = copy.deepcopy(model)
-    sample.use_row_split(split)
+    inference.use_row_split(split)
     torch.set_num_threads(2)
     fc = split.transformer.h[0].mlp.c_fc
-    assert isinstance(fc, sample.RowSplitLinear) and sample.row_splits(torch.zeros(1, fc.in_features), fc.weight) == 2
+    assert isinstance(fc, inference.RowSplitLinear) and inference.row_splits(torch.zeros(1, fc.in_features), fc.weight) == 2
     seq = torch.randint(0, len(VOCAB), (1, 32))
     cache = KVCache(split.config, 1, "cpu", torch.float32)
     with torch.no_grad():
@@ -119,24 +119,24 @@ def test_row_split_linear_matches_f_linear(threads, bias):
     torch.set_num_threads(threads)
     for shape in [(1, 256), (1, 1, 256), (256,)]:
         x = torch.randn(shape)
-        assert sample.row_splits(x, layer.weight) == threads
-        y = sample.row_split_linear(x, layer.weight, layer.bias, threads)
+        assert inference.row_splits(x, layer.weight) == threads
+        y = inference.row_split_linear(x, layer.weight, layer.bias, threads)
         assert y.shape == shape[:-1] + (600,)
         torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-6, rtol=1e-5)
     # the split does not apply to several rows, rows that do not divide by the threads, or small weights
-    assert sample.row_splits(torch.randn(4, 1, 256), layer.weight) == 0
-    assert sample.row_splits(torch.randn(1, 256), torch.nn.Linear(256, 601).weight) == 0
-    assert sample.row_splits(torch.randn(1, 64), torch.nn.Linear(64, 60).weight) == 0
+    assert inference.row_splits(torch.randn(4, 1, 256), layer.weight) == 0
+    assert inference.row_splits(torch.randn(1, 256), torch.nn.Linear(256, 601).weight) == 0
+    assert inference.row_splits(torch.randn(1, 64), torch.nn.Linear(64, 60).weight) == 0
     torch.set_num_threads(1)
-    assert sample.row_splits(torch.randn(1, 256), layer.weight) == 0
+    assert inference.row_splits(torch.randn(1, 256), layer.weight) == 0
 
 
 def test_use_row_split_keeps_the_weights_and_the_plain_path_for_several_rows():
     model = tiny(n_embd=384, n_head=6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sample.use_row_split(model)
+    inference.use_row_split(model)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(type(m) is sample.RowSplitLinear for m in linears)
+    assert linears and all(type(m) is inference.RowSplitLinear for m in linears)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
@@ -148,8 +148,8 @@ def test_use_row_split_keeps_the_weights_and_the_plain_path_for_several_rows():
 
 def test_row_split_is_chosen_by_timing():
     torch.set_num_threads(2)
-    assert isinstance(sample.row_split_is_faster(torch.nn.Linear(256, 600), repeats=5), bool)
-    assert sample.row_split_is_faster(torch.nn.Linear(64, 60), repeats=5) is False  # too small to split
+    assert isinstance(inference.row_split_is_faster(torch.nn.Linear(256, 600), repeats=5), bool)
+    assert inference.row_split_is_faster(torch.nn.Linear(64, 60), repeats=5) is False  # too small to split
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -291,7 +291,7 @@ def test_sample_next_token_rejects_bad_arguments(bad):
 # ----------------------------------------------------------------------------- streamed text
 
 def stream_pieces(tokenizer, tokens, stop=""):
-    text = sample.SampleText(tokenizer, stop)
+    text = inference.SampleText(tokenizer, stop)
     pieces = [text.push(t) for t in tokens]
     pieces.append(text.finish())
     return pieces, text
@@ -337,7 +337,7 @@ def test_stop_text_is_cut_and_never_printed():
 def test_end_of_text_token_ends_a_sample_and_is_not_printed():
     tok = CharTokenizer(VOCAB)
     eot = tok.encode("Z")[0]
-    text = sample.SampleText(tok, eot_token=eot)
+    text = inference.SampleText(tok, eot_token=eot)
     pieces = [text.push(t) for t in tok.encode("abcZdef")]
     assert "".join(pieces) == "abc" and text.done and text.text == "abc"
 

@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import UserError
-from tokenizer import (
-    ByteTokenizer,
-    CharTokenizer,
-    GPT2Tokenizer,
-    build_tokenizer,
-    read_meta,
-    token_dtype,
-    tokenizer_from_meta,
-)
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import (ByteTokenizer, CharTokenizer, GPT2Tokenizer, build_tokenizer, read_meta, token_dtype,
+                                tokenizer_from_meta)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "tiktoken_cache"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, save_checkpoint
 from conftest import REPO_ROOT, SHAKESPEARE, records, run_script, torchrun_command
+from smallgpt.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=8", "--dropout=0.0",
         "--device=cpu", "--dtype=float32", "--eval_iters=4", "--log_interval=5", "--warmup_iters=5",

@@ -1,6 +1,6 @@
 """Optimizers for train.py and bench/train_speed.py: AdamW (torch's) or Muon for hidden matrices.
 
-    from optim import build_optimizer
+    from smallgpt.optim import build_optimizer
     optimizer = build_optimizer(model, cfg, device_type)   # cfg: train.TrainConfig (or any object
                                                            # with the same optimizer keys)
 
@@ -26,7 +26,7 @@ networks" (2024). Written here from the description, not copied.
 
 import torch
 
-from device import cpu_has_bf16_units
+from smallgpt.device import cpu_has_bf16_units
 
 # Quintic Newton-Schulz coefficients (a, b, c): X <- a X + b (X X^T) X + c (X X^T)^2 X. Chosen (by
 # the Muon authors) to push singular values in (0, 1] quickly towards ~1 (they land in about

@@ -13,8 +13,8 @@ cache (HF_HOME) and read from there afterwards, also offline (HF_HUB_OFFLINE=1).
 
 Out: one of our checkpoints becomes such a folder, loadable with
 `transformers.GPT2LMHeadModel.from_pretrained(DIR)` and giving the same logits:
-    python hf.py export --out_dir=out-shakespeare --to=hf-shakespeare [--overwrite]
-    python hf.py --help
+    python -m smallgpt.interop.hf export --out_dir=out-shakespeare --to=hf-shakespeare [--overwrite]
+    python -m smallgpt.interop.hf --help
 The folder gets config.json, model.safetensors, README.md (which tokenizer the ids belong to) and
 smallgpt_meta.json (our dataset metadata, e.g. a char vocabulary). A model trained on GPT-2 BPE also
 gets vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tiktoken's ranks, so
@@ -46,8 +46,9 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError, option, parse_config, run_main
 from model import GPT, GPTConfig
+from smallgpt.cli import option, parse_config, run_main
+from smallgpt.errors import UserError
 
 # hub repositories of OpenAI's four GPT-2 sizes
 PRETRAINED = {
@@ -333,7 +334,7 @@ def pretrained_config(init_from: str, dropout: float = 0.0) -> GPTConfig:
 
 
 def pretrained_meta(init_from: str) -> dict:
-    """The tokenizer meta of pretrained weights: a folder exported by `hf.py export` carries its run's
+    """The tokenizer meta of pretrained weights: a folder exported by `python -m smallgpt.interop.hf export` carries its run's
     (smallgpt_meta.json: a char or byte vocabulary, say); hub names and other folders are GPT-2 BPE."""
     meta_path = Path(init_from) / "smallgpt_meta.json"
     if init_from in PRETRAINED or not meta_path.is_file():
@@ -380,7 +381,7 @@ def merges_from_ranks(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
 
 def _spelling():
     """Spell a token's bytes as Hugging Face's byte-level vocab and merges files do."""
-    from tokenizer import byte_to_unicode
+    from smallgpt.tokenizer import byte_to_unicode
 
     show = byte_to_unicode()
     return lambda tok: "".join(show[b] for b in tok)
@@ -392,7 +393,7 @@ def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
     Needs only the r50k_base file tiktoken has cached (TIKTOKEN_CACHE_DIR works offline); None when
     it cannot be had.
     """
-    from tokenizer import build_tokenizer  # the project's tiktoken wrapper and its offline handling
+    from smallgpt.tokenizer import build_tokenizer  # the project's tiktoken wrapper and its offline handling
 
     try:
         enc = build_tokenizer("gpt2").enc
@@ -419,7 +420,7 @@ def bpe_tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str]:
     token, as in tiktoken. transformers' PreTrainedTokenizerFast(tokenizer_file=...) and
     AutoTokenizer.from_pretrained(folder) load it.
     """
-    from tokenizer import EOT_TEXT, tokenizer_from_meta
+    from smallgpt.tokenizer import EOT_TEXT, tokenizer_from_meta
 
     tok = tokenizer_from_meta(meta, where="the checkpoint's metadata")
     spelled = _spelling()
@@ -479,14 +480,14 @@ def model_card(meta: dict, source: str, with_tokenizer: bool) -> str:
                "tokenizer.py (`tokenizer_from_meta`) or that list.")
     else:
         tok = "The tokenizer is unknown: the checkpoint carries no dataset metadata."
-    return (f"# GPT-2 layout export of a smallgpt checkpoint\n\nExported from `{source}` by `python hf.py export`.\n\n"
+    return (f"# GPT-2 layout export of a smallgpt checkpoint\n\nExported from `{source}` by `python -m smallgpt.interop.hf export`.\n\n"
             f"    from transformers import GPT2LMHeadModel\n    model = GPT2LMHeadModel.from_pretrained(THIS_FOLDER)\n\n"
             f"{tok}\n")
 
 
 def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
     """Write our checkpoint (out_dir/ckpt.pt or a file) as a Hugging Face GPT-2 folder at `to`."""
-    from checkpoint import load_model  # only the export needs the trainer's checkpoint format
+    from smallgpt.checkpoint import load_model  # only the export needs the trainer's checkpoint format
 
     model, ckpt = load_model(out_dir)
     config = model.config
@@ -542,7 +543,7 @@ class ExportConfig:
     overwrite: bool = option(False, "replace --to if it already holds files")
 
 
-USAGE = """usage: python hf.py export --out_dir=RUN --to=DIR [--overwrite]
+USAGE = """usage: python -m smallgpt.interop.hf export --out_dir=RUN --to=DIR [--overwrite]
 
   export   write our checkpoint RUN/ckpt.pt as a Hugging Face GPT-2 folder DIR (config.json +
            model.safetensors + README.md naming the tokenizer + smallgpt_meta.json; for GPT-2 BPE
@@ -554,7 +555,7 @@ USAGE = """usage: python hf.py export --out_dir=RUN --to=DIR [--overwrite]
 
 Importing needs no command: train.py and sample.py take --init_from=gpt2|gpt2-medium|gpt2-large|
 gpt2-xl|PATH (PATH: a folder with config.json and model.safetensors or pytorch_model.bin).
-python hf.py export --help lists the export keys."""
+python -m smallgpt.interop.hf export --help lists the export keys."""
 
 
 def main(argv: list[str]) -> None:
@@ -563,7 +564,7 @@ def main(argv: list[str]) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command != "export":
-        raise UserError(f"unknown command {command!r}; the command is export (python hf.py --help)")
+        raise UserError(f"unknown command {command!r}; the command is export (python -m smallgpt.interop.hf --help)")
     cfg = parse_config(ExportConfig, rest, "Export a checkpoint as a Hugging Face GPT-2 folder.")
     if not cfg.to:
         raise UserError("export needs --to=DIR, the folder to write")

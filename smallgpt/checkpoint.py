@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError
+from smallgpt.errors import UserError
+from smallgpt.interop import nanogpt
 
 CHECKPOINT_NAME = "ckpt.pt"
 FORMAT_VERSION = 2
@@ -187,9 +188,8 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False, dataset=None, 
     state = read_archive(path, map_location, mmap)
     path = Path(path) / CHECKPOINT_NAME if Path(path).is_dir() else Path(path)
     if isinstance(state, dict) and "model_args" in state and "model_config" not in state:
-        import nanogpt  # only for nanoGPT's checkpoints
-
-        return nanogpt.convert_checkpoint(state, path, dataset, cwd)
+        model, meta, loop_state, extras = nanogpt.convert_checkpoint(state, path, dataset, cwd)
+        return {**build_checkpoint(model, meta=meta, **loop_state), **extras}
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a checkpoint written by train.py or nanoGPT (no model weights)")
     state = upgrade(state, path)

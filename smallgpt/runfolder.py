@@ -31,9 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-import plot
-from checkpoint import CHECKPOINT_NAME, save_checkpoint
-from cli import UserError
+from smallgpt import plot
+from smallgpt.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from smallgpt.errors import UserError
 
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".lock"
@@ -125,7 +125,7 @@ class RunFolder:
             self.logger = open_wandb(config, dir=str(self.path), **wandb)
         if importlib.util.find_spec("matplotlib") is None:
             print(f"{self.path / 'loss.png'} will not be drawn: matplotlib is not installed "
-                  f"(pip install -e \".[plot]\"; python plot.py {self.path} draws it later)", flush=True)
+                  f"(pip install -e \".[plot]\"; python -m smallgpt.plot {self.path} draws it later)", flush=True)
 
     def write_checkpoint(self, checkpoint: dict | None, iter_num: int, why: str) -> None:
         """Save ckpt.pt atomically (the first process writes; the others pass None) and note what it holds."""

@@ -5,7 +5,7 @@
     print(plan.line())   # weights 0.06 GB, gradients 0.06 GB, optimizer 0.12 GB, activations 9.97 GB, ...
     check_fits(plan, free_bytes, retry)   # a one-line error naming the keys that would make it fit
 
-    python memory.py     # the README's table: GPT-2 124M to 1.5B, one GPU and eight, ddp / fsdp / checkpointing
+    python -m smallgpt.memory     # the README's table: GPT-2 124M to 1.5B, one GPU and eight, ddp / fsdp / checkpointing
 
 What each process holds during an update, in bytes:
   weights      4 per parameter (float32 master weights: autocast computes in bf16/fp16 from them),
@@ -32,8 +32,8 @@ import sys
 
 import torch
 
-from cli import UserError
-from distributed import any_rank
+from smallgpt.distributed import any_rank
+from smallgpt.errors import UserError
 
 GB = 1e9
 RESERVE = 0.10  # of the free memory, kept for what the plan does not count

@@ -17,7 +17,7 @@ and, for prepare/text.py, `encode_array(text) -> np.ndarray` (uint32) that skips
           prepare/shared.py` makes one (../shared/tiktoken_cache) while online. Text is encoded as
           ordinary text: "<|endoftext|>" written in a document is not turned into the special token.
     bpe   a byte-level BPE trained on the dataset's own training text (prepare/text.py --tokenizer=bpe,
-          see prepare/bpe.py), encoded by tiktoken: ids 0..N-2 are its ranks (the 256 single bytes
+          see smallgpt/bpe.py), encoded by tiktoken: ids 0..N-2 are its ranks (the 256 single bytes
           and the merges, in the order they were learned), N-1 is <|endoftext|>. Its ranks are data,
           in tiktoken's own text format ("base64(token) rank" per line): the file tokenizer.tiktoken
           beside train.bin, whose SHA-256 meta.json records with the pre-split pattern and the
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError
+from smallgpt.errors import UserError
 
 KINDS = ("char", "byte", "gpt2", "bpe")
 META_FORMAT_VERSION = 1
@@ -61,7 +61,7 @@ BPE_PATTERNS = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
 }
-SHARED_DIR = Path(__file__).resolve().parent.parent / "shared"  # what prepare/shared.py fills by default
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # what prepare/shared.py fills by default
 
 
 def token_dtype(vocab_size: int) -> str:

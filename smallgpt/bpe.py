@@ -12,7 +12,7 @@ prepare/text.py `_bpe_training_text`).
 
 The trainer is rustbpe (pip install rustbpe, the optional extra `.[bpe]`): a Rust BPE trainer
 whose merges are tiktoken ranks as they are. HF `tokenizers` trains the same kind of BPE (with a
-Split pre-tokenizer on the same pattern); prepare/bench_bpe.py ran both on the same text, the same
+Split pre-tokenizer on the same pattern); bench/bpe_trainers.py ran both on the same text, the same
 documents in the same pieces, on a shared 2-core Xeon (load average 2.5-4 from other work), 4096 ids:
     Python stdlib, 12 MB:        rustbpe 2.7 s, 81 MB peak;   tokenizers 5.3 s, 195 MB peak
     stdlib + site-packages + C headers, 200 MB:
@@ -24,15 +24,10 @@ memory (their number grows far slower than the text), then merges; strings are h
 much is read. Encoding is tiktoken's (tokenizer.BPETokenizer), not the trainer's.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import os
 
-from cli import UserError
-from tokenizer import BPETokenizer
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import BPETokenizer
 
 DEFAULT_SAMPLE_BYTES = 200_000_000  # training text beyond this is sampled down to it (--bpe_sample_bytes)
 DEFAULT_VOCAB = 4096  # --vocab_size when not given

@@ -41,8 +41,8 @@ from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 
-from cli import UserError
-from tokenizer import CharTokenizer, make_meta, read_meta, validate_meta
+from smallgpt.errors import UserError
+from smallgpt.tokenizer import CharTokenizer, make_meta, read_meta, validate_meta
 
 GPT2_VOCAB = 50257  # GPT-2 BPE token ids (r50k_base), <|endoftext|> = 50256 the last
 GPT2_EOT = 50256
@@ -334,18 +334,19 @@ def convert_state_dict(state: dict) -> dict:
 
 
 def convert_checkpoint(ckpt: dict, path, dataset_hint=None, cwd=None) -> dict:
-    """A nanoGPT checkpoint dict in our layout (what checkpoint.load_checkpoint returns for ours).
+    """What a nanoGPT checkpoint holds, in our terms: (model, meta, loop_state, extras), from which
+    checkpoint.load_checkpoint builds the dict it returns for ours.
 
     ckpt: the dict torch.load(weights_only=True) gave for nanoGPT's ckpt.pt; path: that file or its
     run folder (for finding meta.pkl and for messages); dataset_hint: a folder holding meta.pkl (or
     a dataset name, or one of our dataset folders) that overrides the search; cwd: where nanoGPT's
     sample.py would have run (default: the current folder).
 
-    Returns {"format_version", "model", "model_config", "meta", "iter_num", "best_val_loss",
-    "nanogpt_source", "nanogpt_config", "nanogpt_vocabulary"}; the optimizer state is not carried
-    over (its parameter groups are nanoGPT's). Problems are one-line UserErrors.
+    model: our GPT holding its weights; meta: its vocabulary as our meta.json; loop_state: iter_num
+    and best_val_loss; extras: "nanogpt_source", "nanogpt_config", "nanogpt_vocabulary". The
+    optimizer state is not carried over (its parameter groups are nanoGPT's). Problems are one-line
+    UserErrors.
     """
-    from checkpoint import build_checkpoint
     from model import GPT, GPTConfig
 
     ckpt_file, _ = _run_paths(path)
@@ -376,6 +377,6 @@ def convert_checkpoint(ckpt: dict, path, dataset_hint=None, cwd=None) -> dict:
         raise UserError(f"{ckpt_file}: its weights do not fit its model_args ({str(e).splitlines()[0][:160]}); "
                         f"the checkpoint is damaged") from None
     best = float(best) if best is not None else float("inf")  # nanoGPT saves a 0-d tensor
-    return {**build_checkpoint(model, meta=meta, iter_num=int(ckpt.get("iter_num", 0)), best_val_loss=best),
-            "nanogpt_source": str(ckpt_file), "nanogpt_config": config_dict,
-            "nanogpt_vocabulary": describe_vocabulary(meta)}
+    return (model, meta, {"iter_num": int(ckpt.get("iter_num", 0)), "best_val_loss": best},
+            {"nanogpt_source": str(ckpt_file), "nanogpt_config": config_dict,
+             "nanogpt_vocabulary": describe_vocabulary(meta)})

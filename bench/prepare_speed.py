@@ -1,7 +1,7 @@
 """Benchmark prepare/text.py against the plain one-call GPT-2 encode, side by side.
 
-    TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache python prepare/bench_prepare.py            # ~200 MB corpus
-    python prepare/bench_prepare.py --size_mb 50 --corpus my.txt
+    TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache python bench/prepare_speed.py            # ~200 MB corpus
+    python bench/prepare_speed.py --size_mb 50 --corpus my.txt
 
 Generates a corpus of --size_mb MB in a temporary folder (shuffled lines of tiny Shakespeare, or of
 the standard library's .py files when that is missing, grouped into paragraphs; never in the repo)
@@ -12,23 +12,20 @@ and prints throughput (input MB/s), wall and CPU time and peak resident memory (
 then checks that both produced the same tokens (ours adds one <|endoftext|> at the end).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import os
 import random
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-import cli
-from cli import UserError
-from prepare.text import HelpFormatter
+from smallgpt import cli
+from smallgpt.errors import UserError
+from smallgpt.prepare import HelpFormatter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -86,7 +83,6 @@ def _record_peak():
 
 atexit.register(_record_peak)
 sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -114,7 +110,7 @@ def run_measured(script: str, *args: str, env: dict | None = None) -> tuple[floa
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(prog="python prepare/bench_prepare.py",
+    parser = cli.ArgumentParser(prog="python bench/prepare_speed.py",
                                 description=__doc__.strip().splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--size_mb", type=float, default=200, help="size of the generated corpus")
     parser.add_argument("--corpus", default=None, help="use this text file instead of generating one")

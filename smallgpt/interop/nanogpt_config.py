@@ -43,7 +43,7 @@ import os
 import time
 from pathlib import Path
 
-from cli import UserError
+from smallgpt.errors import UserError
 
 MAX_FILE_BYTES = 1 << 20
 MAX_INT_BITS = 128

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UserError
-from nanogpt import is_nanogpt_data_folder, nanogpt_data_meta
-from tokenizer import read_meta
+from smallgpt.errors import UserError
+from smallgpt.interop.nanogpt import is_nanogpt_data_folder, nanogpt_data_meta
+from smallgpt.tokenizer import read_meta
 
 SPLITS = ("train", "val")
-CHECKOUT = Path(__file__).resolve().parent  # the prepare scripts write data/<name> under the folder they run in
+CHECKOUT = Path(__file__).resolve().parents[1]  # the prepare scripts write data/<name> under the folder they run in
 
 
 def is_dataset_name(dataset: str) -> bool:

@@ -1,8 +1,8 @@
 """Pictures of training runs: loss against iterations and wall-clock time, with the learning rate.
 
-    python plot.py out-shakespeare-char                       # writes runs.png
-    python plot.py out-a out-b out-c --out=compare.png --title="Muon vs AdamW"
-    python plot.py --help
+    python -m smallgpt.plot out-shakespeare-char                       # writes runs.png
+    python -m smallgpt.plot out-a out-b out-c --out=compare.png --title="Muon vs AdamW"
+    python -m smallgpt.plot --help
 
 Each run folder's metrics.jsonl (its evaluation records: iter, train_loss, val_loss, lr, elapsed_s;
 other keys and the training lines' records are ignored, a half-written last line is skipped) is drawn in one colour: val
@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import cli
-from cli import UserError
+from smallgpt import cli
+from smallgpt.errors import UserError
 
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.json"
@@ -300,7 +300,7 @@ def save_loss_plot(run_dir) -> Path | None:
 
 
 def main(argv=None) -> Path:
-    parser = cli.ArgumentParser(prog="python plot.py", description=__doc__,
+    parser = cli.ArgumentParser(prog="python -m smallgpt.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holding metrics.jsonl)")
     parser.add_argument("--out", default="runs.png", help="the PNG file to write (default: runs.png)")

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-import fsdp
-from checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, model_from_checkpoint, set_rng_state
-from cli import UserError, build_config, config_from_dict
-from distributed import print0
 from model import GPT, GPTConfig
-from runfolder import LOCK_NAME, FolderLock
-from tokenizer import same_vocabulary, vocabulary_name
+from smallgpt import fsdp
+from smallgpt.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_weights, model_from_checkpoint, set_rng_state
+from smallgpt.cli import build_config, config_from_dict
+from smallgpt.distributed import print0
+from smallgpt.errors import UserError
+from smallgpt.runfolder import LOCK_NAME, FolderLock
+from smallgpt.tokenizer import same_vocabulary, vocabulary_name
 
 # Keys a resumed run may not change: they define the model its checkpoint holds.
 SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("vocab_size", "dropout"))
@@ -93,7 +94,7 @@ def run_checkpoint_path(init_from: str) -> Path | None:
 
 def pretrained_shape(init_from: str, dataset: str, given: dict, dropout: float) -> GPTConfig:
     """The model of the pretrained weights init_from names, with block_size as given (it may only shrink)."""
-    import hf  # the hub names and Hugging Face folders live there
+    from smallgpt.interop import hf  # the hub names and Hugging Face folders live there
 
     if not init_from:
         raise UserError("bad value for init_from: ''; choose scratch, resume, gpt2 or a Hugging Face folder")
@@ -134,7 +135,7 @@ def first_model(cfg, meta: dict, ckpt: dict | None) -> tuple[GPT, str | None]:
     run_ckpt = run_checkpoint_path(cfg.init_from)
     if run_ckpt is not None:
         return weights_of_run(cfg, meta, run_ckpt), str(run_ckpt)
-    import hf  # optional dependencies, needed only for Hugging Face weights
+    from smallgpt.interop import hf  # optional dependencies, needed only for Hugging Face weights
 
     check_same_vocabulary(cfg, hf.pretrained_meta(cfg.init_from), meta)  # GPT-2 BPE, or an exported run's
     model = hf.load_pretrained(cfg.init_from, dropout=cfg.model.dropout)

@@ -25,14 +25,13 @@ import sys
 import typing
 from pathlib import Path
 
+from smallgpt.errors import UserError
+from smallgpt.interop import nanogpt_config
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10
     import tomli as tomllib
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, without a traceback."""
 
 
 def option(default, help: str, choices=None, at_least=None):
@@ -172,10 +171,18 @@ def flatten_groups(cls, values: dict) -> dict:
 def project_version() -> str:
     """This checkout's version, from pyproject.toml (installed or not)."""
     try:
-        with open(Path(__file__).resolve().parent / "pyproject.toml", "rb") as f:
+        with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
             return tomllib.load(f)["project"]["version"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "unknown"
+
+
+def program_name() -> str:
+    """How the running program is started, for usage lines: "train.py", or "-m smallgpt.plot" for a library module."""
+    path, package = Path(sys.argv[0]).resolve(), Path(__file__).resolve().parent
+    if package in path.parents:
+        return "-m " + ".".join(path.relative_to(package.parent).with_suffix("").parts)
+    return path.name
 
 
 def help_text(cls, prog: str, description: str) -> str:
@@ -211,7 +218,7 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
     python_file = None
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(help_text(cls, Path(sys.argv[0]).name, description or (cls.__doc__ or "")))
+            print(help_text(cls, program_name(), description or (cls.__doc__ or "")))
             raise SystemExit(0)
         if arg == "--version":
             import torch  # only here: parsing a config stays cheap
@@ -224,8 +231,6 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
             name, eq, raw = arg[2:].partition("=")
             name = name.replace("-", "_")
             if name not in keys:
-                import nanogpt_config
-
                 if nanogpt_config.ignored_on_command_line(name, raw, log):
                     continue
                 raise _unknown_key(name, valid, "on the command line")
@@ -239,8 +244,6 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
             raise UserError(f"unrecognised argument {arg!r}: options are written --key=value")
         else:
             if arg.endswith(".py"):
-                import nanogpt_config
-
                 file_values, python_file = nanogpt_config.read_config(arg, keys, nanogpt, _unknown_key, log), arg
             else:
                 file_values = flatten_groups(cls, read_toml(arg))
@@ -250,8 +253,6 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
                 values[name] = convert_value(keys[name], raw, f"in {arg}")
                 sources[name] = arg
     if python_file is not None:  # a nanoGPT config overrides nanoGPT's defaults: they go under everything
-        import nanogpt_config
-
         defaults = nanogpt_config.defaults_under(nanogpt, keys, values, python_file, log)
         values = {**{k: convert_value(keys[k], v, "in nanoGPT's defaults") for k, v in defaults.items()}, **values}
         sources.update({k: "nanoGPT's defaults" for k in defaults if k not in sources})

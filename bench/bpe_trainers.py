@@ -1,8 +1,8 @@
 """Benchmark the BPE trainers on one corpus: rustbpe against Hugging Face tokenizers.
 
-    python prepare/bench_bpe.py                                   # the Python stdlib corpus (~12 MB)
-    python prepare/bench_bpe.py --corpus=200mb                    # stdlib + site-packages + C headers, 200 MB
-    python prepare/bench_bpe.py --corpus=200mb --vocab_size=16384 --libraries rustbpe
+    python bench/bpe_trainers.py                                   # the Python stdlib corpus (~12 MB)
+    python bench/bpe_trainers.py --corpus=200mb                    # stdlib + site-packages + C headers, 200 MB
+    python bench/bpe_trainers.py --corpus=200mb --vocab_size=16384 --libraries rustbpe
 
 Each library runs in its own process, on the same documents: the training split (about 90% of the
 files, chosen as prepare/text.py chooses them), streamed to the trainer in the pieces
@@ -18,23 +18,19 @@ Corpora (file lists, read in place; nothing is copied):
           200 MB (--size_mb): code from many projects and in two languages, no file repeated
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import json
 import os
 import sysconfig
 import tempfile
+from pathlib import Path
 
-import cli
-from cli import UserError
-from prepare.bench_prepare import run_measured
-from prepare.python_stdlib import stdlib_files
-from prepare.text import PIECE_CHARS, HelpFormatter, _is_val, _pieces
-from tokenizer import BPE_PATTERNS, BPETokenizer, byte_to_unicode
+from prepare_speed import run_measured  # bench/prepare_speed.py, beside this file
+
+from smallgpt import cli
+from smallgpt.errors import UserError
+from smallgpt.prepare import PIECE_CHARS, HelpFormatter, _is_val, _pieces, stdlib_files
+from smallgpt.tokenizer import BPE_PATTERNS, BPETokenizer, byte_to_unicode
 
 LIBRARIES = ("rustbpe", "tokenizers")
 SEED, VAL_FRACTION = 1337, 0.1
@@ -80,7 +76,7 @@ def training_pieces(files: list[Path]):
 
 
 def train_rustbpe(files, n_ranks: int, pattern: str) -> list[bytes]:
-    from prepare.bpe import train_bpe
+    from smallgpt.bpe import train_bpe
 
     return train_bpe(training_pieces(files), n_ranks + 1, pattern).tokens
 
@@ -117,7 +113,7 @@ def child(library: str, n_ranks: int, corpus: str, size_mb: float, result: str) 
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(prog="python prepare/bench_bpe.py", description=__doc__.strip().splitlines()[0],
+    parser = cli.ArgumentParser(prog="python bench/bpe_trainers.py", description=__doc__.strip().splitlines()[0],
                                 formatter_class=HelpFormatter)
     parser.add_argument("--corpus", choices=("stdlib", "200mb"), default="stdlib", help="which files")
     parser.add_argument("--size_mb", type=float, default=200, help="size of the 200mb corpus")

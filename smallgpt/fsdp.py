@@ -30,8 +30,8 @@ import warnings
 
 import torch
 
-from cli import UserError
-from distributed import any_rank
+from smallgpt.distributed import any_rank
+from smallgpt.errors import UserError
 
 MIN_TORCH = "2.8"  # fully_shard with force-sum reductions, and gloo's reduce-scatter
 

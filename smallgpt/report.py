@@ -17,9 +17,8 @@ import time
 
 import torch
 
-import device
-import progress
-from distributed import print0
+from smallgpt import device, progress
+from smallgpt.distributed import print0
 
 
 class MetricWindow:

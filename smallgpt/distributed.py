@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 # Imported before any process group exists, on purpose: torch.distributed.nn.functional evaluates
 # `group=group.WORLD` into default arguments at import, and DDP imports it (through torch._dynamo)
 # after init_process_group, which would keep the group alive past destroy_process_group (shutdown).
 import torch.distributed.nn  # noqa: F401
 
-from device import enable_tf32, repeatable_cpu_runs, resolve_device, resolve_dtype
+from smallgpt.device import enable_tf32, repeatable_cpu_runs, resolve_device, resolve_dtype
 
 
 def print0(*args, **kwargs):
