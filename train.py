@@ -1,31 +1,28 @@
-"""Train a GPT on a prepared dataset, on CPU or GPU, in one process or many (DDP via torchrun).
+"""Train a GPT on a prepared dataset, on CPU or GPU, in one process or many (DDP or FSDP via torchrun).
 
     python train.py config/shakespeare_char.toml
     python train.py config/shakespeare_char.toml --max_iters=2000 --compile=false
     python train.py --init_from=resume --out_dir=out-shakespeare-char --max_iters=8000   # continue a run
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2.toml
-    python train.py config/finetune_shakespeare.toml     # finetune OpenAI's GPT-2 (init_from = "gpt2")
     python train.py --help                       # every key with its type, default and meaning
 
 Configs are TOML files (or nanoGPT's .py configs, parsed, never run) whose keys are the fields of
 `TrainConfig` below and of model.GPTConfig (flat, or in a [model] table); `--key=value` overrides
-them. Writes out_dir/ckpt.pt (checkpoint.py), out_dir/metrics.jsonl (a record per training line and
-per evaluation) and out_dir/config.json.
+them. Writes out_dir/ckpt.pt, out_dir/metrics.jsonl (a record per training line and per evaluation),
+out_dir/config.json and out_dir/loss.png.
 
 Read top to bottom: the config, the loop state a checkpoint resumes, building a run, one update
 (`train_step`), the schedule, `evaluate`, `save`, the loop (`train_loop`), `main`. The rest lives in
-modules named for their job: init_from.py (scratch, resume, another run, Hugging Face), distributed.py
-(processes and what they agree on), data.py (batches and their shares), runfolder.py (lock, ckpt.pt,
-metrics.jsonl, wandb, loss.png), report.py (what is printed), preemption.py (SIGTERM, Ctrl-C).
+the smallgpt package, a module per job (init_from, distributed, data, runfolder, report, preemption).
 Where changes go: a metric is one entry in train_step's dict (averaged, printed, recorded, logged);
-a schedule is learning_rate_at; a loss term goes where train_step computes the loss; a resumable
-counter is a field of LoopState; a key is a field of TrainConfig (of GPTConfig for the architecture).
+a schedule is learning_rate_at; a loss term goes in GPT.forward (model.py), where the loss is
+computed; a resumable counter is a field of LoopState; a key is a field of TrainConfig (of
+GPTConfig for the architecture).
 
-Nothing lost: `--init_from=resume` continues bitwise (RNG of every process, sampler position, the
-evaluation still due); SIGTERM or a first Ctrl-C stops within a step (or abandons an evaluation),
-saves a checkpoint and exits 0; an update with a non-finite loss is skipped, `max_nonfinite_steps`
-in a row stop the run without saving; a fresh run never replaces out_dir/ckpt.pt unless given
---overwrite=true; one trainer per out_dir.
+Nothing lost: `--init_from=resume` continues bitwise; SIGTERM or a first Ctrl-C stops within a step,
+saves and exits 0; non-finite updates are skipped (`max_nonfinite_steps` in a row stop the run
+without saving); a fresh run never replaces out_dir/ckpt.pt unless given --overwrite=true; one
+trainer per out_dir.
 """
 
 import contextlib
@@ -50,11 +47,10 @@ from smallgpt.data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, 
 from smallgpt.device import CpuThreads, autocast, cpu_snapshot, should_compile
 from smallgpt.distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
                                   sum_over_ranks)
-from smallgpt.errors import UserError
 from smallgpt.memory import check_memory
 from smallgpt.optim import build_optimizer, set_learning_rate
 from smallgpt.preemption import StopRequest
-from smallgpt.report import EvalProgress, MetricWindow, batch_origin, describe, log_training
+from smallgpt.report import EvalProgress, MetricWindow, batch_origin, describe, log_training, report_skipped
 from smallgpt.runfolder import RunFolder
 
 
@@ -218,8 +214,7 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     train_model = compiled if not procs.ddp or sharded else DDP(  # DDP: gradients in its buckets' memory
         compiled, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None,
         gradient_as_bucket_view=True)
-    # a CPU evaluates uncompiled: compiling the no-grad graph took 16 s of a first run's 100 s (2-3 s cached)
-    # to save ~0.3 s per evaluation of the quick start (README: Training fast on a CPU)
+    # a CPU evaluates uncompiled: compiling the no-grad graph costs more of a short run than it saves
     eval_model = model if procs.device.type == "cpu" else compiled
     state = LoopState(pretrained_from=pretrained_from)
     if ckpt is not None:  # optimizer, scaler, this process's RNG, sampler position, and the loop state
@@ -447,19 +442,6 @@ def train_loop(run: Run, state: LoopState) -> None:
         if save_now:
             save(run, state, f"checkpoint_interval_s={cfg.checkpoint_interval_s:g}")
         call_hook(run, "update", state)
-
-
-def report_skipped(run: Run, state: LoopState, loss: float, in_a_row: int) -> None:
-    """Say why an update was skipped; stop the run (without saving) after max_nonfinite_steps in a row."""
-    what = f"the loss is {loss}"
-    if math.isfinite(loss):  # the loss was fine, the gradient was not (or another rank's)
-        what = "the loss or gradient is not finite on a process" if run.procs.ddp else "the gradient is not finite"
-    print0(f"iter {state.iter_num}: {what}; skipped this update ({in_a_row} in a row, stopping at "
-           f"{run.cfg.max_nonfinite_steps})")
-    if in_a_row >= run.cfg.max_nonfinite_steps:
-        raise UserError(f"the loss was not finite for {in_a_row} updates in a row (up to iteration {state.iter_num}); "
-                        f"stopped without saving, so the last good checkpoint stays in {run.folder.ckpt_path}; "
-                        f"lower --learning_rate or check the data")
 
 
 def stop_and_save(run: Run, state: LoopState, during: str) -> None:

@@ -7,8 +7,9 @@
     time_left(iter_num, max_iters, eval_interval, step_s, eval_s, budget_left)   # the ETA's seconds
     describe(run, state); log_training(run, state, window, lr, eval_seconds)   # what train.py calls
 
-Only rank 0 prints (distributed.print0). Nothing here decides anything about the training; the
-functions that take `run` read a train.Run (and `state` a train.LoopState), nothing else of train.py.
+Only rank 0 prints (distributed.print0). Nothing here decides anything about the training but
+`report_skipped`, which stops a run after max_nonfinite_steps skipped updates in a row; the functions
+that take `run` read a train.Run (and `state` a train.LoopState), nothing else of train.py.
 """
 
 import math
@@ -19,6 +20,7 @@ import torch
 
 from smallgpt import device, progress
 from smallgpt.distributed import print0
+from smallgpt.errors import UserError
 
 
 class MetricWindow:
@@ -202,3 +204,16 @@ class EvalProgress:
             self.bar.abandon()  # a short evaluation: its result line says enough; an abandoned one is not done
         elif self.bar is not None:
             self.bar.close()
+
+
+def report_skipped(run, state, loss: float, in_a_row: int) -> None:
+    """Say why an update was skipped; stop the run (without saving) after max_nonfinite_steps in a row."""
+    what = f"the loss is {loss}"
+    if math.isfinite(loss):  # the loss was fine, the gradient was not (or another rank's)
+        what = "the loss or gradient is not finite on a process" if run.procs.ddp else "the gradient is not finite"
+    print0(f"iter {state.iter_num}: {what}; skipped this update ({in_a_row} in a row, stopping at "
+           f"{run.cfg.max_nonfinite_steps})")
+    if in_a_row >= run.cfg.max_nonfinite_steps:
+        raise UserError(f"the loss was not finite for {in_a_row} updates in a row (up to iteration {state.iter_num}); "
+                        f"stopped without saving, so the last good checkpoint stays in {run.folder.ckpt_path}; "
+                        f"lower --learning_rate or check the data")
