@@ -57,8 +57,7 @@ from smallgpt.progress import progress as progress_report
 from smallgpt.tokenizer import (BPE_PATTERNS, BPE_RANKS_FILE, KINDS, build_tokenizer, make_meta, read_meta, token_dtype,
                                 tokenizer_from_meta, write_meta)
 
-PIECE_CHARS = 1 << 20  # characters per tokenization task (a document is cut into pieces this big)
-READ_CHARS = 1 << 20  # characters read from a text file at a time
+PIECE_CHARS = 1 << 20  # characters per tokenization task and per read from a file (prepare_dataset's piece_chars)
 MIN_VAL_DOCS = 10  # split by document only when val_fraction of the documents is at least this many
 TRACK_DOCS = 1 << 20  # document lengths remembered for the tail-split fallback (8 bytes each)
 COPY_BYTES = 1 << 24  # buffer size when moving tokens between temporary files
@@ -155,7 +154,7 @@ def _reading(path: Path):
         raise UserError(f"{path} is not a valid gzip file ({e}); fix or remove it") from None
 
 
-def _file_documents(files: list[Path], text_field: str, errors: str, progress: _Progress):
+def _file_documents(files: list[Path], text_field: str, errors: str, progress: _Progress, read_chars: int = PIECE_CHARS):
     """Yield one chunk iterator per document (a file, or a line of a .jsonl file)."""
     for path in files:
         with open(path, "rb") as raw:
@@ -177,13 +176,13 @@ def _file_documents(files: list[Path], text_field: str, errors: str, progress: _
                         if lineno % 1024 == 0:
                             advance()
             else:
-                yield _text_chunks(path, text, advance)
+                yield _text_chunks(path, text, advance, read_chars)
             advance()
 
 
-def _text_chunks(path: Path, text, advance):
+def _text_chunks(path: Path, text, advance, read_chars: int):
     with _reading(path):
-        while chunk := text.read(READ_CHARS):
+        while chunk := text.read(read_chars):
             advance()
             yield chunk
 
@@ -245,8 +244,8 @@ def _safe_cut(buf: str, lo: int) -> int:
     return -1
 
 
-def _pieces(chunks, anywhere: bool):
-    """Cut one document's text chunks into pieces of about PIECE_CHARS that tokenize independently.
+def _pieces(chunks, anywhere: bool, piece_chars: int = PIECE_CHARS):
+    """Cut one document's text chunks into pieces of about piece_chars that tokenize independently.
 
     anywhere=True (char, byte): any character boundary will do. Otherwise (gpt2, bpe) only _safe_cut
     points; a document without one stays whole.
@@ -255,9 +254,9 @@ def _pieces(chunks, anywhere: bool):
     searched = 0  # buf[:searched] holds no cut point
     for chunk in chunks:
         buf = buf + chunk if buf else chunk
-        while len(buf) >= PIECE_CHARS:
+        while len(buf) >= piece_chars:
             if anywhere:
-                cut = PIECE_CHARS
+                cut = piece_chars
             else:
                 cut = _safe_cut(buf, max(searched, 1))
                 if cut < 0:
@@ -309,7 +308,8 @@ def _cut_chunks(chunks, n: int):
     return head(), tail()
 
 
-def _routed_pieces(documents, anywhere: bool, seed: int, val_fraction: float, train_chars: int | None):
+def _routed_pieces(documents, anywhere: bool, seed: int, val_fraction: float, train_chars: int | None,
+                   piece_chars: int = PIECE_CHARS):
     """(piece, last, doc, is_val) for each piece of each document, in order; empty documents skipped.
 
     doc numbers the non-empty documents from 0 and `last` marks a document's last piece. With
@@ -320,11 +320,11 @@ def _routed_pieces(documents, anywhere: bool, seed: int, val_fraction: float, tr
     n_docs = position = 0
     for chunks in documents:
         if train_chars is None:
-            pieces = ((piece, None) for piece in _pieces(chunks, anywhere))
+            pieces = ((piece, None) for piece in _pieces(chunks, anywhere, piece_chars))
         else:
             head, tail = _cut_chunks(chunks, max(train_chars - position, 0))
-            pieces = itertools.chain(((piece, False) for piece in _pieces(head, anywhere)),
-                                     ((piece, True) for piece in _pieces(tail, anywhere)))
+            pieces = itertools.chain(((piece, False) for piece in _pieces(head, anywhere, piece_chars)),
+                                     ((piece, True) for piece in _pieces(tail, anywhere, piece_chars)))
         doc = doc_val = None
         for (piece, val), last in _with_last(pieces):
             if doc is None:  # the first non-empty piece: the document counts
@@ -352,7 +352,7 @@ def _is_val(seed: int, index: int, fraction: float) -> bool:
 
 
 class _Task:
-    """A batch of pieces (about PIECE_CHARS characters) for one worker, see _encode_task."""
+    """A batch of pieces (about piece_chars characters) for one worker, see _encode_task."""
 
     __slots__ = ("texts", "ends", "docs", "vals", "chars")
 
@@ -421,6 +421,7 @@ def prepare_dataset(
     bpe_pattern: str = "gpt4",
     bpe_sample_bytes: int = DEFAULT_SAMPLE_BYTES,
     tokenizer_from=None,
+    piece_chars: int = PIECE_CHARS,
 ) -> dict:
     """Tokenize a corpus into out_dir/{train.bin,val.bin,meta.json}; return the meta dict.
 
@@ -431,6 +432,8 @@ def prepare_dataset(
     vocab_size, bpe_pattern, bpe_sample_bytes: the bpe to train (tokenizer="bpe"; see smallgpt/bpe.py).
     tokenizer_from: a dataset folder or a run folder whose tokenizer to use instead of making one
     (tokenizer then None or its kind).
+    piece_chars: characters per tokenization task and per read from a file. The output does not depend
+    on it (nor on workers); smaller pieces spread a small corpus over more tasks.
     """
     if tokenizer_from is None and tokenizer not in KINDS:
         raise UserError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(KINDS)}")
@@ -452,7 +455,7 @@ def prepare_dataset(
         describe = source or _describe_files(inputs, files)
 
         def documents(bar):
-            return _file_documents(files, text_field, errors, bar)
+            return _file_documents(files, text_field, errors, bar, piece_chars)
 
     passes = _Passes(documents, total_bytes, progress, val_fraction, seed)
     tok, split = _choose_tokenizer(passes, tokenizer, tokenizer_from, vocab_size, bpe_pattern, bpe_sample_bytes)
@@ -463,7 +466,7 @@ def prepare_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
     try:
         counts = _tokenize(
-            tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress, split
+            tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress, split, piece_chars
         )
         meta = make_meta(tok, train_tokens=counts["train_tokens"], val_tokens=counts["val_tokens"],
                          documents={"train": counts["train_docs"], "val": counts["val_docs"]}, source=describe,
@@ -637,7 +640,7 @@ def _describe_files(inputs, files) -> str:
 
 
 def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, workers, max_tokens, progress,
-              split="auto"):
+              split="auto", piece_chars: int = PIECE_CHARS):
     """Stream documents through the workers into tmp/train.bin and tmp/val.bin; return counts.
 
     split: "auto" (by document, or the token stream's tail when there are too few documents),
@@ -693,11 +696,12 @@ def _tokenize(tok, dtype, documents, total_bytes, tmp, val_fraction, seed, worke
         task = _Task()
         anywhere = tok.kind in ("char", "byte")  # gpt2 and bpe pieces are cut where their pattern cuts
         train_chars = split if isinstance(split, int) else None
-        for piece, last, doc, val in _routed_pieces(documents(bar), anywhere, seed, val_fraction, train_chars):
+        for piece, last, doc, val in _routed_pieces(documents(bar), anywhere, seed, val_fraction, train_chars,
+                                                    piece_chars):
             if stopped:
                 break
             task.add(piece, last, doc, val)
-            if task.chars >= PIECE_CHARS:
+            if task.chars >= piece_chars:
                 submit(task)
                 task = _Task()
         if task.texts:

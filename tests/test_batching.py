@@ -66,6 +66,7 @@ def test_tokens_per_update_sets_the_batch_and_accumulation():
     assert (plan.start, plan.stop, plan.micro_sizes) == (8, 16, [8])
 
 
+@pytest.mark.slow
 def test_a_batch_that_cannot_be_shared_is_one_line(small_char_dataset, tmp_path):
     cfg = config_of(CONFIGS[0], "--tokens_per_update=128", "--block_size=64")
     with pytest.raises(UserError, match=r"2 sequence\(s\) cannot be shared by 4 processes.*tokens_per_update"):
@@ -83,6 +84,7 @@ def torchrun(*args, nproc=2):
     return result
 
 
+@pytest.mark.slow
 def test_unequal_shares_under_ddp_match_one_process(small_char_dataset, tmp_path):
     """3 sequences on 2 gloo processes (1 + 2) give the update of one process with all 3; 3
     evaluation batches (2 + 1) the same losses (every rank makes as many stop checks, or gloo hangs)."""

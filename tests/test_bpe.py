@@ -21,7 +21,6 @@ from smallgpt.errors import UserError
 from smallgpt.tokenizer import (BPE_PATTERNS, EOT_TEXT, BPETokenizer, parse_ranks, read_meta, same_vocabulary,
                                 tokenizer_from_meta)
 
-from smallgpt import prepare as text_mod
 from smallgpt.prepare import prepare_dataset
 
 MIXED = ["def f(x):\n    return {'a': x ** 2}  # naïve café\n\n\n\t\tpass   \n",
@@ -94,20 +93,31 @@ def test_damaged_ranks_text_is_a_one_line_error(rustbpe):
         assert "data/x/tokenizer.tiktoken" in str(err.value) and "\n" not in str(err.value), what
 
 
+def assert_split_by_document(folder, meta, expected: list[list[int]]) -> None:
+    """train.bin and val.bin hold each document's expected tokens whole, in order, each in one of them."""
+    rest = {split: np.fromfile(folder / f"{split}.bin", dtype=meta["dtype"]).tolist() for split in ("train", "val")}
+    counts = {"train": 0, "val": 0}
+    for ids in expected:
+        split = next((s for s, left in rest.items() if left[:len(ids)] == ids), None)
+        assert split is not None, f"document {sum(counts.values())} is not next in train.bin or val.bin"
+        rest[split] = rest[split][len(ids):]
+        counts[split] += 1
+    assert rest == {"train": [], "val": []} and counts == meta["documents"], counts
+
+
 @pytest.mark.parametrize("pattern", sorted(BPE_PATTERNS))
-def test_safe_cuts_keep_bpe_tokens(rustbpe, pattern):
-    """prepare/text.py cuts documents for parallel encoding at _safe_cut points: both patterns must
-    give the tokens of a one-call encode there."""
+def test_pieces_cut_anywhere_allowed_keep_bpe_tokens(tmp_path, rustbpe, pattern):
+    """Documents are cut into pieces for parallel encoding only where the pre-split pattern cuts anyway:
+    with pieces of a few characters (a cut at every allowed point), a trained bpe's tokens are those of
+    a one-call encode of each document, whichever pattern."""
     alphabet = ["a", "b", " ", "  ", "\n", "\n\n", "\t", "'", "'s", "'LL", "1", "2345", ".", "!?", "é", "日", "\u00a0",
                 "\r\n", "\r", "\x1c", "\u2028", "🙂", "(", "_x", "-"]
     rng = random.Random(1)
-    corpus = ["".join(rng.choice(alphabet) for _ in range(200)) for _ in range(300)]
-    tok = trained(rustbpe, corpus + MIXED, vocab_size=800, pattern=pattern)
-    for _ in range(500):
-        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(2, 60)))
-        cut = text_mod._safe_cut(s, 1)
-        if cut > 0:
-            assert tok.encode(s[:cut]) + tok.encode(s[cut:]) == tok.encode(s), repr(s)
+    docs = ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 300))) for _ in range(150)] + MIXED
+    meta = prepare_dataset(lambda: iter(docs), tmp_path / "out", "bpe", vocab_size=800, bpe_pattern=pattern,
+                           workers=3, piece_chars=8, progress=False)
+    tok = tokenizer_from_meta(meta)
+    assert_split_by_document(tmp_path / "out", meta, [tok.encode(d) + [tok.eot_token] for d in docs])
 
 
 def test_same_vocabulary_compares_ranks(rustbpe):
@@ -164,9 +174,7 @@ def test_bpe_splits_few_documents_by_characters(rustbpe, tmp_path, shakespeare_t
     assert b" zyzzogeton" not in set(tok.tokens) and len(tok.encode(" zyzzogeton")) > 2
 
 
-def test_parallel_bpe_output_is_byte_identical(tmp_path, monkeypatch, rustbpe, shakespeare_text):
-    monkeypatch.setattr(text_mod, "PIECE_CHARS", 10_000)  # many pieces per document
-    monkeypatch.setattr(text_mod, "READ_CHARS", 7_000)
+def test_parallel_bpe_output_is_byte_identical(tmp_path, rustbpe, shakespeare_text):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a_shakespeare.txt").write_text(shakespeare_text[:300_000])
@@ -175,18 +183,17 @@ def test_parallel_bpe_output_is_byte_identical(tmp_path, monkeypatch, rustbpe, s
     outputs = []
     for workers in (1, 2, 5):
         out = tmp_path / f"w{workers}"
-        prepare_dataset([folder], out, "bpe", vocab_size=1500, workers=workers, progress=False)
+        prepare_dataset([folder], out, "bpe", vocab_size=1500, workers=workers, piece_chars=10_000, progress=False)
         outputs.append([(out / n).read_bytes() for n in ("train.bin", "val.bin", "meta.json", "tokenizer.tiktoken")])
     assert outputs[0] == outputs[1] == outputs[2]
     # pieces cut at safe points: each document's tokens are those of a one-call encode
     meta = read_meta(tmp_path / "w1")
     tok = tokenizer_from_meta(meta)
-    expected = {"train": [], "val": []}
-    for i, f in enumerate(sorted(folder.iterdir())):  # 125 documents: split by document
+    expected = []
+    for f in sorted(folder.iterdir()):  # 125 documents: split by document
         with open(f, encoding="utf-8", newline="") as doc:  # "\r\n" kept, as prepare reads it
-            expected["val" if text_mod._is_val(1337, i, 0.1) else "train"] += tok.encode(doc.read()) + [tok.eot_token]
-    for split, ids in expected.items():
-        assert np.fromfile(tmp_path / "w1" / f"{split}.bin", dtype=meta["dtype"]).tolist() == ids
+            expected.append(tok.encode(doc.read()) + [tok.eot_token])
+    assert_split_by_document(tmp_path / "w1", meta, expected)
 
 
 def test_sampled_training_text_is_seeded_and_bounded(rustbpe, tmp_path, capsys):
@@ -231,6 +238,7 @@ def test_tokenizer_from_reuses_the_ids(rustbpe, tmp_path):
     assert not (tmp_path / "second" / "tokenizer.tiktoken").exists()
 
 
+@pytest.mark.slow
 def test_damaged_tokenizer_file_is_a_one_line_error(rustbpe, tmp_path):
     data = tmp_path / "data"
     prepare_dataset(lambda: iter(make_docs(120, seed=8)), data, "bpe", vocab_size=700, progress=False)
@@ -262,6 +270,7 @@ def test_damaged_tokenizer_file_is_a_one_line_error(rustbpe, tmp_path):
     ([], 1024, 767, 2.3),  # the quick start's default
     (["--tokenizer=bpe", "--vocab_size=4096"], 4096, 3839, 3),
 ], ids=["default", "4096"])
+@pytest.mark.slow
 def test_python_stdlib_bpe(rustbpe, tmp_path, args, vocab, merges, bytes_per_token):
     """The stdlib corpus with a bpe (the quick start's 1,024 ids by default), the files beside train.bin."""
     proc = run_script("prepare/python_stdlib.py", *args, f"--out_dir={tmp_path / 'std'}", timeout=300)

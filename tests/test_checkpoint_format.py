@@ -22,6 +22,7 @@ def run(small_char_dataset, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_newer_format_is_refused_in_one_line(run, tmp_path):
     ckpt = load_checkpoint(run)
     assert ckpt["format_version"] == FORMAT_VERSION

@@ -22,6 +22,7 @@ ALL_MODERN = {"pos_embedding": "rope", "norm": "rmsnorm", "qk_norm": True, "mlp"
 SWITCHES = [{}, *model_switches(), ALL_MODERN]  # GPT-2, every switch of GPTConfig alone, and many together
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", SWITCHES, ids=switch_id)
 def test_training_forward_and_backward_are_one_graph(switch):
     torch.manual_seed(0)
@@ -67,6 +68,7 @@ def test_eval_forward_is_one_graph_too():
         torch.compile(model, backend="aot_eager", fullgraph=True)(x, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_size", [16, CPU_MATMUL_ATTENTION_MAX_T + 16])
 def test_cpu_bf16_autocast_training_is_one_graph(block_size):
     """bf16 autocast on a CPU (dtype=auto there on CPUs with bf16 units), with attention as matmuls

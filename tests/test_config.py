@@ -123,6 +123,7 @@ def test_help_lists_every_key_with_type_and_default():
     assert "--learning_rate=0.0006  (float)" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_without_traceback():
     result = run_script("train.py", "--n_layr=3")
     assert result.returncode == 1
@@ -131,9 +132,19 @@ def test_cli_errors_are_one_line_without_traceback():
     assert "Traceback" in result.stderr
 
 
+@pytest.fixture
+def two_usable_cores():
+    """This process may run on exactly 2 CPUs (as on CI), whatever the machine has: its affinity, restored after."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 or more CPUs and os.sched_setaffinity (Linux)")
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(before)[:2])
+    yield
+    os.sched_setaffinity(0, before)
+
+
 @pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (2.0, 1)])
-def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, monkeypatch):
-    monkeypatch.setattr(device, "_usable_cpus", lambda: {0, 1})
+def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, monkeypatch, two_usable_cores):
     # 2 s later: all cores were busy for others + 0.5 core-seconds per second, 0.5 of them ours
     monkeypatch.setattr(device, "cpu_snapshot", lambda: (100.0 + 2 * (others + 0.5), 11.0, 52.0))
     since = (100.0, 10.0, 50.0)
@@ -142,10 +153,9 @@ def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, 
     assert device.free_cpu_threads(2, None) == 2  # no measurement (not Linux): the default
 
 
-def test_a_run_refits_its_threads_when_other_programs_come_and_go(monkeypatch):
+def test_a_run_refits_its_threads_when_other_programs_come_and_go(monkeypatch, two_usable_cores):
     """CpuThreads (train.py's threads on a CPU) re-reads how busy the others keep the cores every
     CHECK_EVERY_S: one busy program of 2 cores -> 1 thread, said in one line; gone -> 2 again."""
-    monkeypatch.setattr(device, "_usable_cpus", lambda: {0, 1})
     readings = []  # (busy CPU seconds of all processes, ours, time): each second `others` cores more than ours
 
     def snapshot():
@@ -190,7 +200,7 @@ SPIN_HALF_A_SECOND = "import time\nwhile time.process_time() < 0.5: pass"  # 0.5
 
 
 def _cores() -> int:
-    return len(device._usable_cpus() or range(os.cpu_count() or 1))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _children_cpu_seconds() -> float:

@@ -78,6 +78,7 @@ def test_time_budget_schedule_follows_elapsed_fraction():
     assert math.isclose(learning_rate_at(60, iter_cfg, elapsed=1e6), 1e-4 + 0.5 * 9e-4)  # time ignored
 
 
+@pytest.mark.slow
 def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp_path):
     out = tmp_path / "run"
     started = time.time()
@@ -88,15 +89,18 @@ def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp
     assert "time budget of 8s spent" in result.stdout
     evals = records(out)
     assert evals[0]["iter"] == 0 and evals[-1]["iter"] > 0  # evaluated at the start and the end
-    # the budget holds the start-up and the last evaluation too: the last evaluation ends about when the
-    # budget does, not an evaluation later, and its checkpoint is written then, counted from the process's
-    # start (its exit, drawing loss.png, follows; a VM's stalls make that part's length vary)
-    assert 7.0 <= evals[-1]["elapsed_s"] <= 9.0, evals[-1]
+    # the budget holds the start-up and the last evaluation too, counted from the process's start: the
+    # last evaluation starts in time to end about when the budget does (its reserve is the evaluations'
+    # measured time, so it ends no earlier), and the checkpoint is written right after it. On a loaded
+    # machine an evaluation or a step may take longer than measured and end past the budget by that
+    # much, so the bounds are on when the last evaluation started, not on the clock alone.
+    last_eval_s = float(re.findall(r"\(evaluation ([\d.]+)s\)", result.stdout)[-1])
+    assert evals[-1]["elapsed_s"] >= 7.0 and evals[-1]["elapsed_s"] - last_eval_s <= 8.5, (evals[-1], last_eval_s)
     saved_after = (out / "ckpt.pt").stat().st_mtime - started
-    assert saved_after <= 9.0, saved_after
+    assert saved_after - evals[-1]["elapsed_s"] <= 2.0, (saved_after, evals[-1])
     assert evals[-1]["lr"] < 1e-4  # the cosine ran to min_lr (6e-5) with the clock
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    assert ckpt["iter_num"] == evals[-1]["iter"] and 7.0 <= ckpt["elapsed_s"] <= 9.0
+    assert ckpt["iter_num"] == evals[-1]["iter"] and ckpt["elapsed_s"] == pytest.approx(evals[-1]["elapsed_s"], abs=0.5)
     # the start line counts what start-up took (importing torch, the data, the model) out of the budget
     left = re.search(r"^time budget 8s \((\d)s left\), the last evaluation included: ends at about "
                      r"\d\d:\d\d:\d\d$", result.stdout, re.MULTILINE)
@@ -124,6 +128,7 @@ def test_a_time_budget_glances_at_the_start_and_evaluates_whole_at_the_end(small
         assert [r["iter"] for r in records(out)] == [0, 3]
 
 
+@pytest.mark.slow
 def test_a_due_evaluation_that_leaves_no_room_for_the_last_one_is_the_last(small_char_dataset, tmp_path):
     """Evaluations of ~4 s at every iteration (the first, a glance at 1 batch per split, ~2 s), a 9 s
     budget: the one due at ~2 s (plus start-up, 0-2 s) would end at ~6 s and leave no room for
@@ -143,6 +148,7 @@ def test_a_due_evaluation_that_leaves_no_room_for_the_last_one_is_the_last(small
     assert evals[-1]["elapsed_s"] <= 9.0, evals
 
 
+@pytest.mark.slow
 def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
     out = tmp_path / "muon"
     common = [f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--optimizer=muon",
@@ -158,19 +164,23 @@ def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
     assert any(g.get("use_muon") for g in ckpt["optimizer"]["param_groups"])
 
 
+@pytest.mark.slow
 def test_bench_prints_interleaved_variants(small_char_dataset):
     result = run_script("bench/train_speed.py", f"--dataset={small_char_dataset}", *TINY_RUN,
                         "--iters=2", "--warmup=1", "--repeats=2",
                         "--variant", "adamw: --optimizer=adamw", "--variant=muon: --optimizer=muon")
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["adamw"], ["muon"])}
+    lines = result.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.split()[:1] in (["adamw"], ["muon"])}
     assert set(rows) == {"adamw", "muon"}
-    assert float(rows["adamw"][1]) > 0 and rows["adamw"][-1] == "1.00x"
-    assert rows["muon"][6].endswith("%")  # MFU against the peak measured in the same run
+    assert re.match(r"adamw\s+\d+\.\d+ ", rows["adamw"]) and rows["adamw"].rstrip().endswith("1.00x")  # ms/iter; ratio
+    header = next(line for line in lines if "MFU" in line)  # MFU against the peak measured in the same run
+    assert re.search(r"\d+\.\d+%", rows["muon"]), (header, rows["muon"])
     bad = run_script("bench/train_speed.py", f"--dataset={small_char_dataset}", "--variant", "no colon here")
     assert bad.returncode == 1 and "bad --variant" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_threads_key_is_applied_and_checked(small_char_dataset, tmp_path):
     bad = run_script("train.py", f"--dataset={small_char_dataset}", "--threads=-1", f"--out_dir={tmp_path}")
     assert bad.returncode == 1 and "threads" in bad.stderr and "Traceback" not in bad.stderr

@@ -117,6 +117,7 @@ def test_eta_with_a_time_budget_is_the_budget_or_max_iters_whichever_ends_first(
         pytest.approx(brute_force_time_left(100, 120, 250, 0.5, 4.0))
 
 
+@pytest.mark.slow
 def test_eta_follows_the_time_budget_in_a_run(small_char_dataset, tmp_path):
     budget = 3.0
     out = main_output(tiny_args(small_char_dataset, tmp_path, max_iters=1_000_000, lr_decay_iters=100,
@@ -226,6 +227,7 @@ def test_slow_model_warns_once_before_the_first_step(small_char_dataset, tmp_pat
     check_warning(warnings[0], run)
 
 
+@pytest.mark.slow
 def test_slow_evaluation_alone_warns(small_char_dataset, tmp_path):
     """A tiny model whose updates are quick, with eval_iters=10^7: the evaluations are what is slow."""
     printed, run = until_built(tiny_args(small_char_dataset, tmp_path, eval_iters=10_000_000))

@@ -107,6 +107,7 @@ def test_load_refuses_mismatched_weights(tmp_path):
 
 # ----------------------------------------------------------------------------- weights out
 
+@pytest.mark.slow
 def test_exported_char_run_keeps_its_vocabulary_for_sample_eval_and_train(tmp_path, small_char_dataset):
     """A folder `hf.py export` wrote from a char run samples, scores and finetunes with that run's
     vocabulary (its smallgpt_meta.json), exactly as the run folder itself does, not as GPT-2 BPE."""
@@ -199,6 +200,7 @@ def test_export_refuses_a_parameter_gpt2_has_no_place_for(tmp_path):
         hf.state_dict_to_hf(model)
 
 
+@pytest.mark.slow
 def test_export_cli_one_line_error_for_rope(tmp_path):
     config = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=16, pos_embedding="rope")
     run_dir = save_our_checkpoint(GPT(config), tmp_path / "run")
@@ -278,6 +280,7 @@ def gpt2_dataset(tmp_path_factory, shakespeare_text) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_offline_hub_name_fails_fast_with_one_line(tmp_path, gpt2_dataset):
     pytest.importorskip("huggingface_hub", reason="huggingface_hub is not installed (pip install -e \".[hf]\")")
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf_home")}
@@ -289,6 +292,7 @@ def test_offline_hub_name_fails_fast_with_one_line(tmp_path, gpt2_dataset):
     assert "could not fetch the gpt2 weights" in lines[0] and "init_from=PATH" in lines[0]
 
 
+@pytest.mark.slow
 def test_pretrained_needs_a_gpt2_dataset(tmp_path, small_char_dataset):
     folder = save_hf_folder(tiny_hf_model(), tmp_path / "hf", "safetensors")
     result = run_script("train.py", f"--init_from={folder}", f"--dataset={small_char_dataset}",

@@ -95,10 +95,11 @@ def test_gpt2_small_has_124m_parameters():
 
 def test_weight_decay_applies_to_matrices_only():
     model = tiny()
-    decay, no_decay = model.optimizer_groups(0.1)
-    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    groups = model.optimizer_groups(0.1)
+    decay_of = {id(p): group["weight_decay"] for group in groups for p in group["params"]}
+    assert len(decay_of) == sum(len(group["params"]) for group in groups)  # each parameter in one group
+    assert set(decay_of) == {id(p) for p in model.parameters()}
+    assert all(decay_of[id(p)] == (0.1 if p.dim() >= 2 else 0.0) for p in model.parameters())
 
 
 def test_fused_adamw_matches_the_plain_implementation():

@@ -360,6 +360,7 @@ def test_meta_pkl_with_code_is_refused_and_never_runs(tmp_path, protocol):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_scripts_refuse_a_meta_pkl_with_code_in_one_line(nanogpt_checkout, tmp_path):
     marker = tmp_path / "code_ran"
     vocab = nanogpt_checkout["vocab"]
@@ -377,6 +378,7 @@ def test_scripts_refuse_a_meta_pkl_with_code_in_one_line(nanogpt_checkout, tmp_p
         assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_carrying_a_class_is_refused_and_never_runs(nanogpt_checkout, tmp_path):
     marker = tmp_path / "code_ran"
     weights, args = nanogpt_checkout["weights"], nanogpt_checkout["args"]
@@ -416,6 +418,7 @@ def test_train_runs_on_a_nanogpt_data_folder(tmp_path, shakespeare_text):
 
 # ----------------------------------------------------------------------------- the scripts on nanoGPT runs
 
+@pytest.mark.slow
 def test_sample_py_samples_from_a_nanogpt_run(nanogpt_checkout):
     """From inside the nanoGPT checkout, as its own sample.py is run: greedy text equals the argmax of
     the reference (nanoGPT-math) logits, step by step."""
@@ -432,6 +435,7 @@ def test_sample_py_samples_from_a_nanogpt_run(nanogpt_checkout):
     assert result.stdout.startswith("".join(vocab[i] for i in ids))
 
 
+@pytest.mark.slow
 def test_train_py_starts_from_a_nanogpt_run_on_a_nanogpt_data_folder(nanogpt_checkout, tmp_path):
     root = nanogpt_checkout["root"]
     out = tmp_path / "finetuned"

@@ -229,7 +229,7 @@ def test_hostile_files_are_refused_in_one_line_and_run_nothing(tmp_path, monkeyp
     started = time.monotonic()
     with pytest.raises(UserError) as info:
         config_of(str(path))
-    assert time.monotonic() - started < 1.0  # nothing big was computed
+    assert time.monotonic() - started < 5.0  # nothing big was computed (that would take minutes or forever)
     message = str(info.value)
     assert "\n" not in message and re.match(rf"{re.escape(str(path))}:{line}: .*{construct}", message), message
     assert not (tmp_path / "PWNED").exists()
@@ -237,15 +237,17 @@ def test_hostile_files_are_refused_in_one_line_and_run_nothing(tmp_path, monkeyp
 
 @pytest.mark.parametrize("text", ["x = " + "(" * 300 + "1" + ")" * 300, "x = " + " + ".join(["1"] * 50_000),
                                   "x = " + "-" * 50_000 + "1", "x = 1\n" * 60_000 + "y = '" + "a" * 20_000 + "'"])
+@pytest.mark.slow
 def test_absurd_files_are_one_line_without_a_hang(tmp_path, text):
     path = tmp_path / "huge.py"
     path.write_text(text)
     started = time.monotonic()
     with pytest.raises(UserError, match=re.escape(str(path))):
         config_of(str(path))
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < 20.0  # refused, not computed (that would take minutes or forever)
 
 
+@pytest.mark.slow
 def test_train_py_refuses_a_hostile_file_in_one_line_and_runs_nothing(tmp_path):
     path = tmp_path / "evil.py"
     path.write_text("out_dir = 'x'\n__import__('os').system('touch PWNED')\n")
@@ -272,6 +274,7 @@ def tiny(name: str, tmp_path, small_char_dataset, request) -> list[str]:
     return [*args, f"--dataset={request.getfixturevalue('gpt2_dataset')}", f"--init_from={folder}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINING)
 def test_nanogpt_training_configs_train_and_sample(name, tmp_path, small_char_dataset, request, capsys):
     path = nanogpt_file(tmp_path, name)
@@ -286,6 +289,7 @@ def test_nanogpt_training_configs_train_and_sample(name, tmp_path, small_char_da
     assert capsys.readouterr().out.startswith("ROMEO:")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eval_gpt2.py", "eval_gpt2_xl.py"])
 def test_nanogpt_eval_configs_evaluate_and_write_nothing(name, tmp_path, small_char_dataset, request, capsys):
     train.main([nanogpt_file(tmp_path, name), *tiny(name, tmp_path, small_char_dataset, request)])

@@ -157,6 +157,7 @@ run_main(train.main, sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_training_and_resume_run_in_a_python_without_fcntl_uname_pread_fchmod(small_char_dataset, tmp_path):
     run = tmp_path / "run"
     for extra in ([], ["--init_from=resume", "--max_iters=6"]):

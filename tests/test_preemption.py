@@ -121,6 +121,7 @@ def resume_equals_the_reference(reference_run, dataset, run_dir) -> None:
 # ----------------------------------------------------------------------------- stop during an evaluation
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_long_evaluation_abandons_it_saves_and_resume_repeats_it(small_char_dataset, tmp_path,
                                                                                  processes):
     """eval_iters=60000 makes the step-0 evaluation of the tiny model last minutes; its progress
@@ -262,6 +263,7 @@ def test_stop_during_the_last_batch_of_an_evaluation_starts_no_update(reference_
 # ----------------------------------------------------------------------------- one trainer per folder
 
 
+@pytest.mark.slow
 def test_second_trainer_is_refused_readers_work_and_the_first_is_unaffected(small_char_dataset, tmp_path,
                                                                             processes, capsys, monkeypatch):
     run, log = tmp_path / "run", tmp_path / "first.log"
@@ -315,6 +317,7 @@ def test_second_trainer_is_refused_readers_work_and_the_first_is_unaffected(smal
     assert evaluated == list(range(0, evaluated[-1] + 1, 20)) and evaluated[-1] >= 20
 
 
+@pytest.mark.slow
 def test_no_stale_lock_after_kill_9(small_char_dataset, tmp_path, processes):
     run, log = tmp_path / "run", tmp_path / "first.log"
     first = start_trainer(tiny_args(small_char_dataset, run, max_iters=1_000_000, lr_decay_iters=100), log)
@@ -357,6 +360,7 @@ def test_checkpoint_interval_saves_between_evaluations_and_resume_is_exact(refer
     resume_equals_the_reference(reference_run, small_char_dataset, tmp_path)
 
 
+@pytest.mark.slow
 def test_checkpoint_interval_follows_the_clock(small_char_dataset, tmp_path, capsys):
     """Each update is slowed by at least 0.1 s, evaluations are only at 0 and 20, interval 0.5 s.
     Whatever the load: after 5 slowed updates 0.5 s have passed, so a timed save comes at least every
@@ -407,6 +411,7 @@ print(f"rank {dist.get_rank() if dist.is_initialized() else '-'}: initialized {d
 """
 
 
+@pytest.mark.slow
 def test_ddp_leaves_no_process_group_for_interpreter_exit(small_char_dataset, tmp_path):
     """The gloo abort at exit ("terminate called without an active exception", about 1 run in 20-50):
     a process group still alive when Python finalizes is destroyed there, while a gloo worker thread

@@ -24,7 +24,6 @@ SHARED = REPO_ROOT.parent / "shared"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
 
-from smallgpt import prepare as text_mod
 from smallgpt.prepare import prepare_dataset
 
 META_KEYS = {"format_version", "tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens", "eot_token",
@@ -276,42 +275,34 @@ def test_max_tokens_stops_at_a_document_end(tmp_path, gpt2_cache):
 # parallel output and cutting documents into pieces
 
 
-def test_safe_cuts_keep_gpt2_tokens(gpt2_cache, shakespeare):
+def test_pieces_cut_anywhere_allowed_keep_gpt2_tokens(tmp_path, gpt2_cache, shakespeare):
+    """Documents are cut into pieces for parallel encoding only where GPT-2's pattern cuts anyway: with
+    pieces of a few characters (a cut at every allowed point), the tokens are those of a one-call encode."""
     from smallgpt.tokenizer import GPT2Tokenizer
 
     enc = GPT2Tokenizer().enc
     rng = random.Random(0)
     alphabet = ["a", "b", " ", "  ", "\n", "\n\n", "\t", "'", "'s", "1", "23", ".", "!?", "é", "日", "\u00a0", "\r\n",
                 "\x1c", "\u2028", "🙂"]
-    for _ in range(300):
-        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(2, 60)))
-        cut = text_mod._safe_cut(s, 1)
-        if cut > 0:
-            assert enc.encode_ordinary(s[:cut]) + enc.encode_ordinary(s[cut:]) == enc.encode_ordinary(s), repr(s)
-    # every safe cut of a real text, at once
-    sample = shakespeare[:20000]
-    pieces, rest = [], sample
-    while (cut := text_mod._safe_cut(rest, 1)) > 0:
-        pieces.append(rest[cut:])
-        rest = rest[:cut]
-    pieces.append(rest)
-    assert len(pieces) > 100 and "".join(reversed(pieces)) == sample
-    assert sum((enc.encode_ordinary(p) for p in reversed(pieces)), []) == enc.encode_ordinary(sample)
+    docs = ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 60))) for _ in range(300)]
+    docs = ["".join(docs), shakespeare[:20000]]  # two documents: the split is the token stream's tail
+    meta = prepare_dataset(lambda: iter(docs), tmp_path / "out", "gpt2", workers=3, piece_chars=8, progress=False)
+    _, train, val = load(tmp_path / "out")
+    assert meta["documents"] == {"train": 2, "val": 1}
+    assert np.concatenate([train, val]).tolist() == sum((enc.encode_ordinary(d) + [50256] for d in docs), [])
 
 
 @pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
-def test_parallel_output_is_byte_identical(tmp_path, monkeypatch, gpt2_cache, shakespeare, tokenizer):
-    monkeypatch.setattr(text_mod, "PIECE_CHARS", 10_000)  # many pieces per document
-    monkeypatch.setattr(text_mod, "READ_CHARS", 7_000)
+def test_parallel_output_is_byte_identical(tmp_path, gpt2_cache, shakespeare, tokenizer):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a_shakespeare.txt").write_text(shakespeare)
     for i, d in enumerate(make_documents(50, seed=9)):
         (folder / f"b{i:03d}.txt").write_text(d)
     outputs = []
-    for workers in (1, 2, 5):
+    for workers in (1, 2, 5):  # pieces of 10,000 characters: many per document
         out = tmp_path / f"w{workers}"
-        prepare_dataset([folder], out, tokenizer, workers=workers, progress=False)
+        prepare_dataset([folder], out, tokenizer, workers=workers, piece_chars=10_000, progress=False)
         outputs.append([(out / n).read_bytes() for n in ("train.bin", "val.bin", "meta.json")])
     assert outputs[0] == outputs[1] == outputs[2]
     if tokenizer == "gpt2":  # pieces cut at safe points: the tokens of a one-call encode
@@ -424,6 +415,7 @@ def test_shakespeare_char_from_input_and_cache(tmp_path, shakespeare):
     assert load(cached)[0]["train_tokens"] == 1_003_854
 
 
+@pytest.mark.slow
 def test_python_stdlib_dataset(tmp_path):
     proc = run("prepare/python_stdlib.py", "--tokenizer=byte", "--out_dir", str(tmp_path / "std"), timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -480,6 +472,7 @@ PREPARE_SCRIPTS = sorted(p.name for p in (REPO_ROOT / "prepare").glob("*.py")  #
                          if 'if __name__ == "__main__":' in p.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", PREPARE_SCRIPTS)
 def test_help_states_each_default_once(script):
     proc = run(f"prepare/{script}", "--help")

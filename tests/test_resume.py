@@ -96,6 +96,7 @@ def test_stop_then_resume_is_exact(reference_run, small_char_dataset, tmp_path, 
     assert_same_state(comparable(load_checkpoint(tmp_path)), comparable(final))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", model_switches(), ids=switch_id)
 def test_every_switch_resumes_bitwise(small_char_dataset, tmp_path, switch):
     """Each switch of GPTConfig (enumerated from its fields): 4 updates equal 2 + resume 2, bitwise."""

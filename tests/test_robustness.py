@@ -81,6 +81,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_survives_sigkill_at_random_moments(tmp_path):
     """Each round: a saver process rewrites ckpt.pt in a loop until SIGKILL lands at a random moment;
     the file must then load (CRC-checked) and hold the last reported save or the one after it."""
@@ -140,6 +141,7 @@ def test_saved_checkpoint_has_the_usual_file_mode(tmp_path):
 
 # ----------------------------------------------------------------------------- preemption
 
+@pytest.mark.slow
 def test_sigterm_saves_at_that_iteration_and_exits_zero(small_char_dataset, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("GPT_DEBUG", None)
@@ -318,6 +320,7 @@ class MakesMarker:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_checkpoint_with_pickled_code_is_refused_and_never_runs(trained_run, small_char_dataset, tmp_path):
     marker = tmp_path / "code_ran"
     state = torch.load(trained_run / "ckpt.pt", weights_only=True)
@@ -505,6 +508,7 @@ def test_bad_input_is_one_line(case, bad_inputs, capsys, monkeypatch, tmp_path):
     ("sample.py", ["--out_dir=/nonexistent/run", "--device=cpu"], "no checkpoint at"),
     ("prepare/text.py", ["--input", "x.txt", "--out_dir", "y", "--tokenizer", "sp"], "invalid choice"),
 ])
+@pytest.mark.slow
 def test_real_scripts_print_one_line(script, args, fragment):
     result = run_script(script, *args)
     assert result.returncode == 1

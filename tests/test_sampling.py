@@ -403,6 +403,7 @@ def test_load_model_rebuilds_the_saved_model_exactly(tmp_path):
             assert loaded.lm_head.weight is loaded.transformer.wte.weight
 
 
+@pytest.mark.slow
 def test_cli_same_seed_same_text_other_seed_other_text(char_ckpt):
     args = [f"--out_dir={char_ckpt}", "--max_new_tokens=60", "--start=ROMEO:"]
     first = run_script("sample.py", *args, "--seed=5")
@@ -418,6 +419,7 @@ def test_cli_same_seed_same_text_other_seed_other_text(char_ckpt):
     assert samples[0] != samples[1] and first.stdout.split(sample.SEPARATOR)[0] not in samples[:2]
 
 
+@pytest.mark.slow
 def test_cli_stop_text_ends_the_sample(char_ckpt):
     tok = CharTokenizer(VOCAB)
     model, _ = load_model(str(char_ckpt), torch.device("cpu"))
@@ -432,6 +434,7 @@ def test_cli_stop_text_ends_the_sample(char_ckpt):
     assert run.stdout == f"ROMEO:{cut}\n{sample.SEPARATOR}\n"
 
 
+@pytest.mark.slow
 def test_cli_gpt2_checkpoint_stops_at_end_of_text(tmp_path):
     if not (TIKTOKEN_CACHE.is_dir() and any(TIKTOKEN_CACHE.iterdir())):
         pytest.skip(f"no GPT-2 BPE cache at {TIKTOKEN_CACHE} (expected ../shared beside the checkout)")
@@ -489,6 +492,7 @@ def test_invalid_options_are_one_line_errors(bad, message, char_ckpt):
         sample.main([f"--out_dir={char_ckpt}", bad])
 
 
+@pytest.mark.slow
 def test_invalid_option_from_the_command_line_exits_with_one_line(char_ckpt):
     run = run_script("sample.py", f"--out_dir={char_ckpt}", "--top_p=2")
     assert run.returncode == 1
@@ -497,6 +501,7 @@ def test_invalid_option_from_the_command_line_exits_with_one_line(char_ckpt):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_sample_py_does_not_import_train_tqdm_or_tiktoken(char_ckpt):
     """(torch itself may import tqdm; sample.py must add none of the three.)"""
     code = ("import sys, runpy, torch; names = ('train', 'tqdm', 'tiktoken');"

@@ -38,6 +38,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_and_checkpoint_then_resume_continues(small_char_dataset, tmp_path):
     out = tmp_path / "run"
     first = train(small_char_dataset, out, "--max_iters=20", "--eval_interval=10")
@@ -63,6 +64,7 @@ def test_train_writes_metrics_and_checkpoint_then_resume_continues(small_char_da
     assert changed.returncode == 1 and "n_layer: 2 -> 3" in changed.stderr
 
 
+@pytest.mark.slow
 def test_an_evaluation_whose_windows_cover_the_val_split_scores_all_of_it(small_char_dataset, tmp_path):
     # val.bin cut to 40 windows of 32 tokens and one more: 10 batches of 4 evenly spaced windows then
     # tile it, so the val loss printed is the whole split's, the loss eval.py --context=1 computes
@@ -82,6 +84,7 @@ def test_an_evaluation_whose_windows_cover_the_val_split_scores_all_of_it(small_
     assert read_metrics(out)[-1]["val_loss"] == pytest.approx(whole_split["nats_per_token"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_per_seed(small_char_dataset, tmp_path):
     out = tmp_path / "run"
     train(small_char_dataset, out, "--max_iters=10", "--eval_interval=10")
@@ -94,6 +97,7 @@ def test_sampling_is_deterministic_per_seed(small_char_dataset, tmp_path):
     assert a.stdout.startswith("ROMEO:") and a.stdout.count("ROMEO:") == 2
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(small_char_dataset, tmp_path):
     """Two gloo ranks with 2 accumulation steps in all = one process accumulating both micro-batches."""
     common = ["--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2", "--dropout=0.0"]
@@ -130,6 +134,7 @@ def test_end_to_end_quickstart_size_on_tinyshakespeare(tmp_path):
     assert sample.returncode == 0 and sample.stdout.startswith("KING") and len(sample.stdout) > 200
 
 
+@pytest.mark.slow
 def test_wandb_logging_works_offline(small_char_dataset, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install -e '.[wandb]')")
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
