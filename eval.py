@@ -50,7 +50,7 @@ from smallgpt.data import load_dataset  # noqa: E402
 from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from smallgpt.errors import UserError
 from smallgpt.progress import progress  # noqa: E402
-from smallgpt.tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402
+from smallgpt.tokenizer import same_vocabulary, token_byte_lengths, tokenizer_from_meta, vocabulary_name  # noqa: E402
 
 
 @dataclass
@@ -142,19 +142,6 @@ def score_tokens(model, tokens, block_size: int, context: int, batch_size: int, 
         i += len(group)
     bar.close()
     return total_nll, n_scored
-
-
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token counts 0."""
-    if tokenizer.kind == "byte":
-        lengths = np.ones(256, dtype=np.int64)
-    elif tokenizer.kind == "char":
-        lengths = np.array([len(c.encode("utf-8", "surrogatepass")) for c in tokenizer.vocab], dtype=np.int64)
-    else:  # BPE (gpt2, bpe): every token is a byte string (a piece of a character, sometimes)
-        lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
-    if tokenizer.eot_token is not None:
-        lengths[tokenizer.eot_token] = 0  # a separator between documents, not text
-    return lengths
 
 
 def evaluate(model, tokens, byte_lengths, block_size: int, context: int, batch_size: int, *, autocast=None,

@@ -107,7 +107,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(ndim))
 
     def forward(self, x):
-        return F.rms_norm(x, self.weight.shape, self.weight, 1e-6)
+        # in float32 and back, as torch does anyway for a bf16 input (queries and keys under autocast), but
+        # said: given a bf16 input and float32 weights, rms_norm warns that it cannot use its fused kernel
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, 1e-6).to(x.dtype)
 
 
 def make_norm(config: GPTConfig, ndim: int) -> nn.Module:

@@ -43,14 +43,16 @@ from model import GPT, GPTConfig
 from smallgpt import fsdp, init_from
 from smallgpt.checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
 from smallgpt.cli import build_config, option, option_group, read_overrides, run_main
-from smallgpt.data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches, sequences_per_update
+from smallgpt.data import (BatchPlan, BatchSampler, UpdateBatches, evaluation_offsets, load_dataset, plan_batches,
+                           sequences_per_update, split_bytes_per_token)
 from smallgpt.device import CpuThreads, autocast, cpu_snapshot, should_compile
 from smallgpt.distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
                                   sum_over_ranks)
 from smallgpt.memory import check_memory
 from smallgpt.optim import build_optimizer, set_learning_rate
 from smallgpt.preemption import StopRequest
-from smallgpt.report import EvalProgress, MetricWindow, batch_origin, describe, log_training, report_skipped
+from smallgpt.report import (EvalProgress, MetricWindow, batch_origin, compiling, describe, evaluation_line,
+                             log_training, report_skipped)
 from smallgpt.runfolder import RunFolder
 
 
@@ -184,6 +186,7 @@ class Run:
     stop: StopRequest
     hook: Callable | None  # see main
     threads: CpuThreads | None  # fits torch's CPU threads to the cores other programs leave free
+    bytes_per_token: dict[str, float]  # of each split's evaluation windows: bits per byte from a loss in nats
     sharded: bool  # FSDP: parameters sharded over the processes, every forward a collective
 
 
@@ -230,7 +233,8 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     state.sampler = batches.position
     fit_threads = procs.device.type == "cpu" and not cfg.threads and not procs.ddp
     run = Run(cfg, procs, meta, model, train_model, eval_model, optimizer, scaler, plan, batches, splits, folder,
-              stop, hook, CpuThreads(torch.get_num_threads(), cpu_at_start, print0) if fit_threads else None, sharded)
+              stop, hook, CpuThreads(torch.get_num_threads(), cpu_at_start, print0) if fit_threads else None,
+              split_bytes_per_token(meta, splits, cfg.eval_iters, cfg.batch_size), sharded)
     return run, state
 
 
@@ -308,10 +312,7 @@ def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, flo
     results, bar, times = {}, EvalProgress(2 * len(mine), procs.master), [time.time()]
     try:
         for split, sampler in run.splits.items():
-            # windows evenly spaced through the split, the same every time whatever the seed: closer to the
-            # whole split's loss than as many random windows, and every token is scored once they overlap
-            last_start = sampler.num_tokens - cfg.model.block_size - 1
-            offsets = np.linspace(0, last_start, batches * cfg.batch_size).round().astype(np.int64).reshape(batches, -1)
+            offsets = evaluation_offsets(sampler, batches, cfg.batch_size)  # evenly spaced, the same every time
             total = torch.zeros((), device=procs.device)
             for j in range(rounds):
                 call_hook(run, "eval_batch", state)
@@ -327,6 +328,8 @@ def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, flo
                     bar.advance()
                 times.append(time.time())
             results[f"{split}_loss"] = sum_over_ranks(total, procs).item() / batches
+            if split in run.bytes_per_token:  # the mean loss in nats per token, as bits per byte of text
+                results[f"{split}_bits_per_byte"] = results[f"{split}_loss"] / math.log(2) / run.bytes_per_token[split]
     finally:
         bar.close(finished=len(results) == len(run.splits))  # abandoned (stop or error): no "done" line
         run.eval_model.train()
@@ -338,8 +341,7 @@ def record_evaluation(run: Run, state: LoopState, results: dict, lr: float, seco
     """Print an evaluation, append it to metrics.jsonl, and checkpoint if due."""
     cfg = run.cfg
     state.evaluated_at = state.iter_num
-    print0(f"step {state.iter_num}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in results.items())
-           + f", {state.elapsed_s:.1f}s (evaluation {seconds:.1f}s)")
+    print0(evaluation_line(state.iter_num, results, state.elapsed_s, seconds))
     if cfg.eval_only:
         return
     run.folder.record({"iter": state.iter_num, "kind": "eval", **results, "lr": lr,
@@ -406,7 +408,8 @@ def train_loop(run: Run, state: LoopState) -> None:
             # a time budget glances at a new run (it scores about ln(vocab) anywhere): a tenth of the batches
             glance = cfg.max_seconds > 0 and state.iter_num == 0 and not finished
             batches = max(1, cfg.eval_iters // 10) if glance else cfg.eval_iters
-            results, eval_seconds = evaluate(run, state, batches)  # (and what a whole one takes: for the ETA)
+            with compiling(run, run.eval_model, "the evaluation", first=not eval_seconds):  # says so, on a first call
+                results, eval_seconds = evaluate(run, state, batches)  # (and what a whole one takes: for the ETA)
             if results is None:  # abandoned for a stop; it reruns on resume
                 return stop_and_save(run, state, "the evaluation")
             state.elapsed_s = time.time() - zero
@@ -423,7 +426,8 @@ def train_loop(run: Run, state: LoopState) -> None:
         if (evaluated or not procs.ddp) and any_rank([run.stop.requested], procs)[0]:
             return stop_and_save(run, state, "the evaluation" if evaluated else "training")
         timed_save = 0 < cfg.checkpoint_interval_s <= time.time() - run.folder.saved_at
-        metrics, skipped, (stop_now, save_now) = train_step(run, state, [run.stop.requested, timed_save])
+        with compiling(run, run.train_model, "the training step", first=first_update):
+            metrics, skipped, (stop_now, save_now) = train_step(run, state, [run.stop.requested, timed_save])
         state.elapsed_s = time.time() - zero
         if run.threads is not None:
             run.threads.fit()  # every few seconds: another program may have started, or ended

@@ -20,7 +20,7 @@ import torch
 
 from smallgpt.errors import UserError
 from smallgpt.interop.nanogpt import is_nanogpt_data_folder, nanogpt_data_meta
-from smallgpt.tokenizer import read_meta
+from smallgpt.tokenizer import read_meta, token_byte_lengths, tokenizer_from_meta
 
 SPLITS = ("train", "val")
 CHECKOUT = Path(__file__).resolve().parents[1]  # the prepare scripts write data/<name> under the folder they run in
@@ -130,6 +130,34 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
+
+
+def evaluation_offsets(sampler: BatchSampler, batches: int, batch_size: int) -> np.ndarray:
+    """The window starts of an evaluation, (batches, batch_size): evenly spaced through the split and the
+    same every time, whatever the seed. Closer to the whole split's loss than as many random windows, and
+    every token is scored once the windows overlap."""
+    last_start = sampler.num_tokens - sampler.block_size - 1
+    return np.linspace(0, last_start, batches * batch_size).round().astype(np.int64).reshape(batches, -1)
+
+
+def split_bytes_per_token(meta: dict, splits: dict[str, BatchSampler], batches: int, batch_size: int) -> dict:
+    """{split: UTF-8 bytes per target token in its evaluation windows}: what turns a mean loss in nats per
+    token into bits per byte, the unit in which runs on different tokenizers compare. Each token counts
+    the bytes of its text (the end-of-text separator none: tokenizer.token_byte_lengths, as eval.py
+    counts them). Empty when the tokenizer cannot be loaded here (GPT-2 BPE without tiktoken's file)."""
+    try:
+        byte_lengths = token_byte_lengths(tokenizer_from_meta(meta))
+    except UserError:
+        return {}
+    ratios = {}
+    for split, sampler in splits.items():
+        offsets = evaluation_offsets(sampler, batches, batch_size).reshape(-1, 1)
+        data = np.memmap(sampler.path, dtype=sampler.dtype, mode="r")
+        targets = data[offsets + 1 + np.arange(sampler.block_size)]  # (windows, block_size)
+        n_bytes = int(byte_lengths[np.minimum(targets, len(byte_lengths) - 1)].sum())
+        if n_bytes:
+            ratios[split] = n_bytes / targets.size
+    return ratios
 
 
 # ----------------------------------------------------------------------------- one update's batch, shared out

@@ -71,6 +71,23 @@ def cpu_has_bf16_units() -> bool:
             return False
 
 
+def cpu_class() -> str:
+    """The class of CPU the README's expectations are given for: "bf16 units: AMX", "bf16 units: AVX-512 BF16",
+    "AVX2, no bf16 units" or "no AVX2", after the usable cores; a CPU run's start line names it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        flags = set()
+    cores = len(_usable_cpus() or range(os.cpu_count() or 1))
+    if cpu_has_bf16_units():
+        units = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "oneDNN's"
+        return f"{cores} cores, bf16 units: {units}"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA") and flags & {"amx_bf16", "avx512_bf16"}:
+        return f"{cores} cores, bf16 units capped by ONEDNN_MAX_CPU_ISA: as AVX2"
+    return f"{cores} cores, " + ("AVX2, no bf16 units" if "avx2" in flags else "no AVX2" if flags else "unknown ISA")
+
+
 def cuda_has_bf16_units(device: torch.device) -> bool:
     """bfloat16 tensor cores: compute capability 8.0 (Ampere) and newer.
 

@@ -12,8 +12,12 @@ Only rank 0 prints (distributed.print0). Nothing here decides anything about the
 that take `run` read a train.Run (and `state` a train.LoopState), nothing else of train.py.
 """
 
+import contextlib
 import math
+import os
 import sys
+import tempfile
+import threading
 import time
 
 import torch
@@ -56,14 +60,28 @@ def format_metric(value: float) -> str:
 def training_line(record: dict, where: str, eta: float) -> str:
     """The training line of a "train" record: its metrics, then lr, speed, MFU (on known GPUs), peak device
     memory (on CUDA) and the ETA."""
-    run_keys = ("iter", "kind", "lr", "ms_per_iter", "tok_per_s", "mfu", "peak_gb", "elapsed_s")
+    run_keys = ("iter", "kind", "bits_per_byte", "lr", "ms_per_iter", "tok_per_s", "mfu", "peak_gb", "elapsed_s")
     fields = [f"{name} {format_metric(value)}" for name, value in record.items() if name not in run_keys]
+    if "bits_per_byte" in record:  # beside the loss
+        fields.insert(1, f"bits/byte {record['bits_per_byte']:.4f}")
     fields += [f"lr {record['lr']:.2e}", f"{record['ms_per_iter']:.1f} ms/iter", f"{record['tok_per_s']:,.0f} tok/s"]
     if "mfu" in record:
         fields.append(f"mfu {100 * record['mfu']:.1f}%")
     if "peak_gb" in record:
         fields.append(f"peak {record['peak_gb']:.1f} GB")
     return f"iter {where}: {', '.join(fields)}, eta {format_seconds(eta)}"
+
+
+def evaluation_line(iter_num: int, results: dict, elapsed_s: float, seconds: float) -> str:
+    """"step 800: train loss 3.1024, val loss 3.2017, train 1.5101 / val 1.5573 bits/byte, 101.2s (evaluation
+    2.9s)": each result, the splits' bits per byte where the tokenizer gives them, the run's time and the
+    evaluation's."""
+    fields = [f"{name.replace('_', ' ')} {value:.4f}" for name, value in results.items()
+              if not name.endswith("_bits_per_byte")]
+    bpb = [f"{name.removesuffix('_bits_per_byte')} {value:.4f}" for name, value in results.items()
+           if name.endswith("_bits_per_byte")]
+    return (f"step {iter_num}: {', '.join(fields)}" + (f", {' / '.join(bpb)} bits/byte" if bpb else "")
+            + f", {elapsed_s:.1f}s (evaluation {seconds:.1f}s)")
 
 
 def time_left(iter_num: int, max_iters: int, eval_interval: int, step_s: float, eval_s: float,
@@ -100,7 +118,8 @@ def describe(run, state) -> None:
     compiled = getattr(run.train_model, "module", run.train_model) is not model  # (DDP wraps the compiled model)
     micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
         f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
-    print0(f"device {procs.device}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
+    where = f" ({device.cpu_class()})" if procs.device.type == "cpu" else ""
+    print0(f"device {procs.device}{where}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
            f"process(es){', fsdp' if run.sharded else ''}, compile {'on' if compiled else 'off'}; "
            f"tokens per update: {plan.global_seqs} sequences x {plan.block_size} = {plan.tokens_per_update:,} (per "
            f"process {plan.stop - plan.start} sequences in micro-batch(es) of {micro})")
@@ -125,6 +144,8 @@ def log_training(run, state, window: MetricWindow, lr: float, eval_seconds: floa
     if procs.master:
         record = {"iter": state.iter_num, "kind": "train", **window.means(), "lr": lr, "ms_per_iter": 1000 * seconds,
                   "tok_per_s": plan.tokens_per_update / seconds, "elapsed_s": round(state.elapsed_s, 3)}
+        if "train" in run.bytes_per_token and "loss" in record:  # estimated from the train split's evaluation windows
+            record["bits_per_byte"] = record["loss"] / math.log(2) / run.bytes_per_token["train"]
         utilization = device.mfu(run.model.flops_per_token(plan.block_size) * plan.tokens_per_update, seconds,
                                  procs.device, procs.dtype, procs.world_size)
         if utilization is not None:
@@ -138,6 +159,37 @@ def log_training(run, state, window: MetricWindow, lr: float, eval_seconds: floa
         print0(training_line(record, where, eta))
         run.folder.record(record)
     window.restart(state.iter_num)
+
+
+COMPILE_NOTE_EVERY_S = 10.0  # while torch.compile works, a line this often: a first run never looks hung
+
+
+@contextlib.contextmanager
+def compiling(run, module, what: str, first: bool):
+    """Around the first call of a compiled module (train.Run's train_model or eval_model): a line before
+    torch.compile starts saying what happens and how long it may take, one every COMPILE_NOTE_EVERY_S
+    while it lasts, and how long it took. Anything else (eager modules, later calls): nothing."""
+    compiled = getattr(module, "module", module) is not run.model  # (DDP wraps the compiled model)
+    if not (first and compiled and run.procs.master):
+        yield
+        return
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "torchinductor_*")
+    print0(f"compiling the model for {what} (torch.compile): on a first run this takes a minute or more on a "
+           f"laptop-class CPU; later runs reuse its cache ({cache}) and take seconds")
+    started, done = time.time(), threading.Event()
+
+    def note():
+        while not done.wait(COMPILE_NOTE_EVERY_S):
+            print0(f"  still compiling, {time.time() - started:.0f}s so far")
+
+    thread = threading.Thread(target=note, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        print0(f"compiled {what} in {time.time() - started:.1f}s")
 
 
 def batch_origin(cfg, sources: dict) -> None:

@@ -506,3 +506,16 @@ def read_meta(dataset_dir) -> dict:
     if meta["tokenizer"] == "bpe":
         _read_bpe_ranks(folder, meta)
     return meta
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token counts 0."""
+    if tokenizer.kind == "byte":
+        lengths = np.ones(256, dtype=np.int64)
+    elif tokenizer.kind == "char":
+        lengths = np.array([len(c.encode("utf-8", "surrogatepass")) for c in tokenizer.vocab], dtype=np.int64)
+    else:  # BPE (gpt2, bpe): every token is a byte string (a piece of a character, sometimes)
+        lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
+    if tokenizer.eot_token is not None:
+        lengths[tokenizer.eot_token] = 0  # a separator between documents, not text
+    return lengths
