@@ -131,17 +131,16 @@ def apply_rotary(x, cos, sin):
 
 
 # Under bf16 autocast on a CPU, blocks up to this many positions attend with two bf16 matmuls around a
-# float32 softmax: 1.6x faster than float32 flash attention at 64-128 positions, 1.6x slower at 256
-# (forward and backward, compiled; torch 2.13, AMD EPYC Zen 4 with AVX512-BF16). shakespeare_char_cpu's
-# steps 1.09x faster, its loss after 1,500 updates the same (+0.001 +- 0.002 over 4 seeds).
+# float32 softmax, which compiles into fewer, faster kernels than flash attention for short blocks and
+# into slower ones past this length (docs/results.md, "Training speed on CPUs").
 CPU_MATMUL_ATTENTION_MAX_T = 128
 
 
 def causal_attention(q, k, v, dropout_p: float = 0.0):
     """Causal attention over (B, n_head, T, head_dim). Under bf16 autocast on a CPU, torch's bf16
-    flash-attention backward is ~6x slower than float32's (torch 2.13, measured on AVX512-BF16), which
-    cost more than bf16 saved on every matmul of a 128-wide model: short blocks attend as matmuls
-    (above), longer ones with float32 flash attention."""
+    flash-attention backward is several times slower than float32's, which cost more than bf16 saved on
+    every matmul of a small model: short blocks attend as matmuls (above), longer ones with float32
+    flash attention."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         T = q.size(-2)
         if T <= CPU_MATMUL_ATTENTION_MAX_T:

@@ -111,9 +111,9 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs with bf16 tensor cores (else "
                         "float16 with a gradient scaler), bfloat16 on CPUs with bf16 matrix units (AMX or "
-                        "AVX512-BF16), float32 elsewhere", ["auto", "float32", "bfloat16", "float16"])
-    compile: str = option("auto", "torch.compile the model; auto: on GPUs, off on CPUs (where it measured "
-                          "slower for small models, see README)", ["auto", "true", "false"])
+                        "AVX-512 BF16), float32 elsewhere", ["auto", "float32", "bfloat16", "float16"])
+    compile: str = option("auto", "torch.compile the model; auto: on GPUs; on CPUs off, and the CPU configs turn "
+                          "it on, where it made steps faster (docs/cpu.md)", ["auto", "true", "false"])
     threads: int = option(0, "CPU threads for torch; 0: one per core that other programs leave free, "
                           "re-checked every few seconds (one process on a CPU; else torch's default)", at_least=0)
     seed: int = option(1337, "random seed for weights, dropout and batches")
@@ -331,7 +331,7 @@ def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, flo
             if split in run.bytes_per_token:  # the mean loss in nats per token, as bits per byte of text
                 results[f"{split}_bits_per_byte"] = results[f"{split}_loss"] / math.log(2) / run.bytes_per_token[split]
     finally:
-        bar.close(finished=len(results) == len(run.splits))  # abandoned (stop or error): no "done" line
+        bar.close(finished=all(f"{split}_loss" in results for split in run.splits))  # abandoned: no "done" line
         run.eval_model.train()
     steady = (times[-1] - times[1]) * (len(times) - 1) / (len(times) - 2) if len(times) > 2 else times[-1] - times[0]
     return results, steady * cfg.eval_iters / batches

@@ -25,8 +25,7 @@ multiple of 250, so that both evaluate at the end).
 and time budget): the race against nanoGPT's quick start for the best val loss in its wall time.
 With --match_time, ours gets that wall time on this machine: each round's run of ours is given
 --max_seconds = nanoGPT's wall time in that round minus --margin seconds (what ours spends outside
-its budget, which counts start-up: drawing loss.png and exiting; 2.5 s by default, ~2 s measured on a
-2-core EPYC), so the race is fair on a machine slower or faster than the one the config's
+its budget, which counts start-up: drawing loss.png and exiting; 2.5 s by default), so the race is fair on a machine slower or faster than the one the config's
 max_seconds was set on. Both wall times are printed: check that ours' is not longer.
 
 Printed for each: tokens per iteration (from its own start line), ms per iteration (the median over

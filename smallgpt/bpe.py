@@ -8,17 +8,13 @@
 `vocab_size` counts every id the model will see. `texts` is an iterable of strings, consumed once;
 prepare/text.py feeds it the training split only (never val), cut where the pre-split pattern cuts
 anyway, and sampled down to `--bpe_sample_bytes` when the training text is bigger (see
-prepare/text.py `_bpe_training_text`).
+smallgpt/prepare.py `_bpe_training_text`).
 
 The trainer is rustbpe (pip install rustbpe, the optional extra `.[bpe]`): a Rust BPE trainer
 whose merges are tiktoken ranks as they are. HF `tokenizers` trains the same kind of BPE (with a
-Split pre-tokenizer on the same pattern); bench/bpe_trainers.py ran both on the same text, the same
-documents in the same pieces, on a shared 2-core Xeon (load average 2.5-4 from other work), 4096 ids:
-    Python stdlib, 12 MB:        rustbpe 2.7 s, 81 MB peak;   tokenizers 5.3 s, 195 MB peak
-    stdlib + site-packages + C headers, 200 MB:
-                                 rustbpe 46.8 s (27 CPU s), 271 MB;  tokenizers 79.1 s (58 CPU s), 642 MB
-with the same bytes per token on the held-out files (3.301 and 3.173 for both): rustbpe, at half
-the CPU time and under half the memory. It counts the distinct pre-split pieces of the text in
+Split pre-tokenizer on the same pattern); bench/bpe_trainers.py runs both on the same text, the same
+documents in the same pieces: the same bytes per token on held-out files, rustbpe at about half the
+CPU time and memory (docs/results.md, "Data preparation and tokenizers"). It counts the distinct pre-split pieces of the text in
 memory (their number grows far slower than the text), then merges; strings are handed to it
 `TRAIN_BUFFER` at a time, so the text itself is never held whole, and --bpe_sample_bytes bounds how
 much is read. Encoding is tiktoken's (tokenizer.BPETokenizer), not the trainer's.

@@ -98,11 +98,8 @@ def cuda_has_bf16_units(device: torch.device) -> bool:
 
 
 # Below this model width (n_embd) bf16 autocast on a CPU may not beat float32: the casts around small
-# matmuls cost about what the matmuls save. Measured on a 2-core AMD EPYC (Zen 5, AVX512-BF16), torch
-# 2.13, bench/train_speed.py, attention in float32 inside autocast (model.causal_attention): bf16 steps
-# 1.82x faster than float32 at 128 wide (shakespeare_char_cpu, compiled), 1.69x eager, 1.41x at 64
-# wide. (Before attention ran in float32, torch's slow bf16 flash-attention backward made bf16 1.4x
-# slower at 128 wide on a Xeon with AMX, hence the 192 this once was; AMX is unmeasured since.)
+# matmuls cost about what the matmuls save. Chosen by bench/train_speed.py (docs/results.md, "Training
+# speed on CPUs"): bf16 steps were faster from 64 wide up.
 CPU_BF16_MIN_WIDTH = 64
 
 
@@ -198,7 +195,7 @@ def mfu(flops_per_update: float, seconds_per_update: float, device: torch.device
 
 def should_compile(choice: str, device: torch.device, log=print) -> bool:
     """Whether compile=auto|true|false means torch.compile here. auto: on GPUs. On CPUs the configs ask
-    for it where it measured faster (it costs ~10-30 s of compilation up front); there torch.compile
+    for it where it measured faster (it costs compilation time up front); there torch.compile
     needs a C++ compiler, and without one `log` gets a line and training goes on uncompiled."""
     wanted = device.type == "cuda" if choice == "auto" else choice == "true"
     if wanted and device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",

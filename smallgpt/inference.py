@@ -107,8 +107,8 @@ def row_splits(x: torch.Tensor, weight: torch.Tensor) -> int:
 def row_split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, splits: int) -> torch.Tensor:
     """F.linear(x, weight, bias) for one row x, computed as `splits` row blocks of the weight in one
     batched matmul. On some CPUs torch runs a matrix-vector product on one thread; the batched form
-    uses every thread (1.3x tokens/s at batch 1 on a 2-core AMD EPYC; 0.88x on a 2-core Intel Xeon,
-    whose BLAS threads the product already). Each output is still one row of the weight times x."""
+    uses every thread (where the BLAS threads the product already, it is slower: sample.py times both).
+    Each output is still one row of the weight times x."""
     out_features, in_features = weight.shape
     blocks = weight.view(splits, out_features // splits, in_features)  # (S, out/S, in)
     y = torch.bmm(x.reshape(1, 1, -1).expand(splits, 1, -1), blocks.transpose(1, 2))  # (S, 1, out/S)

@@ -35,11 +35,10 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz_dtype(device_type: str) -> torch.dtype:
-    """bfloat16 where matmuls have bf16 units (GPUs; CPUs with AMX or AVX512-BF16), else float32.
+    """bfloat16 where matmuls have bf16 units (GPUs; CPUs with AMX or AVX-512 BF16), else float32.
 
     The iteration only needs singular values pushed into ~[0.7, 1.2], which bf16 does as well as
-    float32 (the Muon authors run it in bf16); on a CPU with bf16 units it is ~3x faster (2-core AMD
-    EPYC with AVX512-BF16, the stacks of shakespeare_char_cpu: 4.6 ms against 13.2 ms a step). CPUs
+    float32 (the Muon authors run it in bf16), and on a CPU with bf16 units several times faster. CPUs
     without them would emulate bf16, slower than float32.
     """
     if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16_units()):

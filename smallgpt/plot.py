@@ -5,9 +5,10 @@
     python -m smallgpt.plot --help
 
 Each run folder's metrics.jsonl (its evaluation records: iter, train_loss, val_loss, lr, elapsed_s;
-other keys and the training lines' records are ignored, a half-written last line is skipped) is drawn in one colour: val
-loss solid, train loss dashed, against iterations (left) and wall-clock time (right), the learning
-rate in the panels below (log-scaled when the runs' peak rates are more than 10x apart). Runs are labelled with their folder name and the options that differ
+its training lines' records: iter, loss, lr, elapsed_s; other keys are ignored, a half-written last line is
+skipped) is drawn in one colour: val loss solid with a point per evaluation, train loss at evaluations
+dashed, each training line's loss as a thin line between them, against iterations (left) and
+wall-clock time (right), the learning rate in the panels below (log-scaled when the runs' peak rates are more than 10x apart). Runs are labelled with their folder name and the options that differ
 between them, read from each run's config.json (flat, or with nested tables such as [model]). Loss
 is drawn on a log scale when it spans more than a factor of two (--log_scale=on|off to choose).
 
@@ -54,8 +55,9 @@ def run_folder(path) -> Path:
     return path.parent if path.name == METRICS_NAME and path.is_file() else path
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """The evaluation records of run_dir/metrics.jsonl, in file order; unreadable lines are skipped."""
+def read_metrics(run_dir, kind: str = "eval") -> list[dict]:
+    """The records of one kind of run_dir/metrics.jsonl ("eval": evaluations, "train": training lines), in file
+    order; unreadable lines are skipped. A run without evaluation records is a UserError."""
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         raise UserError(f"no {METRICS_NAME} in {run_dir}: give run folders written by train.py "
@@ -67,9 +69,9 @@ def read_metrics(run_dir) -> list[dict]:
         except json.JSONDecodeError:  # e.g. the last line, while train.py is writing it
             continue
         if isinstance(record, dict) and isinstance(record.get("iter"), (int, float)) \
-                and record.get("kind", "eval") == "eval":  # training lines' records are not drawn
+                and record.get("kind", "eval") == kind:
             records.append(record)
-    if not records:
+    if not records and kind == "eval":
         raise UserError(f"{path} holds no evaluation records yet; plot the run after its first evaluation")
     return records
 
@@ -167,9 +169,9 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     """A matplotlib Figure of the runs (see the module docstring); UserError for unreadable runs."""
     run_dirs = [run_folder(d) for d in run_dirs]
     runs = [read_metrics(d) for d in run_dirs]  # bad run folders are reported first, matplotlib or not
+    training = [read_metrics(d, "train") for d in run_dirs]  # a training line's loss: the curve between evaluations
     require_matplotlib()
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     labels = [_label(name, options) for name, options in
               zip(run_names(run_dirs), differing_options([read_config(d) for d in run_dirs]))]
@@ -183,8 +185,12 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     lr_it = fig.add_subplot(grid[1, 0], sharex=loss_it)
     lr_t = fig.add_subplot(grid[1, 1], sharex=loss_t, sharey=lr_it)
     losses = []
-    for i, (records, label) in enumerate(zip(runs, labels)):
+    for i, (records, lines, label) in enumerate(zip(runs, training, labels)):
         color = f"C{i % 10}"
+        for ax, x_key, x_scale in ((loss_it, "iter", 1.0), (loss_t, "elapsed_s", scale)):
+            xs, ys = _series(lines, x_key, "loss")
+            losses += ys
+            ax.plot([x / x_scale for x in xs], ys, "-", color=color, linewidth=0.8, alpha=0.45)
         for y_key, style in (("val_loss", "-"), ("train_loss", "--")):
             xs, ys = _series(records, "iter", y_key)
             losses += ys
@@ -195,26 +201,15 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
             loss_t.plot([p[0] for p in pairs], [p[1] for p in pairs], style, color=color,
                         marker="o" if style == "-" else None, markersize=3,
                         linewidth=1.6 if style == "-" else 1.1, alpha=1.0 if style == "-" else 0.75)
-        # metrics.jsonl holds the rate at evaluations only: points, joined by a thin line (the warmup
-        # and the cosine between them are not recorded, so a bold line would claim a shape)
-        lr_it.plot(*_series(records, "iter", "lr"), color=color, linewidth=0.8, marker="o", markersize=3)
-        pairs = [(r["elapsed_s"] / scale, r["lr"]) for r in records
+        # the rate at each training line and evaluation: points, joined by a thin line (what happens
+        # between them is not recorded, so a bold line would claim a shape)
+        both = sorted(records + lines, key=lambda r: r["iter"])
+        lr_it.plot(*_series(both, "iter", "lr"), color=color, linewidth=0.8, marker="o", markersize=2)
+        pairs = [(r["elapsed_s"] / scale, r["lr"]) for r in both
                  if all(isinstance(r.get(k), (int, float)) for k in ("elapsed_s", "lr"))]
-        lr_t.plot([p[0] for p in pairs], [p[1] for p in pairs], color=color, linewidth=0.8, marker="o", markersize=3)
+        lr_t.plot([p[0] for p in pairs], [p[1] for p in pairs], color=color, linewidth=0.8, marker="o", markersize=2)
 
-    positive = [v for v in losses if v > 0]
-    use_log = (log_scale == "on" or (log_scale == "auto" and positive and max(positive) / min(positive) > LOG_SCALE_SPAN))
-    if use_log and positive:
-        loss_it.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 4 rather than 2x10^0
-        loss_it.yaxis.set_major_formatter(plain)
-        decades = math.log10(max(positive)) - math.log10(min(positive))
-        if decades < 1.5:  # within a decade or so the minor ticks are the only ones: label them
-            loss_it.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
-            loss_it.yaxis.set_minor_formatter(plain)
-        else:
-            loss_it.yaxis.set_minor_formatter(NullFormatter())
-    loss_it.set_ylabel("loss (nats per token)" + (", log scale" if use_log else ""))
+    _loss_axis(loss_it, losses, log_scale)
     loss_it.set_title("against iterations", fontsize=10)
     loss_t.set_title("against wall-clock time", fontsize=10)
     peaks = [max(ys) for ys in (_series(r, "iter", "lr")[1] for r in runs) if ys and max(ys) > 0]
@@ -222,7 +217,7 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
         lr_it.set_yscale("log")
     else:
         lr_it.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    lr_it.set_ylabel("learning rate\n(at evaluations)")
+    lr_it.set_ylabel("learning rate")
     lr_it.set_xlabel("iteration")
     lr_t.set_xlabel(f"wall-clock time ({time_unit}, evaluations included)")
     for ax in (loss_it, loss_t, lr_it, lr_t):
@@ -240,6 +235,25 @@ def make_figure(run_dirs, title: str | None = None, log_scale: str = "auto"):
     return fig
 
 
+def _loss_axis(ax, losses: list[float], log_scale: str) -> None:
+    """The loss axis: logarithmic when asked or when the losses span more than LOG_SCALE_SPAN, with plain labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = [v for v in losses if v > 0]
+    use_log = (log_scale == "on" or (log_scale == "auto" and positive and max(positive) / min(positive) > LOG_SCALE_SPAN))
+    if use_log and positive:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 2, 3, 4 rather than 2x10^0
+        ax.yaxis.set_major_formatter(plain)
+        decades = math.log10(max(positive)) - math.log10(min(positive))
+        if decades < 1.5:  # within a decade or so the minor ticks are the only ones: label them
+            ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+            ax.yaxis.set_minor_formatter(plain)
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("loss (nats per token)" + (", log scale" if use_log else ""))
+
+
 def _legend_below(fig, labels: list[str]) -> None:
     """One colour per run, then the line styles, in rows under the panels. Margins are fixed from the
     rows' count: constrained layout measured every label for this and took about half of the drawing
@@ -248,7 +262,8 @@ def _legend_below(fig, labels: list[str]) -> None:
 
     handles = [Line2D([], [], color=f"C{i % 10}", linewidth=2.5, label=label) for i, label in enumerate(labels)]
     handles += [Line2D([], [], color="0.3", linestyle="-", marker="o", markersize=3, label="val loss"),
-                Line2D([], [], color="0.3", linestyle="--", label="train loss")]
+                Line2D([], [], color="0.3", linestyle="--", label="train loss (evaluations)"),
+                Line2D([], [], color="0.3", linewidth=0.8, alpha=0.45, label="training loss (training lines)")]
     ncol = 2 if len(labels) > 3 else 1
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     rows = -(-len(handles) // ncol)

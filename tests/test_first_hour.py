@@ -239,7 +239,7 @@ def test_slow_evaluation_alone_warns(small_char_dataset, tmp_path):
 
 def test_tiny_model_gets_no_warning(tiny_run):
     _, out = tiny_run
-    assert out.count("device cpu, ") == 1 and warning_lines(out) == []
+    assert len(re.findall(r"^device cpu \(\d+ cores, [^)]+\), ", out, re.MULTILINE)) == 1 and warning_lines(out) == []
 
 
 # ----------------------------------------------------------------------------- the last line

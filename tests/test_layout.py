@@ -6,6 +6,7 @@ holds what a user runs and the library is a package that installs.
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,26 @@ def test_the_package_and_model_import_from_any_folder(tmp_path):
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert result.returncode == 0, f"{result.stderr.strip().splitlines()[-1:]}: run pip install -e . first"
     assert all(Path(line).is_relative_to(REPO_ROOT) for line in result.stdout.split()), result.stdout
+
+
+# Measurements live in docs/results.md with their machine, date and commit; code keeps the why.
+MACHINE_WORDS = re.compile(r"\b20\d\d-\d\d-\d\d\b|\bEPYC\b|\bXeon\b|\bZen ?\d\b|\bRyzen\b|\bCore i\d\b|\bSapphire Rapids\b|"
+                           r"\bIntel\b|\bAMD\b|\bApple M\d\b")
+
+
+def test_no_python_file_quotes_a_date_or_a_cpu_model():
+    found = [f"{p.relative_to(REPO_ROOT)}:{i}: {line.strip()[:80]}" for p in [*SOURCES, *REPO_ROOT.glob("tests/*.py")]
+             if p != Path(__file__) for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if MACHINE_WORDS.search(line)]
+    assert not found, "measurements go to docs/results.md, not code:\n" + "\n".join(found)
+
+
+def test_config_headers_are_short_and_the_readme_a_guide():
+    for path in sorted((REPO_ROOT / "config").glob("*.toml")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = next((i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")), len(lines))
+        assert sum(line.startswith("#") for line in lines[:header]) <= 12, f"{path.name}: a header of at most 12 lines"
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme) <= 20_000, f"README.md has {len(readme):,} characters: depth goes to docs/"
+    links = re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)", readme)
+    assert links and all((REPO_ROOT / link).is_file() for link in links), links

@@ -16,6 +16,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -30,6 +31,8 @@ from smallgpt.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from smallgpt.distributed import setup_processes
 from smallgpt.errors import UserError
 from smallgpt.runfolder import FolderLock, RunFolder
+
+LOCKED_AT = time.strftime("%Y-%m-%d %H:%M:%S")  # what a lock file says of when it was taken
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def test_without_an_os_lock_the_lock_file_names_its_holder_and_goes_at_the_end(n
 
 
 def test_without_an_os_lock_a_dead_holders_lock_is_taken_over(no_os_lock, tmp_path):
-    (tmp_path / ".lock").write_text(f"pid {dead_pid()} on {platform.node()}, since 2026-12-01 10:00:00\n")
+    (tmp_path / ".lock").write_text(f"pid {dead_pid()} on {platform.node()}, since {LOCKED_AT}\n")
     assert FolderLock(tmp_path / ".lock").holder() is None  # stale
     with RunFolder(tmp_path, master=True):
         assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
@@ -85,7 +88,7 @@ def test_without_an_os_lock_a_dead_holders_lock_is_taken_over(no_os_lock, tmp_pa
 def test_without_an_os_lock_a_live_or_unknowable_holder_refuses(no_os_lock, tmp_path, live_process, host):
     """A live pid on this host refuses; so does any pid of another host (we cannot ask it)."""
     pid, node = (live_process.pid, platform.node()) if host == "this" else (dead_pid(), "some-other-host")
-    (tmp_path / ".lock").write_text(f"pid {pid} on {node}, since 2026-12-01 10:00:00\n")
+    (tmp_path / ".lock").write_text(f"pid {pid} on {node}, since {LOCKED_AT}\n")
     with pytest.raises(UserError, match=rf"another trainer is using .*\(pid {pid} on {node}, since"):
         RunFolder(tmp_path, master=True).__enter__()
     assert (tmp_path / ".lock").read_text().startswith(f"pid {pid} on ")  # left alone
@@ -95,10 +98,10 @@ def test_without_an_os_lock_training_and_resume_work(no_os_lock, small_char_data
     run = tmp_path / "run"
     train.main(tiny_run(small_char_dataset, run))
     assert load_checkpoint(run)["iter_num"] == 3 and not (run / ".lock").exists()
-    (run / ".lock").write_text(f"pid {live_process.pid} on {platform.node()}, since 2026-12-01 10:00:00\n")
+    (run / ".lock").write_text(f"pid {live_process.pid} on {platform.node()}, since {LOCKED_AT}\n")
     with pytest.raises(UserError, match=rf"another trainer is using {re.escape(str(run))} \(pid {live_process.pid} "):
         train.main(tiny_run(small_char_dataset, run, "--init_from=resume", "--max_iters=6"))
-    (run / ".lock").write_text(f"pid {dead_pid()} on {platform.node()}, since 2026-12-01 10:00:00\n")
+    (run / ".lock").write_text(f"pid {dead_pid()} on {platform.node()}, since {LOCKED_AT}\n")
     train.main(tiny_run(small_char_dataset, run, "--init_from=resume", "--max_iters=6"))
     assert load_checkpoint(run)["iter_num"] == 6 and not (run / ".lock").exists()
 
