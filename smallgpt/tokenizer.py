@@ -395,6 +395,18 @@ def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt:
     return ids, trained
 
 
+def chat_template() -> str:
+    """render_chat as a Jinja chat template (Hugging Face's tokenizer_config.json "chat_template"), the
+    answers inside {% generation %} so that return_assistant_tokens_mask gives render_chat's mask."""
+    roles = "".join(f"{'if' if i == 0 else 'elif'} message['role'] == '{role}' %}}<|{role}|>{{%- "
+                    for i, role in enumerate(CHAT_ROLES))
+    return ("{%- for message in messages -%}{%- " + roles + "else %}{{ raise_exception('roles are "
+            + ", ".join(CHAT_ROLES) + "') }}{%- endif -%}"
+            "{%- if message['role'] == 'assistant' -%}{% generation %}{{ message['content'] }}" + END_OF_TURN
+            + "{% endgeneration %}{%- else -%}{{ message['content'] }}" + END_OF_TURN + "{%- endif -%}"
+            "{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}")
+
+
 def chat_markers(meta: dict) -> dict:
     """The turn markers a meta dict records ({} without them): {"<|system|>": id, ...}."""
     return (meta.get("chat") or {}).get("markers") or {}
