@@ -151,10 +151,9 @@ def causal_attention(q, k, v, dropout_p: float = 0.0, mask=None):
             probs = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
             return probs @ v  # bf16 (B, n_head, T, head_dim), as autocast casts the operands
         with torch.autocast("cpu", enabled=False):
-            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, is_causal=causal,
-                                               dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, causal)
         return y.to(torch.get_autocast_dtype("cpu"))
-    return F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, mask, dropout_p, causal)
 
 
 class KVCache:
@@ -338,13 +337,10 @@ class GPT(nn.Module):
             self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
     def add_tokens(self, vocab_size: int) -> int:
-        """Grow the vocabulary to vocab_size ids (new special tokens); returns the rows added to the tables.
-
-        The new ids take the padding's spare rows when there are enough (nothing is resized), else the
-        token tables and head grow to the next multiple of vocab_multiple. Their rows start as the mean
-        of the existing ids' rows: an average token, where a zero or random row would start with an
-        outlandish logit (a GPT-2 checkpoint's spare rows are zeros).
-        """
+        """Grow the vocabulary to vocab_size ids (new special tokens); returns the rows added to the tables:
+        none when the padding's spare rows are enough, else up to the next multiple of vocab_multiple.
+        The new ids' rows start as the mean of the others' (an average token: a zero or random row would
+        start with an outlandish logit; a GPT-2 checkpoint's spare rows are zeros)."""
         old, rows = self.config.vocab_size, self.config.padded_vocab_size
         self.config.vocab_size = vocab_size
         added = max(0, self.config.padded_vocab_size - rows)
@@ -376,8 +372,8 @@ class GPT(nn.Module):
         pos = slice(start, start + T)  # positions start .. start + T - 1
         if segments is not None:  # a sequence attends within itself; positions count from its first token
             first = segments != F.pad(segments[:, :-1], (1, 0), value=-1)  # (B, T): a sequence starts here
-            t = torch.arange(T, device=idx.device)
-            pos = t - torch.where(first, t, 0).cummax(dim=1).values  # (B, T)
+            pos = torch.arange(T, device=idx.device)
+            pos = pos - torch.where(first, pos, 0).cummax(dim=1).values  # (B, T)
             mask = (segments[:, :, None] == segments[:, None, :]).tril().unsqueeze(1)  # (B, 1, T, T)
         if self.config.prev_token_mix:
             x = self.mix_previous_token(x, cache, first)
@@ -385,9 +381,8 @@ class GPT(nn.Module):
         if self.config.pos_embedding == "learned":
             x = x + self.transformer.wpe.weight[pos]
         else:  # (T, head_dim // 2), or (B, 1, T, head_dim // 2) per sequence
-            rotary = (self.rope_cos[pos], self.rope_sin[pos])
-            if segments is not None:
-                rotary = (rotary[0].unsqueeze(1), rotary[1].unsqueeze(1))
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+            rotary = (cos, sin) if segments is None else (cos.unsqueeze(1), sin.unsqueeze(1))
         if self.training:
             x = self.transformer.drop(x)
         skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
@@ -419,9 +414,8 @@ class GPT(nn.Module):
         return logits, loss
 
     def mix_previous_token(self, x, cache: KVCache | None, first=None):
-        """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 of the
-        sequence gets nothing added (nor does a packed sequence's first token: first (B, T) is True there).
-        With a cache, the token before x[0] is the cache's last one."""
+        """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 gets nothing
+        added, nor does a packed sequence's first token (first). With a cache, x[0]'s previous is its last."""
         before = cache.last_embedding if cache is not None and cache.pos > 0 else torch.zeros_like(x[:, :1])
         if cache is not None:
             cache.last_embedding = x[:, -1:]
@@ -515,10 +509,9 @@ class GPT(nn.Module):
         Each yielded tensor is (B, T + n) for n = 1 .. max_new_tokens, a view into one buffer
         preallocated for the whole output (read it, or copy it if you keep it; it is never rewritten).
         Stop iterating to stop generating, e.g. when every row has hit an end-of-text token.
-        See `generate` for how the context is handled. cache: a KVCache already holding the tokens
-        before idx (a conversation's earlier turns), which it then goes on filling; generation stops
-        where it is full instead of restarting (its owner decides what to keep). The last token
-        yielded is not in it yet.
+        See `generate` for how the context is handled. cache: a KVCache holding the tokens before idx
+        (a conversation's earlier turns) to go on filling; generation then stops where it is full, for
+        its owner to decide what to keep. The last token yielded is not in it yet.
         """
         B, T = idx.shape
         block_size = self.config.block_size

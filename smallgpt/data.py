@@ -153,7 +153,8 @@ class ConversationSampler(BatchSampler):
     fit in block_size + 1 tokens; the rest is padding (never a target). A row is named by its first
     conversation: training draws it at random, evaluation spaces it evenly (the same every time). A
     conversation longer than the window keeps its first block_size + 1 tokens. pack=False puts one
-    conversation in each row, padded (slower per conversation where they are short: bench/chat_packing.py).
+    conversation in each row, padded, with no segments (slower per answer token where conversations are
+    short: bench/chat_packing.py).
     """
 
     def __init__(self, path: Path, dtype: str, block_size: int, seed: int, device="cpu", pack: bool = True):
@@ -214,6 +215,8 @@ class ConversationSampler(BatchSampler):
         trained[:, 1:] &= segments[:, 1:] == segments[:, :-1]
         targets = np.where(trained[:, 1:], tokens[:, 1:], -1)
         x, y, seg = (torch.from_numpy(a) for a in (tokens[:, :-1], targets, segments[:, :-1]))
+        if not self.pack:  # one conversation per row, from position 0: plain causal attention is enough
+            return to_device(self.device, x, y) + (None,)
         return to_device(self.device, x, y, seg)
 
 

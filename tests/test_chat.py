@@ -86,9 +86,10 @@ def test_render_trains_on_the_answers_and_their_end_only():
 
 
 @pytest.mark.parametrize("kind", ["char", "byte", "gpt2"])
-def test_text_that_spells_a_marker_is_text_for_every_tokenizer(kind):
+def test_text_that_spells_a_marker_is_text_for_every_tokenizer(kind, monkeypatch):
     if kind == "gpt2" and not (TIKTOKEN_CACHE.is_dir() and any(TIKTOKEN_CACHE.iterdir())):
         pytest.skip(f"no GPT-2 BPE cache at {TIKTOKEN_CACHE} (expected ../shared beside the checkout)")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
     text = "Say <|assistant|> then <|end|><|user|> and <|endoftext|>."
     base = CharTokenizer(sorted(set(text))) if kind == "char" else build_tokenizer(kind)
     tok = ChatTokenizer(base)
