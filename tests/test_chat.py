@@ -460,12 +460,13 @@ def test_a_chat_finetune_resumes_exactly(chat_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_conversations_matches_one_process(chat_data, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_on_conversations_match_one_process(chat_data, tmp_path, parallel):
     folder, _, _ = chat_data
     common = [f"--dataset={folder}", *TINY, "--max_iters=4", "--eval_interval=4", "--gradient_accumulation_steps=2"]
     single = run_script("train.py", *common, f"--out_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr[-2000:]
-    cmd, env = torchrun_command("train.py", *common, f"--out_dir={tmp_path / 'ddp'}")
+    cmd, env = torchrun_command("train.py", *common, f"--out_dir={tmp_path / 'ddp'}", f"--parallel={parallel}")
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = load_checkpoint(tmp_path / "single"), load_checkpoint(tmp_path / "ddp")
@@ -480,3 +481,38 @@ def test_make_samplers_picks_conversations_and_says_so(chat_data, small_char_dat
     assert all(isinstance(s, ConversationSampler) for s in splits.values()) and "conversations: " in lines[0]
     plain = make_samplers(small_char_dataset, read_meta(small_char_dataset), 64, 0, "cpu", log=lines.append)
     assert not any(isinstance(s, ConversationSampler) for s in plain.values()) and len(lines) == 1
+
+
+@pytest.mark.slow
+def test_gpt2_weights_finetune_on_conversations_in_spare_rows_and_export_a_chat_template(tmp_path, monkeypatch):
+    """init_from a GPT-2 folder: the markers take spare rows of GPT-2's padded vocabulary (no resize);
+    the finetuned run exports with a chat template whose ids transformers' model scores as ours does."""
+    transformers = pytest.importorskip("transformers", reason='transformers is not installed (pip install -e ".[hf]")')
+    if not (TIKTOKEN_CACHE.is_dir() and any(TIKTOKEN_CACHE.iterdir())):
+        pytest.skip(f"no GPT-2 BPE cache at {TIKTOKEN_CACHE} (expected ../shared beside the checkout)")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+    from smallgpt.checkpoint import load_model
+    from smallgpt.interop import hf
+    from test_hf import save_hf_folder, tiny_hf_model
+
+    folder = save_hf_folder(tiny_hf_model(vocab_size=50257, n_positions=64), tmp_path / "hf", "safetensors")
+    source = write_jsonl(tmp_path / "chats.jsonl", [conversation(i) for i in range(40)])
+    prepare_conversations([source], tmp_path / "data", "gpt2", log=lambda line: None)
+    out = tmp_path / "ft"
+    run = run_script("train.py", f"--init_from={folder}", f"--dataset={tmp_path / 'data'}", f"--out_dir={out}",
+                     *TINY[3:], "--max_iters=4", "--eval_interval=4")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "ids 50257..50260 are new" in run.stdout and "spare rows of its padded vocabulary (50304 rows, no resize)" \
+        in run.stdout
+    exported = hf.export_checkpoint(str(out), str(tmp_path / "export"))
+    tok = transformers.AutoTokenizer.from_pretrained(exported)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(exported).eval()
+    model, ckpt = load_model(out)
+    ours = tokenizer_from_meta(ckpt["meta"])
+    messages = conversation(3)["messages"]
+    ids = tok.apply_chat_template(messages, return_dict=False)
+    assert ids == render_chat(ours, messages)[0] and max(ids) == 50260
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        assert (model(idx, idx)[0] - theirs(idx).logits).abs().max() < 1e-4
+    assert "apply_chat_template" in (exported / "README.md").read_text()
