@@ -383,6 +383,13 @@ def check_export_agrees(plain_meta, chat_meta, tmp_path, n_texts=150):
 @pytest.mark.slow
 def test_bpe_export_agrees_on_every_text_and_renders_chats_as_we_do(bpe_chat, tmp_path):
     check_export_agrees(*bpe_chat, tmp_path)
+    from tokenizers import Tokenizer  # tokenizer.json alone, read by the tokenizers library
+
+    raw = Tokenizer.from_file(str(tmp_path / "plain" / "tokenizer.json"))
+    raw.encode_special_tokens = True  # (what split_special_tokens sets; the file cannot hold it)
+    ours, rng = tokenizer_from_meta(bpe_chat[0]), random.Random(2)
+    for text in (random_text(rng) for _ in range(50)):
+        assert raw.encode(text).ids == ours.encode(text), text
 
 
 @pytest.mark.slow

@@ -21,7 +21,12 @@ gets vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tikto
 `AutoTokenizer.from_pretrained(DIR)` works; one trained on a bpe of its own (prepare/text.py
 --tokenizer=bpe) gets tokenizer.json + tokenizer_config.json (a byte-level BPE that encodes the same
 ids as our tiktoken encoding) and tokenizer.tiktoken; char and byte vocabularies have no Hugging
-Face tokenizer (README.md says how to encode for them).
+Face tokenizer (README.md says how to encode for them). Text that spells a special token
+("<|endoftext|>") is ordinary text for smallgpt, and for these files too: tokenizer_config.json sets
+split_special_tokens. A run finetuned on conversations (prepare/chat.py) also gets its turn markers
+as special tokens and smallgpt's rendering as the chat template, so `apply_chat_template` gives our
+ids; its template needs the markers read as markers, so there split_special_tokens is left off and
+README.md says which flags give our ids for text that spells one (special_text_note).
 
 Mapping (GPT-2's checkpoint -> ours): HF stores c_attn, c_proj and c_fc as `Conv1D`, whose weight
 is (in, out), the transpose of an `nn.Linear` weight (out, in); everything else is copied as is.
@@ -515,7 +520,7 @@ def special_text_note(meta: dict, with_tokenizer: bool) -> str:
     if not markers:
         return ("\nText that spells a special token (\"<|endoftext|>\") is ordinary text, as in smallgpt: "
                 "tokenizer_config.json sets split_special_tokens, so `tokenizer(text)` gives smallgpt's ids for any "
-                "text.\n")
+                "text (with the tokenizers library alone, set `encode_special_tokens = True` on the Tokenizer).\n")
     return chat + ("`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` renders smallgpt's ids "
                    "(its chat template is smallgpt's rendering; return_assistant_tokens_mask=True gives the answers' "
                    "tokens). smallgpt encodes text that spells a marker or <|endoftext|> as ordinary text; the "
@@ -587,7 +592,8 @@ USAGE = """usage: python -m smallgpt.interop.hf export --out_dir=RUN --to=DIR [-
   export   write our checkpoint RUN/ckpt.pt as a Hugging Face GPT-2 folder DIR (config.json +
            model.safetensors + README.md naming the tokenizer + smallgpt_meta.json; for GPT-2 BPE
            runs also vocab.json/merges.txt/tokenizer_config.json, for a bpe trained by prepare
-           tokenizer.json/tokenizer_config.json/tokenizer.tiktoken, so AutoTokenizer loads DIR);
+           tokenizer.json/tokenizer_config.json/tokenizer.tiktoken, so AutoTokenizer loads DIR;
+           a run finetuned on conversations adds its turn markers and a chat template);
            load it with transformers.GPT2LMHeadModel.from_pretrained(DIR). Only GPT-2-shaped
            models export (learned positions, layernorm, gelu, tied embeddings, mlp_ratio 4).
            The write is atomic; a non-empty DIR is refused unless --overwrite.
