@@ -156,7 +156,10 @@ def score_tokens(model, tokens, block_size: int, context: int, batch_size: int, 
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
-    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token counts 0."""
+    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token and the chat
+    markers count 0."""
+    markers = np.zeros(len(getattr(tokenizer, "markers", {})), dtype=np.int64)  # ids after the tokenizer's own
+    tokenizer = getattr(tokenizer, "base", tokenizer)
     if tokenizer.kind == "byte":
         lengths = np.ones(256, dtype=np.int64)
     elif tokenizer.kind == "char":
@@ -165,7 +168,7 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
         lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
     if tokenizer.eot_token is not None:
         lengths[tokenizer.eot_token] = 0  # a separator between documents, not text
-    return lengths
+    return np.concatenate([lengths, markers])
 
 
 def evaluate(model, tokens, byte_lengths, block_size: int, context: int, batch_size: int, *, autocast=None,
