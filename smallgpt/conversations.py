@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smallgpt.bpe import DEFAULT_SAMPLE_BYTES
 from smallgpt.errors import UserError
 from smallgpt.prepare import _is_val, _Passes, _choose_tokenizer, expand_inputs
 from smallgpt.tokenizer import (BPE_RANKS_FILE, CHAT_ROLES, ChatTokenizer, encode_content, make_meta, render_chat,
@@ -118,7 +119,7 @@ def read_conversations(inputs, skip_bad: bool = False) -> tuple[list, list]:
 def prepare_conversations(inputs, out_dir, tokenizer: str | None = None, *, tokenizer_from=None,
                           val_fraction: float = 0.1, seed: int = 1337, skip_bad: bool = False,
                           vocab_size: int | None = None, bpe_pattern: str = "gpt4",
-                          bpe_sample_bytes: int = 1 << 30, log=print) -> dict:
+                          bpe_sample_bytes: int = DEFAULT_SAMPLE_BYTES, log=print) -> dict:
     """Tokenize conversations into out_dir (see the module docstring); return the meta dict.
 
     tokenizer: char, byte, gpt2 or bpe (trained here on the messages' text); tokenizer_from: a dataset
