@@ -19,6 +19,7 @@ over, /quit (or Ctrl-D) to leave; Ctrl-C stops an answer; a line ending in a bac
 next line (one message of several lines).
 """
 
+import math
 import sys
 from dataclasses import dataclass
 
@@ -168,6 +169,8 @@ def main(argv: list[str]) -> None:
     cfg = parse_config(ChatConfig, argv, __doc__, log=lambda line: print(line, file=sys.stderr))
     if not 0 < cfg.top_p <= 1:
         raise UserError(f"bad value for top_p: {cfg.top_p} (must be in (0, 1]; 1 disables it)")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise UserError(f"bad value for temperature: {cfg.temperature} (must be a finite number >= 0; 0 means greedy)")
     model, tok = load_chat_model(cfg)
     conversation = Conversation(model, tok, cfg.system)
     generator = torch.Generator(device=conversation.cache.k.device).manual_seed(cfg.seed)

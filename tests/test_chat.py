@@ -523,3 +523,10 @@ def test_gpt2_weights_finetune_on_conversations_in_spare_rows_and_export_a_chat_
     with torch.no_grad():
         assert (model(idx, idx)[0] - theirs(idx).logits).abs().max() < 1e-4
     assert "apply_chat_template" in (exported / "README.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["--temperature=nan", "--temperature=-1", "--top_p=0", "--top_p=nan",
+                                 "--max_new_tokens=0", "--top_k=-1"])
+def test_chat_options_are_checked_before_anything_loads(bad, tmp_path):
+    with pytest.raises(UserError, match=bad.split("=")[0].removeprefix("--")):
+        chat.main([f"--out_dir={tmp_path}", "--prompt", "hi", bad])
