@@ -221,8 +221,9 @@ class ConversationSampler(BatchSampler):
 
 
 def make_samplers(folder: Path, meta: dict, block_size: int, seed: int, device, log=print) -> dict:
-    """{"train": sampler, "val": sampler} of a dataset folder: ConversationSampler where the split has a
-    mask file (prepare/chat.py's), BatchSampler otherwise. `log` gets one line about conversations."""
+    """{"train": sampler, "val": sampler} of a dataset folder: ConversationSampler for a conversations
+    dataset (its meta.json describes masks: prepare/chat.py's), else BatchSampler. `log` gets one line
+    about the conversations."""
     chat = "mask" in (meta.get("chat") or {})
     kind = ConversationSampler if chat else BatchSampler
     splits = {split: kind(folder / f"{split}.bin", meta["dtype"], block_size, seed + i, device)
