@@ -5,6 +5,7 @@
     python eval.py --out_dir=out-shakespeare-char        # the run's own dataset, val split
     python eval.py --init_from=gpt2 --input=book.txt --json                  # OpenAI's GPT-2 (Hugging Face)
     python eval.py --out_dir=../nanoGPT/out-shakespeare-char --input=book.txt  # a nanoGPT run
+    python eval.py --out_dir=out-python-stdlib-chat --conversations=data/python_stdlib_chat/heldout.jsonl
     python eval.py --help
 
 The model: one of our checkpoints or a nanoGPT run (--out_dir; a nanoGPT run's meta.pkl is found
@@ -23,6 +24,13 @@ and each of those sees at least --context tokens before it (default block_size /
 start see all there is). Every token but the very first (which has no context) is scored exactly
 once. --context=1 gives disjoint windows (fastest, least context); --context=block_size a sliding
 window of one new token per window, each token seeing the full block_size tokens before it (slowest).
+
+Conversations (--conversations=FILE, JSONL as prepare/chat.py reads it): the loss in nats per answer
+token (the assistant's content and its <|end|>, each conversation on its own, rendered as the
+finetune renders it), and the exact-match rate of greedy answers: each assistant message is
+answered after the reference messages before it, and matches when the answer equals the reference
+once whitespace is trimmed at both ends. A model trained without the chat markers (before a
+finetune) gets them as a finetune does (mean rows), so before and after are measured alike.
 
 Printed: the mean loss in nats per scored token, bits per byte (total nats / ln 2 / the UTF-8 bytes
 of the text the scored tokens stand for; the <|endoftext|> separator counts no bytes), perplexity
@@ -59,6 +67,9 @@ class EvalConfig:
     init_from: str = option("", "instead of out_dir: gpt2|gpt2-medium|gpt2-large|gpt2-xl (Hugging Face hub) "
                             "or a folder in the Hugging Face GPT-2 layout")
     input: str = option("", "text to score: a file, a folder (recursive) or a glob pattern (quote it)")
+    conversations: str = option("", "instead of text: a JSONL file (or folder, .gz) of conversations; scores the "
+                                "answers' loss and the exact-match rate of greedy answers")
+    max_new_tokens: int = option(128, "with --conversations: the longest greedy answer, in tokens", at_least=1)
     include: str = option("", "with a folder --input: only files whose name matches this glob, e.g. '*.md'")
     text_field: str = option("text", "the JSON field holding the text in .jsonl files")
     errors: str = option("strict", "undecodable bytes: strict stops naming the file; replace substitutes U+FFFD",
@@ -206,7 +217,9 @@ NOTHING_TO_SCORE = "nothing to score: give --input=FILE_OR_FOLDER, or --dataset=
 
 
 def validate(cfg: EvalConfig) -> None:
-    if not cfg.input and not cfg.dataset and cfg.init_from:  # (a run of ours names its dataset)
+    if cfg.conversations and (cfg.input or cfg.dataset):
+        raise UserError("give --conversations alone, or --input / --dataset: they score different things")
+    if not cfg.input and not cfg.dataset and cfg.init_from and not cfg.conversations:  # (a run of ours names its dataset)
         raise UserError(NOTHING_TO_SCORE)
     for name in ("max_tokens", "block_size", "context"):
         if getattr(cfg, name) < 0:
@@ -218,11 +231,39 @@ def validate(cfg: EvalConfig) -> None:
                         f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
 
 
+def conversations_main(cfg: EvalConfig, device) -> dict:
+    """--conversations: the answers' loss and the exact-match rate (see the module docstring)."""
+    from smallgpt.conversations import read_conversations, score_conversations
+    from smallgpt.init_from import add_chat_markers
+    from smallgpt.tokenizer import ChatTokenizer, make_meta
+
+    conversations, _ = read_conversations([cfg.conversations])
+    model, meta, name, _ = load_model(cfg, None)
+    tokenizer = tokenizer_from_meta(meta, where=str(name))
+    if not hasattr(tokenizer, "markers"):  # a model before its finetune: the markers get rows as a finetune gives them
+        tokenizer = ChatTokenizer(tokenizer)
+        add_chat_markers(model, meta, make_meta(tokenizer), str(name), log=note)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
+    result = score_conversations(model.to(device).eval(), tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
+    result.update({"model": str(name), "conversations_file": cfg.conversations})
+    if cfg.json:
+        print(json.dumps(result))
+        return result
+    print(f"{name} on {cfg.conversations}: {result['conversations']:,} conversations, {result['answers']:,} answers")
+    print(f"answer loss {result['answer_loss']:.4f} nats/token over {result['answer_tokens']:,} answer tokens; exact "
+          f"match {result['matches']:,}/{result['answers']:,} = {result['exact_match']:.1%} (greedy, whitespace trimmed)"
+          + (f"; {result['prompts_cut']} prompt(s) longer than the window kept their end" if result["prompts_cut"] else ""))
+    return result
+
+
 def main(argv: list[str]) -> dict:
     cfg = parse_config(EvalConfig, argv, __doc__)
     validate(cfg)
     device = resolve_device(cfg.device)
     dtype = inference_dtype(cfg.dtype, device)
+    if cfg.conversations:
+        return conversations_main(cfg, device)
 
     folder, data_meta = None, None
     if cfg.dataset:

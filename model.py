@@ -136,23 +136,25 @@ def apply_rotary(x, cos, sin):
 CPU_MATMUL_ATTENTION_MAX_T = 128
 
 
-def causal_attention(q, k, v, dropout_p: float = 0.0):
-    """Causal attention over (B, n_head, T, head_dim). Under bf16 autocast on a CPU, torch's bf16
-    flash-attention backward is several times slower than float32's, which cost more than bf16 saved on
-    every matmul of a small model: short blocks attend as matmuls (above), longer ones with float32
-    flash attention."""
+def causal_attention(q, k, v, dropout_p: float = 0.0, mask=None):
+    """Causal attention over (B, n_head, T, head_dim); mask (B, 1, T, T), if given, is True where a
+    query may see a key (causal already: see GPT.forward's segments). Under bf16 autocast on a CPU,
+    torch's bf16 flash-attention backward is several times slower than float32's, which cost more than
+    bf16 saved on every matmul of a small model: short blocks attend as matmuls (above), longer ones
+    with float32 flash attention."""
+    causal = mask is None
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         T = q.size(-2)
         if T <= CPU_MATMUL_ATTENTION_MAX_T:
             scores = (q @ k.transpose(-2, -1)).float() * q.size(-1) ** -0.5  # (B, n_head, T, T)
-            future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)  # keys after the query
-            probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+            hidden = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1) if causal else ~mask
+            probs = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
             probs = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
             return probs @ v  # bf16 (B, n_head, T, head_dim), as autocast casts the operands
         with torch.autocast("cpu", enabled=False):
-            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, causal)
         return y.to(torch.get_autocast_dtype("cpu"))
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, mask, dropout_p, causal)
 
 
 class KVCache:
@@ -187,7 +189,7 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim) if config.qk_norm else None
 
-    def forward(self, x, rotary=None, cache: KVCache | None = None, value_embed=None):
+    def forward(self, x, rotary=None, cache: KVCache | None = None, value_embed=None, mask=None):
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, n_head, T, head_dim)
@@ -198,7 +200,7 @@ class CausalSelfAttention(nn.Module):
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is None:
-            y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0, mask)
         else:
             start, end = cache.pos, cache.pos + T
             cache_k, cache_v = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (B, n_head, block_size, head_dim)
@@ -251,9 +253,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.value_embed = nn.Embedding(config.padded_vocab_size, config.n_embd) if config.value_embeds else None
 
-    def forward(self, x, rotary=None, cache=None, idx=None):
+    def forward(self, x, rotary=None, cache=None, idx=None, mask=None):
         value_embed = self.value_embed(idx) if self.value_embed is not None else None  # (B, T, C)
-        x = x + self.attn(self.ln_1(x), rotary, cache, value_embed)
+        x = x + self.attn(self.ln_1(x), rotary, cache, value_embed, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -335,25 +337,53 @@ class GPT(nn.Module):
         else:
             self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
+    def add_tokens(self, vocab_size: int) -> int:
+        """Grow the vocabulary to vocab_size ids (new special tokens); returns the rows added to the tables:
+        none when the padding's spare rows are enough, else up to the next multiple of vocab_multiple.
+        The new ids' rows start as the mean of the others' (an average token: a zero or random row would
+        start with an outlandish logit; a GPT-2 checkpoint's spare rows are zeros)."""
+        old, rows = self.config.vocab_size, self.config.padded_vocab_size
+        self.config.vocab_size = vocab_size
+        added = max(0, self.config.padded_vocab_size - rows)
+        tables = [self.transformer.wte, *(b.value_embed for b in self.transformer.h if b.value_embed is not None)]
+        for table in tables + ([] if self.config.tie_embeddings else [self.lm_head]):
+            weight = table.weight.detach()
+            weight = torch.cat([weight, weight.new_zeros(added, weight.size(1))]) if added else weight.clone()
+            weight[old:vocab_size] = weight[:old].mean(dim=0)
+            table.weight = nn.Parameter(weight)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        return added
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None, segments=None):
         """idx: (B, T) token ids. Returns (logits, loss).
 
         With targets: logits for every position (B, T, vocab) and the mean cross-entropy (targets of
         -1 are ignored). Without: logits of the last position only (B, 1, vocab), loss None.
         With a cache, idx holds the positions [cache.pos, cache.pos + T) and the cache advances.
+        segments (B, T), for rows that pack several sequences (conversations): equal ids mark one
+        sequence, contiguous; each sees only itself, from position 0, as if it were alone in its row.
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, n_embd)
+        mask = first = None
+        pos = slice(start, start + T)  # positions start .. start + T - 1
+        if segments is not None:  # a sequence attends within itself; positions count from its first token
+            first = segments != F.pad(segments[:, :-1], (1, 0), value=-1)  # (B, T): a sequence starts here
+            pos = torch.arange(T, device=idx.device)
+            pos = pos - torch.where(first, pos, 0).cummax(dim=1).values  # (B, T)
+            mask = (segments[:, :, None] == segments[:, None, :]).tril().unsqueeze(1)  # (B, 1, T, T)
         if self.config.prev_token_mix:
-            x = self.mix_previous_token(x, cache)
+            x = self.mix_previous_token(x, cache, first)
         rotary = None
         if self.config.pos_embedding == "learned":
-            x = x + self.transformer.wpe.weight[start:start + T]  # positions start .. start + T - 1
-        else:
-            rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            x = x + self.transformer.wpe.weight[pos]
+        else:  # (T, head_dim // 2), or (B, 1, T, head_dim // 2) per sequence
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+            rotary = (cos, sin) if segments is None else (cos.unsqueeze(1), sin.unsqueeze(1))
         if self.training:
             x = self.transformer.drop(x)
         skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
@@ -363,9 +393,9 @@ class GPT(nn.Module):
             if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
                 # keep only the block's input; backward reruns the block (the same dropout masks:
                 # the RNG state is replayed) to get what it needs, so one block's activations at a time
-                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, mask, use_reentrant=False)
             else:
-                x = block(x, rotary, cache, idx)
+                x = block(x, rotary, cache, idx, mask)
             if self.config.unet_skips and i < self.config.n_layer // 2:
                 skips.append(x)
         x = self.transformer.ln_f(x)
@@ -384,13 +414,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def mix_previous_token(self, x, cache: KVCache | None):
-        """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 of the
-        sequence gets nothing added. With a cache, the token before x[0] is the cache's last one."""
+    def mix_previous_token(self, x, cache: KVCache | None, first=None):
+        """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 gets nothing
+        added, nor does a packed sequence's first token (first). With a cache, x[0]'s previous is its last."""
         before = cache.last_embedding if cache is not None and cache.pos > 0 else torch.zeros_like(x[:, :1])
         if cache is not None:
             cache.last_embedding = x[:, -1:]
-        return x + self.prev_token_weight * torch.cat([before, x[:, :-1]], dim=1)  # (B, T, n_embd)
+        previous = torch.cat([before, x[:, :-1]], dim=1)  # (B, T, n_embd)
+        return x + self.prev_token_weight * (previous if first is None else previous.masked_fill(first[..., None], 0))
 
     # ------------------------------------------------------------------------- training helpers
 
@@ -473,28 +504,32 @@ class GPT(nn.Module):
 
     @torch.inference_mode()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generator=None, use_cache=True):
+                        generator=None, use_cache=True, cache: KVCache | None = None):
         """Extend idx (B, T) one token at a time; after each new token yield the sequence so far.
 
         Each yielded tensor is (B, T + n) for n = 1 .. max_new_tokens, a view into one buffer
         preallocated for the whole output (read it, or copy it if you keep it; it is never rewritten).
         Stop iterating to stop generating, e.g. when every row has hit an end-of-text token.
-        See `generate` for how the context is handled.
+        See `generate` for how the context is handled. cache: a KVCache holding the tokens before idx
+        (a conversation's earlier turns) to go on filling; generation then stops where it is full, for
+        its owner to decide what to keep. The last token yielded is not in it yet.
         """
         B, T = idx.shape
         block_size = self.config.block_size
         out = torch.empty((B, T + max_new_tokens), dtype=torch.long, device=idx.device)
         out[:, :T] = idx
-        cache = None
-        if use_cache:
+        own = cache is None
+        if use_cache and own:
             cache = KVCache(self.config, B, idx.device, next(self.parameters()).dtype)
-        pending = idx[:, -block_size:]  # tokens not yet in the cache (a longer prompt is cropped)
+        pending = idx[:, -block_size:] if own else idx  # tokens not yet in the cache (a longer prompt is cropped)
         keep = max(1, block_size // 2)  # context kept when a full cache restarts
         for n in range(T, T + max_new_tokens):
             if cache is None:  # reference path: rerun the last block_size tokens every step
                 logits, _ = self(out[:, max(0, n - block_size):n])
             else:
                 if cache.pos + pending.size(1) > block_size:  # window full: restart on recent context
+                    if not own:
+                        return
                     cache.reset()
                     pending = out[:, n - keep:n]
                 logits, _ = self(pending, cache=cache)

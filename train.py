@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -43,7 +42,7 @@ from model import GPT, GPTConfig
 from smallgpt import fsdp, init_from
 from smallgpt.checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
 from smallgpt.cli import build_config, option, option_group, read_overrides, run_main
-from smallgpt.data import (BatchPlan, BatchSampler, UpdateBatches, evaluation_offsets, load_dataset, plan_batches,
+from smallgpt.data import (BatchPlan, BatchSampler, UpdateBatches, load_dataset, make_samplers, plan_batches,
                            sequences_per_update, split_bytes_per_token)
 from smallgpt.device import CpuThreads, autocast, cpu_snapshot, should_compile
 from smallgpt.distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
@@ -196,8 +195,7 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     cpu_at_start: a device.cpu_snapshot from the process's start (how busy other programs keep the CPU)."""
     data_dir, meta = load_dataset(cfg.dataset, log=print0)
     block_size = cfg.model.block_size
-    splits = {split: BatchSampler(data_dir / f"{split}.bin", meta["dtype"], block_size, cfg.seed + i, procs.device)
-              for i, split in enumerate(("train", "val"))}
+    splits = make_samplers(data_dir, meta, block_size, cfg.seed, procs.device, log=print0)  # text or conversations
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model, pretrained_from = init_from.first_model(cfg, meta, ckpt)  # on the CPU, whole, for now
     model.activation_checkpointing = cfg.activation_checkpointing
@@ -253,11 +251,11 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     """
     procs, plan, model = run.procs, run.plan, run.train_model
     loss_sum = torch.zeros((), device=procs.device)
-    for i, (x, y) in enumerate(run.batches.current):
+    for i, (x, y, segments) in enumerate(run.batches.current):  # segments: a conversations dataset's
         last = i == len(run.batches.current) - 1  # DDP syncs gradients once, on the last (FSDP on each)
         with model.no_sync() if isinstance(model, DDP) and not last else contextlib.nullcontext():
             with autocast(procs.device, procs.dtype):
-                _, loss = model(x, y)
+                _, loss = model(x, y, segments=segments)
                 loss = loss / plan.loss_divisor(x.size(0))  # a micro-batch's part of the global mean
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach().float() * plan.process_share  # this process's mean over its rows
@@ -312,7 +310,9 @@ def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, flo
     results, bar, times = {}, EvalProgress(2 * len(mine), procs.master), [time.time()]
     try:
         for split, sampler in run.splits.items():
-            offsets = evaluation_offsets(sampler, batches, cfg.batch_size)  # evenly spaced, the same every time
+            # windows evenly spaced through the split, the same every time whatever the seed: closer to the
+            # whole split's loss than as many random windows, and every token is scored once they overlap
+            offsets = sampler.spaced_offsets(batches * cfg.batch_size).reshape(batches, -1)
             total = torch.zeros((), device=procs.device)
             for j in range(rounds):
                 call_hook(run, "eval_batch", state)
@@ -320,9 +320,9 @@ def evaluate(run: Run, state: LoopState, batches: int) -> tuple[dict | None, flo
                     return None, 0.0
                 if j >= len(mine) and not run.sharded:  # eval_iters does not divide by the processes
                     continue  # (under FSDP every forward is a collective: a spare one is run, not counted)
-                x, y = sampler.batch(offsets[mine[j] if j < len(mine) else 0])
+                x, y, segments = sampler.batch(offsets[mine[j] if j < len(mine) else 0])
                 with autocast(procs.device, procs.dtype):
-                    _, loss = run.eval_model(x, y)
+                    _, loss = run.eval_model(x, y, segments=segments)
                 if j < len(mine):
                     total += loss.float()
                     bar.advance()

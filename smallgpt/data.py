@@ -9,6 +9,12 @@ its own seeded generator, whose state goes into checkpoints for exact resume. Th
 memory-mapped afresh for every batch, so pages read for old batches are not kept mapped.
 `plan_batches` shares one update's sequences out over the processes (`BatchPlan`), and
 `UpdateBatches` draws each update's micro-batches one update ahead.
+
+A dataset of conversations (prepare/chat.py: a mask file beside each split) is drawn by
+`ConversationSampler` instead (`make_samplers` picks): rows of whole conversations packed into the
+window, each conversation seeing only itself (the batch carries segment ids for GPT.forward), the
+targets of every token that is not an answer's set to -1, which the loss ignores. A sampler's batch is
+(x, y, segments); segments is None for plain text.
 """
 
 import os
@@ -114,16 +120,17 @@ class BatchSampler:
         """n random window starts; every rank draws the same ones and takes its share."""
         return self.rng.integers(0, self.num_tokens - self.block_size, size=n)
 
+    def spaced_offsets(self, n: int) -> np.ndarray:
+        """n window starts evenly spaced through the split, the same every time (evaluation's)."""
+        return np.linspace(0, self.num_tokens - self.block_size - 1, n).round().astype(np.int64)
+
     def batch(self, offsets: np.ndarray):
-        """Token windows at the given offsets: x, y of shape (len(offsets), block_size), int64."""
+        """Token windows at the given offsets: x, y of shape (len(offsets), block_size), int64, and None."""
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
         window = data[offsets[:, None] + np.arange(self.block_size + 1)]  # (B, block_size + 1)
         del data
         tokens = torch.from_numpy(window.astype(np.int64))
-        x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-        if self.device.type == "cuda":  # pinned memory lets the copy overlap with compute
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+        return to_device(self.device, tokens[:, :-1], tokens[:, 1:]) + (None,)
 
     def state_dict(self) -> dict:
         return {"bit_generator": self.rng.bit_generator.state}
@@ -132,31 +139,125 @@ class BatchSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
 
-def evaluation_offsets(sampler: BatchSampler, batches: int, batch_size: int) -> np.ndarray:
-    """The window starts of an evaluation, (batches, batch_size): evenly spaced through the split and the
-    same every time, whatever the seed. Closer to the whole split's loss than as many random windows, and
-    every token is scored once the windows overlap."""
-    last_start = sampler.num_tokens - sampler.block_size - 1
-    return np.linspace(0, last_start, batches * batch_size).round().astype(np.int64).reshape(batches, -1)
+def to_device(device, *tensors) -> tuple:
+    """CPU tensors onto the device (through pinned memory on CUDA, so that the copy overlaps with compute)."""
+    if device.type == "cuda":
+        return tuple(t.contiguous().pin_memory().to(device, non_blocking=True) for t in tensors)
+    return tuple(t.contiguous().to(device) for t in tensors)
 
 
-def split_bytes_per_token(meta: dict, splits: dict[str, BatchSampler], batches: int, batch_size: int) -> dict:
-    """{split: UTF-8 bytes per target token in its evaluation windows}: what turns a mean loss in nats per
+class ConversationSampler(BatchSampler):
+    """Rows of whole conversations from one split of a conversations dataset (prepare/chat.py).
+
+    A row is a conversation and the ones after it in the file (wrapping round at the end), as many as
+    fit in block_size + 1 tokens; the rest is padding (never a target). A row is named by its first
+    conversation: training draws it at random, evaluation spaces it evenly (the same every time). A
+    conversation longer than the window keeps its first block_size + 1 tokens. pack=False puts one
+    conversation in each row, padded, with no segments (slower per answer token where conversations are
+    short: bench/chat_packing.py).
+    """
+
+    def __init__(self, path: Path, dtype: str, block_size: int, seed: int, device="cpu", pack: bool = True):
+        self.path, self.dtype, self.block_size = Path(path), np.dtype(dtype), block_size  # (rows are padded:
+        self.num_tokens = self.path.stat().st_size // self.dtype.itemsize  # a split may be shorter than them)
+        self.device, self.rng = torch.device(device), np.random.Generator(np.random.PCG64(seed))
+        self.mask_path, self.pack = self.path.with_suffix(".mask.bin"), pack
+        flags = np.fromfile(self.mask_path, dtype=np.uint8)
+        self.starts = np.flatnonzero(flags & 2)  # where each conversation begins
+        if len(flags) != self.num_tokens or not len(self.starts) or self.starts[0] != 0:
+            raise UserError(f"{self.mask_path} does not describe {self.path}'s conversations; re-run prepare/chat.py")
+        self.lengths = np.diff(np.append(self.starts, self.num_tokens))
+        self.too_long = int((self.lengths > block_size + 1).sum())
+        answers = np.flatnonzero(flags & 1)  # a row starts with a conversation that has an answer in the window,
+        owner = np.searchsorted(self.starts, answers, side="right") - 1  # so that its loss is never empty
+        self.firsts = np.unique(owner[answers - self.starts[owner] <= block_size])
+        if not len(self.firsts):
+            raise UserError(f"no conversation in {self.path} has an answer within its first {block_size} tokens: "
+                            f"raise block_size or shorten the prompts")
+
+    def draw_offsets(self, n: int) -> np.ndarray:
+        """The first conversations of n rows, at random."""
+        return self.firsts[self.rng.integers(0, len(self.firsts), size=n)]
+
+    def spaced_offsets(self, n: int) -> np.ndarray:
+        return self.firsts[np.linspace(0, len(self.firsts) - 1, n).round().astype(np.int64)]
+
+    def row(self, first: int) -> list[int]:
+        """The conversations of the row that starts with conversation `first`."""
+        chosen, used = [first], min(self.lengths[first], self.block_size + 1)
+        while self.pack and len(chosen) < len(self.starts):
+            following = (chosen[-1] + 1) % len(self.starts)
+            if used + self.lengths[following] > self.block_size + 1:
+                break
+            chosen.append(following)
+            used += self.lengths[following]
+        return chosen
+
+    def batch(self, offsets: np.ndarray):
+        """x, y, segments of shape (len(offsets), block_size): y is -1 where the target is no answer's token
+        (or belongs to another conversation); segments numbers the conversations of each row (padding last)."""
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        flags = np.memmap(self.mask_path, dtype=np.uint8, mode="r")
+        width = self.block_size + 1
+        tokens = np.zeros((len(offsets), width), dtype=np.int64)
+        trained = np.zeros((len(offsets), width), dtype=bool)
+        segments = np.zeros((len(offsets), width), dtype=np.int64)
+        for r, first in enumerate(offsets):
+            at = 0
+            for k, c in enumerate(self.row(int(first))):
+                n = min(self.lengths[c], width - at)
+                span = slice(self.starts[c], self.starts[c] + n)
+                tokens[r, at:at + n], trained[r, at:at + n] = data[span], flags[span] & 1
+                segments[r, at:at + n] = k
+                at += n
+            segments[r, at:] = k + 1  # the padding: a segment of its own
+        del data, flags
+        trained[:, 1:] &= segments[:, 1:] == segments[:, :-1]
+        targets = np.where(trained[:, 1:], tokens[:, 1:], -1)
+        x, y, seg = (torch.from_numpy(a) for a in (tokens[:, :-1], targets, segments[:, :-1]))
+        if not self.pack:  # one conversation per row, from position 0: plain causal attention is enough
+            return to_device(self.device, x, y) + (None,)
+        return to_device(self.device, x, y, seg)
+
+
+def make_samplers(folder: Path, meta: dict, block_size: int, seed: int, device, log=print) -> dict:
+    """{"train": sampler, "val": sampler} of a dataset folder: ConversationSampler for a conversations
+    dataset (its meta.json describes masks: prepare/chat.py's), else BatchSampler. `log` gets one line
+    about the conversations."""
+    chat = "mask" in (meta.get("chat") or {})
+    kind = ConversationSampler if chat else BatchSampler
+    splits = {split: kind(folder / f"{split}.bin", meta["dtype"], block_size, seed + i, device)
+              for i, split in enumerate(SPLITS)}
+    if chat:
+        train = splits["train"]
+        log(f"conversations: {len(train.starts):,} train, {len(splits['val'].starts):,} val, packed whole into rows "
+            f"of {block_size} tokens, the loss on the answers only"
+            + (f"; {train.too_long:,} train conversations are longer than the window: their ends are cut"
+               if train.too_long else ""))
+    return splits
+
+
+def split_bytes_per_token(meta: dict, splits: dict, batches: int, batch_size: int) -> dict:
+    """{split: UTF-8 bytes per scored target in its evaluation windows}: what turns a mean loss in nats per
     token into bits per byte, the unit in which runs on different tokenizers compare. Each token counts
-    the bytes of its text (the end-of-text separator none: tokenizer.token_byte_lengths, as eval.py
-    counts them). Empty when the tokenizer cannot be loaded here (GPT-2 BPE without tiktoken's file)."""
+    the bytes of its text (the end-of-text separator and chat markers none: tokenizer.token_byte_lengths,
+    as eval.py counts them). Empty when the tokenizer cannot be loaded here (GPT-2 BPE without tiktoken's
+    file)."""
     try:
         byte_lengths = token_byte_lengths(tokenizer_from_meta(meta))
     except UserError:
         return {}
     ratios = {}
     for split, sampler in splits.items():
-        offsets = evaluation_offsets(sampler, batches, batch_size).reshape(-1, 1)
-        data = np.memmap(sampler.path, dtype=sampler.dtype, mode="r")
-        targets = data[offsets + 1 + np.arange(sampler.block_size)]  # (windows, block_size)
-        n_bytes = int(byte_lengths[np.minimum(targets, len(byte_lengths) - 1)].sum())
+        offsets = sampler.spaced_offsets(batches * batch_size)  # the windows evaluate() scores
+        n_bytes = n_targets = 0
+        for chunk in np.array_split(offsets, -(-len(offsets) // 256)):
+            y = sampler.batch(chunk)[1].cpu().numpy()  # (B, block_size); -1 where nothing is scored
+            scored = y[y >= 0]
+            n_bytes, n_targets = n_bytes + int(byte_lengths[np.minimum(scored, len(byte_lengths) - 1)].sum()), \
+                n_targets + scored.size
         if n_bytes:
-            ratios[split] = n_bytes / targets.size
+            ratios[split] = n_bytes / n_targets
     return ratios
 
 

@@ -13,7 +13,9 @@
     loop_state = restore(ckpt, fields(LoopState), optimizer, scaler, sampler, procs, seed)   # resume
 
 The model's shape comes from the pretrained weights (only block_size may be lowered), and the
-dataset must give token ids the same meaning as the weights' tokenizer.
+dataset must give token ids the same meaning as the weights' tokenizer; a conversations dataset
+(prepare/chat.py) may add the chat markers after its ids, and the model then gets rows for them
+(`add_chat_markers`, one line says how).
 """
 
 import dataclasses
@@ -28,7 +30,7 @@ from smallgpt.cli import build_config, config_from_dict
 from smallgpt.distributed import print0
 from smallgpt.errors import UserError
 from smallgpt.runfolder import LOCK_NAME, FolderLock
-from smallgpt.tokenizer import same_vocabulary, vocabulary_name
+from smallgpt.tokenizer import chat_markers, same_vocabulary, vocabulary_name
 
 # Keys a resumed run may not change: they define the model its checkpoint holds.
 SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("vocab_size", "dropout"))
@@ -137,10 +139,12 @@ def first_model(cfg, meta: dict, ckpt: dict | None) -> tuple[GPT, str | None]:
         return weights_of_run(cfg, meta, run_ckpt), str(run_ckpt)
     from smallgpt.interop import hf  # optional dependencies, needed only for Hugging Face weights
 
-    check_same_vocabulary(cfg, hf.pretrained_meta(cfg.init_from), meta)  # GPT-2 BPE, or an exported run's
+    theirs = hf.pretrained_meta(cfg.init_from)
+    check_same_vocabulary(cfg, theirs, meta)  # GPT-2 BPE, or an exported run's
     model = hf.load_pretrained(cfg.init_from, dropout=cfg.model.dropout)
     if cfg.model.block_size < model.config.block_size:
         model.crop_block_size(cfg.model.block_size)
+    add_chat_markers(model, theirs, meta, cfg.init_from)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"dataset {cfg.dataset} has {meta['vocab_size']} token ids but {cfg.init_from} knows only "
                         f"{model.config.vocab_size}; use a dataset prepared with its tokenizer")
@@ -155,13 +159,28 @@ def weights_of_run(cfg, meta: dict, path: Path) -> GPT:
     if cfg.model.block_size < model.config.block_size:
         model.crop_block_size(cfg.model.block_size)
     print0(f"init_from={cfg.init_from}: weights of {path} (iteration {ckpt.get('iter_num', '?')}), fresh optimizer")
+    add_chat_markers(model, ckpt["meta"], meta, str(path))
     return model
+
+
+def add_chat_markers(model: GPT, theirs: dict, meta: dict, source: str, log=print0) -> None:
+    """Rows for the chat markers of a conversations dataset (meta) in weights trained without them
+    (theirs: their tokenizer's meta), said in one line: GPT.add_tokens, in the padding's spare rows when
+    it has enough, else in new ones."""
+    if not chat_markers(meta) or chat_markers(theirs) or model.config.vocab_size >= meta["vocab_size"]:
+        return
+    old, rows = model.config.vocab_size, model.config.padded_vocab_size
+    added = model.add_tokens(meta["vocab_size"])
+    where = (f"it had no spare rows, so its embedding and head grow from {rows} to {rows + added} rows" if added else
+             f"they take spare rows of its padded vocabulary ({rows} rows, no resize)")
+    log(f"chat markers: ids {old}..{meta['vocab_size'] - 1} are new to {source}: {where}; each starts as the mean "
+        f"of the other ids' rows")
 
 
 def check_same_vocabulary(cfg, theirs: dict, meta: dict) -> None:
     """Pretrained weights (init_from) and the dataset must give token ids the same meaning."""
-    if same_vocabulary(theirs, meta):
-        return
+    if same_vocabulary(theirs, meta) or (not chat_markers(theirs) and same_vocabulary(theirs, meta, markers=False)):
+        return  # (a conversations dataset may add the chat markers: add_chat_markers)
     if theirs.get("tokenizer") == "gpt2":
         raise UserError(f"init_from={cfg.init_from} needs a dataset tokenized with GPT-2 BPE, but {cfg.dataset} "
                         f"uses the {meta['tokenizer']} tokenizer; prepare one with --tokenizer=gpt2 "

@@ -478,6 +478,8 @@ def prepare_dataset(
             os.replace(tmp / name, out / name)
         if tok.kind != "bpe" and (out / BPE_RANKS_FILE).is_file():
             (out / BPE_RANKS_FILE).unlink()  # an earlier bpe dataset's, no longer meant
+        for stale in ("train.mask.bin", "val.mask.bin"):  # an earlier conversations dataset's (prepare/chat.py)
+            (out / stale).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta

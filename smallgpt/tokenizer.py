@@ -25,6 +25,14 @@ and, for prepare/text.py, `encode_array(text) -> np.ndarray` (uint32) that skips
           meta["bpe"]["ranks"], so a checkpoint, which stores that dict, carries the whole tokenizer
           (sampling, eval and export need no dataset folder). Text is encoded as ordinary text, as gpt2.
 
+Chat: `ChatTokenizer(base)` adds four turn markers, <|system|> <|user|> <|assistant|> <|end|>, as the
+ids right after the base tokenizer's (a dataset made by prepare/chat.py records them in meta.json under
+"chat"). Text is only ever text: encode() never yields a marker, whatever the text spells, so a user
+typing "<|assistant|>" gets those characters, not the marker. `render_chat(tok, messages)` turns a
+conversation into ids and the loss mask (1 on the assistant's content and the <|end|> closing it):
+each message is <|role|> content <|end|>. prepare, training, chat.py, eval.py and the Hugging Face
+export (its chat template) all render with it.
+
 A dataset folder (train.bin, val.bin, meta.json) records its tokenizer in meta.json; use
 `read_meta(folder)` and `tokenizer_from_meta(meta)` to get it back. Usage:
 
@@ -38,6 +46,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -310,9 +319,103 @@ def build_tokenizer(kind: str, vocab: list[str] | None = None):
     raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def same_vocabulary(a: dict, b: dict) -> bool:
-    """Whether two meta dicts (a dataset's, a checkpoint's) give token ids the same meaning."""
-    if a.get("tokenizer") != b.get("tokenizer"):
+# ----------------------------------------------------------------------------- chat: turn markers and rendering
+
+CHAT_ROLES = ("system", "user", "assistant")
+END_OF_TURN = "<|end|>"
+CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", END_OF_TURN)  # a turn's start (by role), every turn's end
+
+
+class ChatTokenizer:
+    """A tokenizer plus the turn markers, as the ids right after its own: base.vocab_size + 0 .. + 3.
+
+    encode() is the base tokenizer's, so text never becomes a marker; decode() spells a marker as its
+    text. Everything else (vocab, tokens, token_bytes, ...) is the base tokenizer's.
+    """
+
+    def __init__(self, base):
+        self.base = base
+        self.kind, self.eot_token = base.kind, base.eot_token
+        self.markers = {m: base.vocab_size + i for i, m in enumerate(CHAT_MARKERS)}
+        self.vocab_size = base.vocab_size + len(CHAT_MARKERS)
+        self.end_token = self.markers[END_OF_TURN]
+        self.marker_names = {i: m for m, i in self.markers.items()}  # id -> spelling
+
+    def __getattr__(self, name):  # what a chat tokenizer does not change is the base tokenizer's
+        return getattr(self.base, name)
+
+    def encode(self, text: str) -> list[int]:
+        return self.base.encode(text)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return self.base.encode_array(text)
+
+    def decode(self, ids) -> str:
+        out, run = [], []
+        for i in map(int, ids):
+            if i in self.marker_names:
+                out += [self.base.decode(run), self.marker_names[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join(out) + self.base.decode(run)
+
+
+def special_spellings(tok) -> list[str]:
+    """The texts that name a special token of `tok` (the markers, <|endoftext|>), longest first."""
+    names = list(getattr(tok, "markers", {})) + ([EOT_TEXT] if tok.eot_token is not None else [])
+    return sorted(names, key=len, reverse=True)
+
+
+def encode_content(tok, text: str) -> list[int]:
+    """A message's text as ids: always text. A special token's spelling in it ("<|assistant|>") is encoded
+    as text on its own, apart from the text around it, which is what transformers' apply_chat_template
+    does with sanitize_control_tokens=True (so an exported tokenizer gives these ids too)."""
+    spellings = special_spellings(tok)
+    if not any(s in text for s in spellings):
+        return tok.encode(text)
+    pieces = re.split("(" + "|".join(map(re.escape, spellings)) + ")", text)
+    return [i for piece in pieces if piece for i in tok.encode(piece)]
+
+
+def render_chat(tok: ChatTokenizer, messages: list[dict], add_generation_prompt: bool = False):
+    """(ids, trained) of a conversation: each message as <|role|> content <|end|>; trained[i] is 1 where
+    ids[i] is an answer's token (the assistant's content and the <|end|> closing it), the tokens a
+    finetune learns to predict. add_generation_prompt appends <|assistant|>: the model answers next.
+    messages: [{"role": "system" | "user" | "assistant", "content": str}, ...] (checked by the caller)."""
+    ids, trained = [], []
+    for message in messages:
+        content = encode_content(tok, message["content"])
+        answer = int(message["role"] == "assistant")
+        ids += [tok.markers[f"<|{message['role']}|>"], *content, tok.end_token]
+        trained += [0] + [answer] * (len(content) + 1)
+    if add_generation_prompt:
+        ids.append(tok.markers["<|assistant|>"])
+        trained.append(0)
+    return ids, trained
+
+
+def chat_template() -> str:
+    """render_chat as a Jinja chat template (Hugging Face's tokenizer_config.json "chat_template"), the
+    answers inside {% generation %} so that return_assistant_tokens_mask gives render_chat's mask."""
+    roles = "".join(f"{'if' if i == 0 else 'elif'} message['role'] == '{role}' %}}<|{role}|>{{%- "
+                    for i, role in enumerate(CHAT_ROLES))
+    return ("{%- for message in messages -%}{%- " + roles + "else %}{{ raise_exception('roles are "
+            + ", ".join(CHAT_ROLES) + "') }}{%- endif -%}"
+            "{%- if message['role'] == 'assistant' -%}{% generation %}{{ message['content'] }}" + END_OF_TURN
+            + "{% endgeneration %}{%- else -%}{{ message['content'] }}" + END_OF_TURN + "{%- endif -%}"
+            "{%- endfor -%}{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}")
+
+
+def chat_markers(meta: dict) -> dict:
+    """The turn markers a meta dict records ({} without them): {"<|system|>": id, ...}."""
+    return (meta.get("chat") or {}).get("markers") or {}
+
+
+def same_vocabulary(a: dict, b: dict, markers: bool = True) -> bool:
+    """Whether two meta dicts (a dataset's, a checkpoint's) give token ids the same meaning (markers=False:
+    the same but for the chat markers, which one may add after the other's ids)."""
+    if a.get("tokenizer") != b.get("tokenizer") or (markers and chat_markers(a) != chat_markers(b)):
         return False
     if a.get("tokenizer") == "char":
         return a.get("vocab") == b.get("vocab")
@@ -328,7 +431,7 @@ def vocabulary_name(meta: dict) -> str:
     name = f"the {meta.get('tokenizer')} tokenizer (vocab {meta.get('vocab_size', '?')}"
     if meta.get("tokenizer") == "bpe":
         name += f", ranks {str((meta.get('bpe') or {}).get('ranks_sha256'))[:8]}"
-    return name + ")"
+    return name + (", with chat markers)" if chat_markers(meta) else ")")
 
 
 def tokenizer_from_meta(meta: dict, where: str = "the dataset's meta"):
@@ -341,6 +444,11 @@ def tokenizer_from_meta(meta: dict, where: str = "the dataset's meta"):
         tok = _bpe_from_meta(meta, where)
     else:
         tok = build_tokenizer(kind, meta.get("vocab"))
+    if chat_markers(meta):
+        tok = ChatTokenizer(tok)
+        if chat_markers(meta) != tok.markers:
+            raise UserError(f"{where}: its chat markers {chat_markers(meta)} should be {tok.markers} (the ids after "
+                            f"the {kind} tokenizer's); re-prepare the dataset")
     if "vocab_size" in meta and meta["vocab_size"] != tok.vocab_size:
         raise UserError(
             f"meta.json says vocab_size {meta['vocab_size']} but the {kind} tokenizer has {tok.vocab_size}; "
@@ -382,10 +490,13 @@ def make_meta(tokenizer, *, train_tokens: int = 0, val_tokens: int = 0, document
             "dtype": dtype or token_dtype(tokenizer.vocab_size), "train_tokens": int(train_tokens),
             "val_tokens": int(val_tokens), "eot_token": tokenizer.eot_token, "documents": documents or {},
             "source": source}
+    base = getattr(tokenizer, "base", tokenizer)  # a ChatTokenizer's own tokenizer
     if tokenizer.kind == "char":
-        meta["vocab"] = list(tokenizer.vocab)
+        meta["vocab"] = list(base.vocab)
     if tokenizer.kind == "bpe":
-        meta["bpe"] = bpe_meta(tokenizer)
+        meta["bpe"] = bpe_meta(base)
+    if base is not tokenizer:
+        meta["chat"] = {"markers": dict(tokenizer.markers)}
     return meta
 
 
@@ -435,19 +546,32 @@ def validate_meta(meta, where: str = "meta.json") -> dict:
         raise UserError(f"{where} names an unknown tokenizer {meta['tokenizer']!r}; {fix}")
     if meta["dtype"] not in ("uint16", "uint32") or meta["dtype"] != token_dtype(max(meta["vocab_size"], 1)):
         raise UserError(f"{where}: dtype {meta['dtype']!r} does not fit vocab_size {meta['vocab_size']}; {fix}")
+    base = _validate_chat_meta(meta, where, fix)  # the tokenizer's own ids, before any chat markers
     if meta["tokenizer"] == "char":
         vocab = meta.get("vocab")
-        if not isinstance(vocab, list) or len(vocab) != meta["vocab_size"]:
-            raise UserError(f"{where}: a char dataset needs 'vocab', a list of {meta['vocab_size']} characters; {fix}")
+        if not isinstance(vocab, list) or len(vocab) != base:
+            raise UserError(f"{where}: a char dataset needs 'vocab', a list of {base} characters; {fix}")
     if meta["tokenizer"] == "bpe":
-        _validate_bpe_meta(meta, where, fix)
+        _validate_bpe_meta(meta, base, where, fix)
     eot = meta.get("eot_token")
     if eot is not None and (not isinstance(eot, int) or not 0 <= eot < meta["vocab_size"]):
         raise UserError(f"{where}: eot_token {eot!r} is not a token id; {fix}")
     return meta
 
 
-def _validate_bpe_meta(meta: dict, where: str, fix: str) -> None:
+def _validate_chat_meta(meta: dict, where: str, fix: str) -> int:
+    """Check meta["chat"], if any: the markers are the ids after the tokenizer's. Returns the tokenizer's own ids."""
+    chat = meta.get("chat")
+    if chat is None:
+        return meta["vocab_size"]
+    base = meta["vocab_size"] - len(CHAT_MARKERS)
+    if not isinstance(chat, dict) or chat.get("markers") != {m: base + i for i, m in enumerate(CHAT_MARKERS)}:
+        raise UserError(f"{where}: 'chat' must hold the markers {', '.join(CHAT_MARKERS)} as the last "
+                        f"{len(CHAT_MARKERS)} ids ({base}..{meta['vocab_size'] - 1}); {fix}")
+    return base
+
+
+def _validate_bpe_meta(meta: dict, base: int, where: str, fix: str) -> None:
     bpe = meta.get("bpe")
     types = {"pattern": str, "special_tokens": dict, "ranks_file": str, "ranks_sha256": str}
     if not isinstance(bpe, dict) or any(not isinstance(bpe.get(k), tp) for k, tp in types.items()):
@@ -455,9 +579,9 @@ def _validate_bpe_meta(meta: dict, where: str, fix: str) -> None:
     if Path(bpe["ranks_file"]).name != bpe["ranks_file"] or bpe["ranks_file"] in ("", ".", ".."):
         raise UserError(f"{where}: bpe ranks_file {bpe['ranks_file']!r} must be a file name in the dataset "
                         f"folder; {fix}")
-    if bpe["special_tokens"] != {EOT_TEXT: meta["vocab_size"] - 1} or meta.get("eot_token") != meta["vocab_size"] - 1:
-        raise UserError(f"{where}: a bpe dataset's only special token is {EOT_TEXT} = vocab_size - 1 "
-                        f"({meta['vocab_size'] - 1}); {fix}")
+    if bpe["special_tokens"] != {EOT_TEXT: base - 1} or meta.get("eot_token") != base - 1:
+        raise UserError(f"{where}: a bpe dataset's special token is {EOT_TEXT} = its last id before any chat "
+                        f"markers ({base - 1}); {fix}")
 
 
 def _read_bpe_ranks(folder: Path, meta: dict) -> None:
@@ -471,9 +595,9 @@ def _read_bpe_ranks(folder: Path, meta: dict) -> None:
     except UnicodeDecodeError:
         raise UserError(f"{path} is not text (tiktoken's ranks format); the file is damaged: {fix}") from None
     n_ranks = len(parse_ranks(text, str(path)))
-    if n_ranks + 1 != meta["vocab_size"]:
+    if n_ranks + 1 + len(chat_markers(meta)) != meta["vocab_size"]:
         raise UserError(f"{path} holds {n_ranks} ranks but meta.json says vocab_size {meta['vocab_size']} "
-                        f"(ranks + {EOT_TEXT}); {fix}")
+                        f"(ranks + {EOT_TEXT}{' + chat markers' if chat_markers(meta) else ''}); {fix}")
     if sha256_text(text) != meta["bpe"]["ranks_sha256"]:
         raise UserError(f"{path} does not match the SHA-256 meta.json records for it: the file is damaged or "
                         f"from another dataset; {fix}")
@@ -495,21 +619,27 @@ def read_meta(dataset_dir) -> dict:
         raise UserError(f"{path} is corrupt ({e}); re-run the prepare script for this dataset") from None
     validate_meta(meta, str(path))
     itemsize = np.dtype(meta["dtype"]).itemsize
+    masked = "mask" in (meta.get("chat") or {})  # conversations (prepare/chat.py): a mask byte per token
     for split in ("train", "val"):
-        binfile = folder / f"{split}.bin"
-        if binfile.exists() and binfile.stat().st_size != meta[f"{split}_tokens"] * itemsize:
-            raise UserError(
-                f"{binfile} holds {binfile.stat().st_size} bytes but meta.json says "
-                f"{meta[f'{split}_tokens']} {meta['dtype']} tokens; the folder's files disagree: "
-                f"re-run the prepare script for this dataset"
-            )
+        files = [(folder / f"{split}.bin", itemsize, f"{meta['dtype']} tokens")]
+        files += [(folder / f"{split}.mask.bin", 1, "tokens (a mask byte each)")] * masked
+        for binfile, size, unit in files:
+            if binfile.exists() and binfile.stat().st_size != meta[f"{split}_tokens"] * size:
+                raise UserError(
+                    f"{binfile} holds {binfile.stat().st_size} bytes but meta.json says "
+                    f"{meta[f'{split}_tokens']} {unit}; the folder's files disagree: "
+                    f"re-run the prepare script for this dataset"
+                )
     if meta["tokenizer"] == "bpe":
         _read_bpe_ranks(folder, meta)
     return meta
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
-    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token counts 0."""
+    """UTF-8 bytes of each token id's text (int64, indexed by id); the end-of-text token and the chat
+    markers count 0."""
+    markers = np.zeros(len(getattr(tokenizer, "markers", {})), dtype=np.int64)  # ids after the tokenizer's own
+    tokenizer = getattr(tokenizer, "base", tokenizer)
     if tokenizer.kind == "byte":
         lengths = np.ones(256, dtype=np.int64)
     elif tokenizer.kind == "char":
@@ -518,4 +648,4 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
         lengths = np.array([len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)], dtype=np.int64)
     if tokenizer.eot_token is not None:
         lengths[tokenizer.eot_token] = 0  # a separator between documents, not text
-    return lengths
+    return np.concatenate([lengths, markers])

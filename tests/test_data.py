@@ -28,7 +28,7 @@ def test_windows_stay_in_bounds_and_targets_are_shifted(tmp_path):
     sampler = BatchSampler(folder / "train.bin", "uint16", block, seed=0)
     starts = sampler.draw_offsets(10_000)
     assert starts.min() == 0 and starts.max() == n - block - 1  # every window fits, all are reachable
-    x, y = sampler.batch(starts[:64])
+    x, y, _ = sampler.batch(starts[:64])
     assert x.shape == y.shape == (64, block) and x.dtype == y.dtype == torch_int64()
     assert (y[:, :-1] == x[:, 1:]).all()
     np.testing.assert_array_equal(x[:, 0].numpy(), starts[:64] % 256)
@@ -43,7 +43,7 @@ def test_uint32_tokens_are_read(tmp_path):
     folder = write_tokens(tmp_path / "d", np.arange(100) + 70_000, np.arange(40) + 70_000, dtype="uint32",
                           vocab_size=70_200)
     folder, meta = load_dataset(str(folder))
-    x, _ = BatchSampler(folder / "train.bin", meta["dtype"], 8, seed=0).batch(np.array([5]))
+    x, _, _ = BatchSampler(folder / "train.bin", meta["dtype"], 8, seed=0).batch(np.array([5]))
     assert x.tolist() == [list(range(70_005, 70_013))]
 
 

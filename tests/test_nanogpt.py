@@ -268,7 +268,7 @@ def test_nanogpt_char_data_folder_reads_byte_for_byte(tmp_path, capsys):
     assert meta["tokenizer"] == "char" and meta["vocab"] == vocab
     assert (meta["train_tokens"], meta["val_tokens"]) == (len(train_ids), len(val_ids))
     sampler = BatchSampler(folder / "train.bin", meta["dtype"], 8, seed=0)
-    x, y = sampler.batch(np.array([0, 5, len(train_ids) - 9]))
+    x, y, _ = sampler.batch(np.array([0, 5, len(train_ids) - 9]))
     for row, start in zip(x.tolist(), (0, 5, len(train_ids) - 9)):
         assert row == train_ids[start:start + 8].tolist()
     tok = tokenizer_from_meta(meta)

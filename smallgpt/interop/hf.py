@@ -21,7 +21,12 @@ gets vocab.json + merges.txt + tokenizer_config.json, rebuilt offline from tikto
 `AutoTokenizer.from_pretrained(DIR)` works; one trained on a bpe of its own (prepare/text.py
 --tokenizer=bpe) gets tokenizer.json + tokenizer_config.json (a byte-level BPE that encodes the same
 ids as our tiktoken encoding) and tokenizer.tiktoken; char and byte vocabularies have no Hugging
-Face tokenizer (README.md says how to encode for them).
+Face tokenizer (README.md says how to encode for them). Text that spells a special token
+("<|endoftext|>") is ordinary text for smallgpt, and for these files too: tokenizer_config.json sets
+split_special_tokens. A run finetuned on conversations (prepare/chat.py) also gets its turn markers
+as special tokens and smallgpt's rendering as the chat template, so `apply_chat_template` gives our
+ids; its template needs the markers read as markers, so there split_special_tokens is left off and
+README.md says which flags give our ids for text that spells one (special_text_note).
 
 Mapping (GPT-2's checkpoint -> ours): HF stores c_attn, c_proj and c_fc as `Conv1D`, whose weight
 is (in, out), the transpose of an `nn.Linear` weight (out, in); everything else is copied as is.
@@ -387,8 +392,23 @@ def _spelling():
     return lambda tok: "".join(show[b] for b in tok)
 
 
-def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
-    """vocab.json, merges.txt and tokenizer_config.json for GPT-2 BPE, rebuilt from tiktoken's ranks.
+def special_tokens_config(markers: dict, eot: int) -> dict:
+    """tokenizer_config.json's keys for the special tokens: <|endoftext|> and a chat run's markers (as
+    special tokens, and its chat template); how text spelling one of them is read (see model_card)."""
+    from smallgpt.tokenizer import EOT_TEXT, chat_template
+
+    added = {str(i): {"content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+                      "special": True} for text, i in sorted({EOT_TEXT: eot, **markers}.items(), key=lambda kv: kv[1])}
+    config = {"added_tokens_decoder": added, "bos_token": EOT_TEXT, "eos_token": EOT_TEXT,
+              "split_special_tokens": not markers}  # (a chat template needs its markers read as markers)
+    if markers:
+        config.update(chat_template=chat_template(), extra_special_tokens=list(markers))
+    return config
+
+
+def gpt2_tokenizer_files(model_max_length: int, markers: dict | None = None) -> dict[str, str] | None:
+    """vocab.json, merges.txt and tokenizer_config.json for GPT-2 BPE, rebuilt from tiktoken's ranks
+    (markers: a chat run's, as special tokens after GPT-2's ids, with the chat template).
 
     Needs only the r50k_base file tiktoken has cached (TIKTOKEN_CACHE_DIR works offline); None when
     it cannot be had.
@@ -403,9 +423,9 @@ def gpt2_tokenizer_files(model_max_length: int) -> dict[str, str] | None:
     spelled = _spelling()
     merges = [f"{spelled(a)} {spelled(b)}" for a, b in merges_from_ranks(tokens)]
     vocab = {spelled(tok): rank for rank, tok in enumerate(tokens)}
-    vocab["<|endoftext|>"] = GPT2_EOT
+    vocab.update({"<|endoftext|>": GPT2_EOT, **(markers or {})})
     config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "add_prefix_space": False,
-              "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+              "unk_token": "<|endoftext|>", **special_tokens_config(markers or {}, GPT2_EOT)}
     return {"vocab.json": json.dumps(vocab, ensure_ascii=False),
             "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
             "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
@@ -418,11 +438,12 @@ def bpe_tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str]:
     same pre-split regex (a Split pre-tokenizer, then ByteLevel without its own regex), the merges
     recovered from the ranks, and ignore_merges, so that a piece which is itself a token is that
     token, as in tiktoken. transformers' PreTrainedTokenizerFast(tokenizer_file=...) and
-    AutoTokenizer.from_pretrained(folder) load it.
+    AutoTokenizer.from_pretrained(folder) load it. A chat run's markers are special tokens after it.
     """
-    from smallgpt.tokenizer import EOT_TEXT, tokenizer_from_meta
+    from smallgpt.tokenizer import chat_markers, tokenizer_from_meta
 
     tok = tokenizer_from_meta(meta, where="the checkpoint's metadata")
+    specials = special_tokens_config(chat_markers(meta), tok.eot_token)
     spelled = _spelling()
     model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
              "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
@@ -430,8 +451,7 @@ def bpe_tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str]:
              "merges": [f"{spelled(a)} {spelled(b)}" for a, b in merges_from_ranks(tok.tokens)]}
     tokenizer_json = {
         "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": tok.eot_token, "content": EOT_TEXT, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}],
+        "added_tokens": [{"id": int(i), **token} for i, token in specials["added_tokens_decoder"].items()],
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
@@ -441,7 +461,7 @@ def bpe_tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str]:
         "model": model,
     }
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
-              "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "clean_up_tokenization_spaces": False}
+              "clean_up_tokenization_spaces": False, **specials}
     return {"tokenizer.json": json.dumps(tokenizer_json, ensure_ascii=False),
             "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
             meta["bpe"].get("ranks_file", "tokenizer.tiktoken"): meta["bpe"]["ranks"]}
@@ -450,7 +470,9 @@ def bpe_tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str]:
 def tokenizer_files(meta: dict, model_max_length: int) -> dict[str, str] | None:
     """The Hugging Face tokenizer files of a checkpoint's tokenizer; None when it has none (char, byte)."""
     if meta.get("tokenizer") == "gpt2":
-        return gpt2_tokenizer_files(model_max_length)
+        from smallgpt.tokenizer import chat_markers
+
+        return gpt2_tokenizer_files(model_max_length, chat_markers(meta))
     if meta.get("tokenizer") == "bpe":
         return bpe_tokenizer_files(meta, model_max_length)
     return None
@@ -482,7 +504,29 @@ def model_card(meta: dict, source: str, with_tokenizer: bool) -> str:
         tok = "The tokenizer is unknown: the checkpoint carries no dataset metadata."
     return (f"# GPT-2 layout export of a smallgpt checkpoint\n\nExported from `{source}` by `python -m smallgpt.interop.hf export`.\n\n"
             f"    from transformers import GPT2LMHeadModel\n    model = GPT2LMHeadModel.from_pretrained(THIS_FOLDER)\n\n"
-            f"{tok}\n")
+            f"{tok}\n" + special_text_note(meta, with_tokenizer))
+
+
+def special_text_note(meta: dict, with_tokenizer: bool) -> str:
+    """The model card's words on chat markers and on text that spells a special token."""
+    from smallgpt.tokenizer import CHAT_MARKERS, chat_markers
+
+    markers = chat_markers(meta)
+    chat = (f"\nA chat model: the turn markers {', '.join(CHAT_MARKERS)} are ids {min(markers.values())}.."
+            f"{max(markers.values())}; each message is <|role|> content <|end|>, and the model answers after "
+            f"<|assistant|>, ending its answer with <|end|>.\n") if markers else ""
+    if not with_tokenizer:
+        return chat
+    if not markers:
+        return ("\nText that spells a special token (\"<|endoftext|>\") is ordinary text, as in smallgpt: "
+                "tokenizer_config.json sets split_special_tokens, so `tokenizer(text)` gives smallgpt's ids for any "
+                "text (with the tokenizers library alone, set `encode_special_tokens = True` on the Tokenizer).\n")
+    return chat + ("`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` renders smallgpt's ids "
+                   "(its chat template is smallgpt's rendering; return_assistant_tokens_mask=True gives the answers' "
+                   "tokens). smallgpt encodes text that spells a marker or <|endoftext|> as ordinary text; the "
+                   "template needs the markers read as markers, so pass `sanitize_control_tokens=True` to "
+                   "apply_chat_template where a message may spell one, and `split_special_tokens=True` when "
+                   "encoding such text with `tokenizer(text)`: both then give smallgpt's ids.\n")
 
 
 def export_checkpoint(out_dir: str, to: str, overwrite: bool = False) -> Path:
@@ -548,7 +592,8 @@ USAGE = """usage: python -m smallgpt.interop.hf export --out_dir=RUN --to=DIR [-
   export   write our checkpoint RUN/ckpt.pt as a Hugging Face GPT-2 folder DIR (config.json +
            model.safetensors + README.md naming the tokenizer + smallgpt_meta.json; for GPT-2 BPE
            runs also vocab.json/merges.txt/tokenizer_config.json, for a bpe trained by prepare
-           tokenizer.json/tokenizer_config.json/tokenizer.tiktoken, so AutoTokenizer loads DIR);
+           tokenizer.json/tokenizer_config.json/tokenizer.tiktoken, so AutoTokenizer loads DIR;
+           a run finetuned on conversations adds its turn markers and a chat template);
            load it with transformers.GPT2LMHeadModel.from_pretrained(DIR). Only GPT-2-shaped
            models export (learned positions, layernorm, gelu, tied embeddings, mlp_ratio 4).
            The write is atomic; a non-empty DIR is refused unless --overwrite.
