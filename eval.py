@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from smallgpt import checkpoint  # noqa: E402
 from smallgpt.cli import option, parse_config, run_main  # noqa: E402
 from smallgpt.data import load_dataset  # noqa: E402
-from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
+from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device, usable_threads  # noqa: E402
 from smallgpt.errors import UserError
 from smallgpt.progress import progress  # noqa: E402
 from smallgpt.tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402
@@ -66,16 +66,18 @@ class EvalConfig:
     dataset: str = option("", "a prepared dataset folder or name to score (with --split); for a nanoGPT run "
                           "also where its meta.pkl is")
     split: str = option("val", "which token file of --dataset to score", ["train", "val"])
-    max_tokens: int = option(0, "score only the first this many tokens of the text (0: all)")
-    block_size: int = option(0, "window length in tokens (0: the model's block_size)")
-    context: int = option(0, "tokens of context each scored token sees at least (0: block_size // 2)")
-    batch_size: int = option(8, "windows per forward pass (lower it if memory runs short)")
+    max_tokens: int = option(0, "score only the first this many tokens of the text (0: all)", at_least=0,
+                             at_most=10**15)
+    block_size: int = option(0, "window length in tokens (0: the model's block_size)", at_least=0)
+    context: int = option(0, "tokens of context each scored token sees at least (0: block_size // 2)", at_least=0)
+    batch_size: int = option(8, "windows per forward pass (lower it if memory runs short)", at_least=1,
+                             at_most=1 << 16)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
     json: bool = option(False, "print one JSON object instead of text")
     threads: int = option(0, "CPU threads; 0: one per core not kept busy by other programs (measured while "
-                             "eval.py starts)", at_least=0)
+                             "eval.py starts); at most the usable cores", at_least=0)
 
 
 def note(text: str) -> None:
@@ -221,11 +223,6 @@ NOTHING_TO_SCORE = "nothing to score: give --input=FILE_OR_FOLDER, or --dataset=
 def validate(cfg: EvalConfig) -> None:
     if not cfg.input and not cfg.dataset and cfg.init_from:  # (a run of ours names its dataset)
         raise UserError(NOTHING_TO_SCORE)
-    for name in ("max_tokens", "block_size", "context"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"bad value for {name}: {getattr(cfg, name)} (must be >= 0; 0 picks the default)")
-    if cfg.batch_size < 1:
-        raise UserError(f"bad value for batch_size: {cfg.batch_size} (must be at least 1)")
     if cfg.init_from in ("scratch", "resume"):
         raise UserError(f"--init_from={cfg.init_from} has no meaning here: leave it out to score the model in "
                         f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
@@ -276,7 +273,8 @@ def main(argv: list[str]) -> dict:
     if context > block_size:
         raise UserError(f"bad value for context: {context} (must be 1..block_size, {block_size})")
     if device.type == "cpu":  # chosen last, so that the measurement of the other programs is longest
-        torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
+        torch.set_num_threads(usable_threads(cfg.threads, note) if cfg.threads
+                              else free_cpu_threads(torch.get_num_threads(), STARTED))
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None)
     result = evaluate(model, tokens, token_byte_lengths(tokenizer), block_size, context, cfg.batch_size,
                       autocast=autocast, show_progress=True)
