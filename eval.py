@@ -45,9 +45,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from smallgpt import checkpoint  # noqa: E402
-from smallgpt.cli import option, parse_config, run_main  # noqa: E402
+from smallgpt.cli import option, parse_config, run_main, usable_threads  # noqa: E402
 from smallgpt.data import load_dataset  # noqa: E402
-from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device, usable_threads  # noqa: E402
+from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from smallgpt.errors import UserError
 from smallgpt.progress import progress  # noqa: E402
 from smallgpt.tokenizer import same_vocabulary, tokenizer_from_meta, vocabulary_name  # noqa: E402

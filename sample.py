@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallgpt.cli import option, parse_config, run_main
+from smallgpt.cli import option, parse_config, run_main, usable_threads
 from smallgpt.device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
 from smallgpt.errors import UserError
 
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from model import GPT  # noqa: E402
 from smallgpt.checkpoint import load_model  # noqa: E402
-from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device, usable_threads  # noqa: E402
+from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from smallgpt.inference import SampleText, row_split_is_faster, use_row_split  # noqa: E402
 from smallgpt.tokenizer import tokenizer_from_meta  # noqa: E402
 

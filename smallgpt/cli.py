@@ -56,6 +56,20 @@ def option(default, help: str, choices=None, *, at_least=None, at_most=None, abo
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
 
 
+def usable_threads(requested: int, log=print, key: str = "threads") -> int:
+    """`requested` CPU threads (a --threads or --workers), capped at the cores this process may run on:
+    threads beyond them only wait for one another (1,000 torch threads on 2 cores ran 3.5x slower). One
+    line to `log` when capped."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    if requested > cores:
+        log(f"{key}={requested} is more than the {cores} core(s) this process may use: using {cores}")
+        return cores
+    return requested
+
+
 def shown(value) -> str:
     """A value as an error message shows it: huge numbers and long strings shortened."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
@@ -297,14 +311,14 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
         elif arg.startswith("-"):
             raise UserError(f"unrecognised argument {arg!r}: options are written --key=value")
         else:
-            if arg.endswith(".py"):
-                file_values, python_file = nanogpt_config.read_config(arg, keys, nanogpt, _unknown_key, log), arg
+            if arg.endswith(".py"):  # (its keys' lines known: "in FILE:LINE")
+                (file_values, lines), python_file = nanogpt_config.read_config(arg, keys, nanogpt, _unknown_key, log), arg
             else:
-                file_values = flatten_groups(cls, read_toml(arg))
+                file_values, lines = flatten_groups(cls, read_toml(arg)), {}
             for name, raw in file_values.items():
                 if name not in keys:
                     raise _unknown_key(name, valid, f"in {arg}")
-                values[name] = convert_value(keys[name], raw, f"in {arg}")
+                values[name] = convert_value(keys[name], raw, f"in {lines.get(name, arg)}")
                 sources[name] = arg
     if python_file is not None:  # a nanoGPT config overrides nanoGPT's defaults: they go under everything
         defaults = nanogpt_config.defaults_under(nanogpt, keys, values, python_file, log)

@@ -240,18 +240,6 @@ def _usable_cpus() -> set[int] | None:
         return None
 
 
-def usable_threads(requested: int, log=print) -> int:
-    """`requested` CPU threads (a --threads), capped at the cores this process may run on: threads beyond
-    them only wait for one another (torch's spin, and 1,000 of them on 2 cores ran 3.5x slower). One
-    line to `log` when capped."""
-    cpus = _usable_cpus()
-    cores = len(cpus) if cpus else os.cpu_count() or 1
-    if requested > cores:
-        log(f"threads={requested} is more than the {cores} core(s) this process may use: using {cores}")
-        return cores
-    return requested
-
-
 def cpu_snapshot():
     """A reading of CPU time for `cores_used_by_others`; None where there is no /proc/stat (not Linux)."""
     cpus = _usable_cpus()

@@ -24,7 +24,8 @@ import torch.distributed as dist
 # after init_process_group, which would keep the group alive past destroy_process_group (shutdown).
 import torch.distributed.nn  # noqa: F401
 
-from smallgpt.device import enable_tf32, repeatable_cpu_runs, resolve_device, resolve_dtype, usable_threads
+from smallgpt.cli import usable_threads
+from smallgpt.device import enable_tf32, repeatable_cpu_runs, resolve_device, resolve_dtype
 
 
 def print0(*args, **kwargs):
