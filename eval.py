@@ -222,7 +222,7 @@ NOTHING_TO_SCORE = "nothing to score: give --input=FILE_OR_FOLDER, or --dataset=
 
 def validate(cfg: EvalConfig) -> None:
     if not cfg.input and not cfg.dataset and cfg.init_from:  # (a run of ours names its dataset)
-        raise UserError(NOTHING_TO_SCORE)
+        raise UserError(f"{NOTHING_TO_SCORE} (--init_from's weights name no dataset)")
     if cfg.init_from in ("scratch", "resume"):
         raise UserError(f"--init_from={cfg.init_from} has no meaning here: leave it out to score the model in "
                         f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
@@ -259,8 +259,8 @@ def main(argv: list[str]) -> dict:
     if cfg.max_tokens:
         tokens = tokens[:cfg.max_tokens]
     if len(tokens) < 2:
-        raise UserError(f"{described} is {len(tokens)} token(s) long: nothing to score (the first token has no "
-                        f"context); give more text")
+        raise UserError(f"{described} is {len(tokens)} token(s) long{f' with --max_tokens={cfg.max_tokens}' if cfg.max_tokens else ''}: "
+                        f"nothing to score (the first token has no context); give more text")
     if int(tokens.max()) >= model.config.vocab_size:
         raise UserError(f"{described} has token id {int(tokens.max())} but the model {model_name} knows only "
                         f"{model.config.vocab_size}; it was not trained on this tokenizer")

@@ -132,7 +132,10 @@ def main(argv: list[str]) -> None:
     tokenizer = tokenizer_from_meta(meta, where=cfg.init_from or cfg.out_dir)
     eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None
 
-    prompt_ids = tokenizer.encode(read_prompt(cfg.start))
+    try:
+        prompt_ids = tokenizer.encode(read_prompt(cfg.start))
+    except UserError as e:  # (a file not found, characters the vocabulary lacks)
+        raise UserError(f"--start: {e}") from None
     if not prompt_ids:
         raise UserError("the prompt is empty: give --start=TEXT with at least one character")
     if max(prompt_ids) >= model.config.vocab_size:

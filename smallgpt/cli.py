@@ -24,6 +24,7 @@ that breaks it is one line naming the key, before anything is built or written.
 import argparse
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import operator
@@ -112,6 +113,7 @@ class Key:
     bounds: dict  # check_value's at_least / at_most / above / below for a number
 
 
+@functools.lru_cache(maxsize=None)  # (reading the source parses its whole file: once per class)
 def field_comments(cls) -> dict[str, str]:
     """The comment after each field in a dataclass's source (continuation comment lines appended)."""
     try:
@@ -216,12 +218,16 @@ def read_toml(path: str) -> dict:
     if not p.is_file():
         raise UserError(f"config file not found: {path} (check the path; configs live in config/)")
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: an int of more digits than Python converts
-        raise UserError(f"invalid TOML in {path}: {shown(str(e))}") from None
+        text = p.read_text(encoding="utf-8")
+        return tomllib.loads(text)
     except UnicodeDecodeError:
         raise UserError(f"invalid TOML in {path}: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"invalid TOML in {path}: {e}") from None
+    except ValueError:  # an int of more digits than Python converts (sys.get_int_max_str_digits): name its key
+        key = re.search(r"^\s*([\w.\"'-]+)\s*=\s*[+-]?\d[\d_]{99,}", text, re.MULTILINE)
+        raise UserError(f"bad value for {key.group(1) if key else 'a key'} in {path}: an int of thousands of "
+                        f"digits") from None
 
 
 def flatten_groups(cls, values: dict) -> dict:

@@ -94,7 +94,7 @@ def expand_inputs(inputs, include: str | None = None, skip=None) -> list[Path]:
             if not found:
                 raise UserError(f"no files match {item!r}; check the pattern (quote it so the shell keeps '**')")
         else:
-            raise UserError(f"input not found: {item} (give files, folders or glob patterns)")
+            raise UserError(f"input not found: {item} (give --input files, folders or glob patterns)")
         if skip is not None and not path.is_file():
             found = [f for f in found if not f.resolve().is_relative_to(skip)]
         if path.is_dir() and not found:

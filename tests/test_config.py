@@ -1,7 +1,9 @@
 """Config parsing: TOML files and --key=value overrides into a typed dataclass, with clear errors."""
 
 import hashlib
+import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -111,6 +113,52 @@ def test_config_files_in_the_repo_are_valid():
     assert files
     for path in files:
         parse(str(path))
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", "").replace("_", ""))
+
+
+def test_shipped_configs_state_their_batch_arithmetic_right():
+    """What a config's comments say of its batch holds: products ("1 sequence x 32 accumulation steps x
+    1024 tokens = 32,768", "12 sequences of 64 = 768", "2^19 = 524,288", "2^19 tokens = 512 sequences" at
+    the config's block_size), and each "on G GPUs S sequences per GPU in M micro-batches of B" is what
+    train.py plans on G processes. A comment that speaks of sequences per GPU or of micro-batches states
+    such a line, so that it is checked (gpt2_xl's once said an update was 64 sequences, not 512)."""
+    from conftest import REPO_ROOT
+    from smallgpt.data import plan_batches, sequences_per_update
+
+    word = r"(?: [a-z]+)*"  # the words between a number and the next operator ("accumulation steps")
+    product = re.compile(rf"(\d[\d,]*){word}((?: x \d[\d,]*{word})+) = (\d[\d,]*)")
+    per_gpu = re.compile(r"on (\d+) GPUs? (\d[\d,]*) sequences(?: per GPU)? in (\d+) micro-batch(?:es)? of (\d+)")
+    checked = 0
+    for path in sorted((REPO_ROOT / "config").glob("*.toml")):
+        cfg = parse(str(path))
+        comments = [line.split("#", 1)[1] for line in path.read_text().splitlines() if "#" in line]
+        text = re.sub(r"\s+", " ", " ".join(comments))
+        for m in product.finditer(text):
+            factors = [number(m.group(1))] + [number(f) for f in re.findall(r"x (\d[\d,]*)", m.group(2))]
+            assert math.prod(factors) == number(m.group(3)), (path.name, m.group(0))
+            checked += 1
+        for m in re.finditer(r"(\d[\d,]*) sequences of (\d+) = (\d[\d,]*)", text):
+            assert number(m.group(1)) * number(m.group(2)) == number(m.group(3)), (path.name, m.group(0))
+            checked += 1
+        for m in re.finditer(r"2\^(\d+) (?:tokens )?= (\d[\d,]*)( sequences)?", text):
+            unit = cfg.model.block_size if m.group(3) else 1
+            assert 2 ** int(m.group(1)) == number(m.group(2)) * unit, (path.name, m.group(0))
+            checked += 1
+        seqs = sequences_per_update(cfg.tokens_per_update, cfg.model.block_size,
+                                    cfg.gradient_accumulation_steps * cfg.batch_size)
+        claims = per_gpu.findall(text)
+        if re.search(r"per GPU|micro-batch", text):
+            assert claims, f"{path.name} speaks of its batch per GPU: state it as 'on G GPUs S sequences per GPU " \
+                           f"in M micro-batches of B'"
+        for gpus, share, micro, size in claims:
+            plan = plan_batches(seqs, cfg.batch_size, cfg.model.block_size, 0, int(gpus))
+            stated = (number(share), [number(size)] * int(micro))
+            assert (plan.stop - plan.start, plan.micro_sizes) == stated, (path.name, gpus, share, micro, size)
+            checked += 1
+    assert checked >= 6
 
 
 def test_help_lists_every_key_with_type_and_default():

@@ -137,15 +137,17 @@ class _Evaluator:
         self.read: set[str] = set()  # names a later expression read
         self.time_imported = False
         self.made_chars = 0  # characters of every string made so far
+        self.target = ""  # the name the statement being evaluated assigns, for the errors
 
     def refuse(self, node: ast.AST, what: str | None = None):
-        raise UserError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what or construct(node)} is not allowed "
-                        f"in a config ({ALLOWED})")
+        self.fail(node, f"{what or construct(node)} is not allowed in a config ({ALLOWED})")
 
     def fail(self, node: ast.AST, why: str):
-        raise UserError(f"{self.path}:{getattr(node, 'lineno', '?')}: {why}")
+        raise UserError(f"{self.path}:{getattr(node, 'lineno', '?')}: {self.target and self.target + ': '}{why}")
 
     def statement(self, stmt: ast.stmt) -> None:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+        self.target = ", ".join(t.id for t in targets if isinstance(t, ast.Name))
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             return  # a docstring or a bare string: a comment
         if isinstance(stmt, ast.Pass):
