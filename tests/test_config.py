@@ -179,6 +179,31 @@ def test_cli_errors_are_one_line_without_traceback():
     assert "Traceback" in result.stderr
 
 
+@pytest.mark.slow  # (its threads, one per core, wait on the other programs of a loaded machine)
+def test_threads_above_the_usable_cores_are_capped_with_one_line(small_char_dataset, tmp_path, capsys):
+    """--threads=1000 on 2 cores once ran 3.5x slower (load average 151) without a word."""
+    import train
+    from test_resume import tiny_args
+
+    cores = len(os.sched_getaffinity(0))
+    used = []
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=0, eval_iters=1, threads=1000),
+               hook=lambda event, state, run: used.append(torch.get_num_threads()))
+    out = capsys.readouterr().out
+    assert out.count(f"threads=1000 is more than the {cores} core(s) this process may use: using {cores}") == 1, out
+    assert set(used) == {cores}
+
+
+def test_fsdp_without_torchrun_says_it_runs_as_one_process(small_char_dataset, tmp_path, capsys):
+    import train
+    from test_resume import tiny_args
+
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=1, eval_iters=1, parallel="fsdp"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "parallel=fsdp" in line]
+    assert lines == ["parallel=fsdp without torchrun: this runs as one process holding the whole model (start it "
+                     "with torchrun --nproc_per_node=N to shard it over N processes)"], lines
+
+
 @pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (2.0, 1)])
 def test_threads_leave_out_the_cores_other_processes_keep_busy(others, threads, monkeypatch):
     monkeypatch.setattr(device, "_usable_cpus", lambda: {0, 1})
