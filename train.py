@@ -65,7 +65,7 @@ class TrainConfig:
                             "weights from the Hugging Face hub; or a folder in the Hugging Face GPT-2 layout")
     eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations", at_least=1)
     eval_iters: int = option(200, "batches per split in each evaluation, their windows evenly spaced through "
-                                  "the split (enough of them score every token)", at_least=1, at_most=1 << 20)
+                                  "the split (enough of them score every token)", at_least=1, at_most=10**7)
     eval_only: bool = option(False, "evaluate once and exit (the checkpoint in out_dir if there is one)")
     log_interval: int = option(10, "print a training line every this many iterations", at_least=1)
     always_save_checkpoint: bool = option(True, "save at every evaluation, not only when val loss improves")

@@ -49,12 +49,17 @@ RULES = {"at_least": (operator.ge, "at least"), "at_most": (operator.le, "at mos
          "above": (operator.gt, "above"), "below": (operator.lt, "below")}
 
 
-def option(default, help: str, choices=None, *, at_least=None, at_most=None, above=None, below=None):
-    """A dataclass field with its help text, and its allowed values or bounds (at_least / at_most
-    inclusive, above / below exclusive), for `--help` and validation (check_value)."""
-    bounds = {rule: bound for rule, bound in
-              (("at_least", at_least), ("at_most", at_most), ("above", above), ("below", below)) if bound is not None}
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+def option(default, help: str, choices=None, **bounds):
+    """A dataclass field with its help text, and its allowed values or its bounds (at_least=, at_most=
+    inclusive, above=, below= exclusive), for `--help` and validation (check_value)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": rules(bounds)})
+
+
+def rules(bounds: dict) -> dict:
+    """`bounds` checked to name only RULES (a misspelt bound is a bug, found at import)."""
+    unknown = bounds.keys() - RULES.keys()
+    assert not unknown, f"unknown bounds {unknown}: use {', '.join(RULES)}"
+    return bounds
 
 
 def usable_threads(requested: int, log=print, key: str = "threads") -> int:
@@ -390,10 +395,8 @@ class ArgumentParser(argparse.ArgumentParser):
     unless add_argument says allow_empty=True.
     """
 
-    def add_argument(self, *names, at_least=None, at_most=None, above=None, below=None, allow_empty=False,
-                     **kwargs):
-        bounds = {rule: bound for rule, bound in
-                  (("at_least", at_least), ("at_most", at_most), ("above", above), ("below", below)) if bound is not None}
+    def add_argument(self, *names, allow_empty=False, **kwargs):
+        bounds = rules({rule: kwargs.pop(rule) for rule in RULES if rule in kwargs})
         kind = kwargs.get("type", str if kwargs.get("action") in (None, "store") else None)
         if kind in (int, float) or (kind is str and not allow_empty):
             kwargs["type"] = checked(kind, bounds)

@@ -2,7 +2,7 @@
 
     check_torch()                                  # one line when this torch cannot do it (needs 2.8+)
     shard_model(model, procs)                      # fully_shard each block, then the root
-    full = full_state(model.state_dict(), procs, tied_names(model))   # whole tensors on rank 0's CPU, None elsewhere
+    full = full_state(model.state_dict(), procs, tied_names(model))  # rank 0: whole CPU tensors; others: None
     optimizer.load_state_dict(shard_like_params(optimizer, saved_optimizer_state))
 
 PyTorch's engine (torch.distributed.fsdp.fully_shard) does the sharding; this file only says where the
@@ -10,8 +10,9 @@ units are and keeps the checkpoint format one. Each transformer block is one uni
 all-gathered for its forward (and again for its backward), then freed, and its gradients are
 reduce-scattered after its backward. The root unit holds the rest: token and position embeddings, the
 final norm and the output head, which is tied to the token embedding and so must sit in the same unit.
-Every parameter becomes a DTensor sharded by rows (dim 0) over the processes; the optimizer, built
-after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
+Every parameter becomes a DTensor sharded by rows (dim 0) over the processes (a tensor of fewer rows
+than processes leaves some ranks an empty shard; a 0-D one has no rows and is refused by name); the
+optimizer, built after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
 reduce-scatters its gradients (so they stay sharded: DDP's one all-reduce per update would need the
 full gradients on every process).
 

@@ -6,6 +6,9 @@
   * 3 + resume 3 equals 6 at the same world size, bitwise; a checkpoint saved on 2 FSDP processes
     loads on 1 process, on 4 FSDP processes and on 2 DDP processes with weights and optimizer moments
     equal to those saved, bitwise (checked through train.main's hook, gathering the shards whole)
+  * every model switch (conftest.model_switches, merged into as few models as hold them, in one launch)
+    trains, saves exactly the sharded state, resumes on 1 process and samples; a 0-D parameter, which
+    FSDP cannot shard, is refused by name
   * SIGTERM to one rank stops every rank and saves; weights that are not finite on one rank's shard
     only are refused by every rank (no hang); two "nodes" on one machine equal one node of 2
   * activation checkpointing gives the loss and gradients of plain training, bitwise, with less memory
@@ -51,6 +54,16 @@ def fsdp_args(dataset, out_dir, **overrides):
                   gradient_accumulation_steps=2, dropout=0.0, parallel="fsdp")
     config.update(overrides)
     return tiny_args(dataset, out_dir, **config)
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports free on this machine now (each bound, read and let go)."""
+    ports = []
+    for _ in range(n):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    return ports
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +238,9 @@ def test_no_fsdp_model_outlives_the_process_group(small_char_dataset, tmp_path):
 
 
 def test_two_nodes_on_one_machine_equal_one_node_of_two(small_char_dataset, tmp_path, fsdp_run):
-    port = 29500 + os.getpid() % 1000
+    """Two torchrun "nodes" of one process each, meeting at a c10d rendezvous on 127.0.0.1 (as two
+    machines would at the first one's address), train as one node of two processes does, bitwise."""
+    port = free_ports(1)[0]
     launchers = []
     for node in range(2):
         cmd, env = torchrun_command("train.py", *fsdp_args(small_char_dataset, tmp_path / "two_nodes"), nproc=1)
@@ -267,15 +282,6 @@ for args, port in zip(json.loads(sys.argv[1]), json.loads(sys.argv[2])):
     os.environ.update(TORCHELASTIC_USE_AGENT_STORE="False", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     train.main(args, hook=saved_equals_the_shards)
 """
-
-
-def free_ports(n: int) -> list[int]:
-    ports = []
-    for _ in range(n):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    return ports
 
 
 def switches_together() -> list[dict]:

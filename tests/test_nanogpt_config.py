@@ -254,8 +254,8 @@ def test_the_strings_a_file_makes_are_bounded_together(tmp_path):
     strings it made pass 1,000,000 characters (5,001 on line 1, then 10,000 a line)."""
     path = tmp_path / "big.py"
     path.write_text("s = '\U0001F642' * 5000\n" + "".join(f"v{i} = s + s\n" for i in range(200)))
-    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:101: the strings this file makes add up to over "
-                                        r"1,000,000 characters"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:101: v99: the strings this file makes add up to "
+                                        r"over 1,000,000 characters"):
         config_of(str(path))
 
 
