@@ -64,11 +64,11 @@ class GPTConfig:
     # and by the tests, which enumerate them
     CHOICES = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
                "mlp": ("gelu", "gelu_exact", "relu2", "swiglu")}
-    BOUNDS = {"block_size": dict(at_least=1, at_most=1 << 20), "vocab_size": dict(at_least=1, at_most=1 << 24),
-              "vocab_multiple": dict(at_least=1, at_most=1 << 16), "n_layer": dict(at_least=1, at_most=1 << 12),
-              "n_head": dict(at_least=1, at_most=1 << 12), "n_embd": dict(at_least=1, at_most=1 << 16),
-              "dropout": dict(at_least=0.0, below=1.0), "rope_base": dict(above=0.0, at_most=1e12),
-              "mlp_ratio": dict(above=0.0, at_most=64.0), "logit_softcap": dict(at_least=0.0, at_most=1e6)}
+    BOUNDS = {"block_size": {"at_least": 1, "at_most": 1 << 20}, "vocab_size": {"at_least": 1, "at_most": 1 << 24},
+              "vocab_multiple": {"at_least": 1, "at_most": 1 << 16}, "n_layer": {"at_least": 1, "at_most": 1 << 12},
+              "n_head": {"at_least": 1, "at_most": 1 << 12}, "n_embd": {"at_least": 1, "at_most": 1 << 16},
+              "dropout": {"at_least": 0.0, "below": 1.0}, "rope_base": {"above": 0.0, "at_most": 1e12},
+              "mlp_ratio": {"above": 0.0, "at_most": 64.0}, "logit_softcap": {"at_least": 0.0, "at_most": 1e6}}
 
     def __post_init__(self):
         within = {"at_least": lambda v, b: v >= b, "at_most": lambda v, b: v <= b, "above": lambda v, b: v > b,

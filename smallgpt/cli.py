@@ -118,7 +118,7 @@ class Key:
     bounds: dict  # check_value's at_least / at_most / above / below for a number
 
 
-@functools.lru_cache(maxsize=None)  # (reading the source parses its whole file: once per class)
+@functools.cache  # (reading the source parses its whole file: once per class)
 def field_comments(cls) -> dict[str, str]:
     """The comment after each field in a dataclass's source (continuation comment lines appended)."""
     try:
