@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from smallgpt import checkpoint  # noqa: E402
-from smallgpt.cli import option, parse_config, run_main  # noqa: E402
+from smallgpt.cli import option, parse_config, run_main, usable_threads  # noqa: E402
 from smallgpt.data import load_dataset  # noqa: E402
 from smallgpt.device import free_cpu_threads, inference_dtype, resolve_device  # noqa: E402
 from smallgpt.errors import UserError
@@ -77,16 +77,18 @@ class EvalConfig:
     dataset: str = option("", "a prepared dataset folder or name to score (with --split); for a nanoGPT run "
                           "also where its meta.pkl is")
     split: str = option("val", "which token file of --dataset to score", ["train", "val"])
-    max_tokens: int = option(0, "score only the first this many tokens of the text (0: all)")
-    block_size: int = option(0, "window length in tokens (0: the model's block_size)")
-    context: int = option(0, "tokens of context each scored token sees at least (0: block_size // 2)")
-    batch_size: int = option(8, "windows per forward pass (lower it if memory runs short)")
+    max_tokens: int = option(0, "score only the first this many tokens of the text (0: all)", at_least=0,
+                             at_most=10**15)
+    block_size: int = option(0, "window length in tokens (0: the model's block_size)", at_least=0)
+    context: int = option(0, "tokens of context each scored token sees at least (0: block_size // 2)", at_least=0)
+    batch_size: int = option(8, "windows per forward pass (lower it if memory runs short)", at_least=1,
+                             at_most=1 << 16)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
     json: bool = option(False, "print one JSON object instead of text")
     threads: int = option(0, "CPU threads; 0: one per core not kept busy by other programs (measured while "
-                             "eval.py starts)", at_least=0)
+                             "eval.py starts); at most the usable cores", at_least=0)
 
 
 def note(text: str) -> None:
@@ -220,12 +222,7 @@ def validate(cfg: EvalConfig) -> None:
     if cfg.conversations and (cfg.input or cfg.dataset):
         raise UserError("give --conversations alone, or --input / --dataset: they score different things")
     if not cfg.input and not cfg.dataset and cfg.init_from and not cfg.conversations:  # (a run of ours names its dataset)
-        raise UserError(NOTHING_TO_SCORE)
-    for name in ("max_tokens", "block_size", "context"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"bad value for {name}: {getattr(cfg, name)} (must be >= 0; 0 picks the default)")
-    if cfg.batch_size < 1:
-        raise UserError(f"bad value for batch_size: {cfg.batch_size} (must be at least 1)")
+        raise UserError(f"{NOTHING_TO_SCORE} (--init_from's weights name no dataset)")
     if cfg.init_from in ("scratch", "resume"):
         raise UserError(f"--init_from={cfg.init_from} has no meaning here: leave it out to score the model in "
                         f"--out_dir, or give gpt2|gpt2-medium|gpt2-large|gpt2-xl|PATH")
@@ -290,8 +287,8 @@ def main(argv: list[str]) -> dict:
     if cfg.max_tokens:
         tokens = tokens[:cfg.max_tokens]
     if len(tokens) < 2:
-        raise UserError(f"{described} is {len(tokens)} token(s) long: nothing to score (the first token has no "
-                        f"context); give more text")
+        raise UserError(f"{described} is {len(tokens)} token(s) long{f' with --max_tokens={cfg.max_tokens}' if cfg.max_tokens else ''}: "
+                        f"nothing to score (the first token has no context); give more text")
     if int(tokens.max()) >= model.config.vocab_size:
         raise UserError(f"{described} has token id {int(tokens.max())} but the model {model_name} knows only "
                         f"{model.config.vocab_size}; it was not trained on this tokenizer")
@@ -304,7 +301,8 @@ def main(argv: list[str]) -> dict:
     if context > block_size:
         raise UserError(f"bad value for context: {context} (must be 1..block_size, {block_size})")
     if device.type == "cpu":  # chosen last, so that the measurement of the other programs is longest
-        torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
+        torch.set_num_threads(usable_threads(cfg.threads, note) if cfg.threads
+                              else free_cpu_threads(torch.get_num_threads(), STARTED))
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None)
     result = evaluate(model, tokens, token_byte_lengths(tokenizer), block_size, context, cfg.batch_size,
                       autocast=autocast, show_progress=True)

@@ -59,27 +59,32 @@ class GPTConfig:
     #                               of the previous token's: every block sees the last two tokens at each
     #                               position (a width-2 causal convolution; pays on character vocabularies)
 
-    # the values each string switch takes (validated below; tests enumerate them)
+    # the values each string switch takes, and the range of each number (at_least / at_most inclusive,
+    # above / below exclusive): validated below, read by the config layer (which names the key given)
+    # and by the tests, which enumerate them
     CHOICES = {"pos_embedding": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"),
                "mlp": ("gelu", "gelu_exact", "relu2", "swiglu")}
+    BOUNDS = {"block_size": {"at_least": 1, "at_most": 1 << 20}, "vocab_size": {"at_least": 1, "at_most": 1 << 24},
+              "vocab_multiple": {"at_least": 1, "at_most": 1 << 16}, "n_layer": {"at_least": 1, "at_most": 1 << 12},
+              "n_head": {"at_least": 1, "at_most": 1 << 12}, "n_embd": {"at_least": 1, "at_most": 1 << 16},
+              "dropout": {"at_least": 0.0, "below": 1.0}, "rope_base": {"above": 0.0, "at_most": 1e12},
+              "mlp_ratio": {"above": 0.0, "at_most": 64.0}, "logit_softcap": {"at_least": 0.0, "at_most": 1e6}}
 
     def __post_init__(self):
-        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        within = {"at_least": lambda v, b: v >= b, "at_most": lambda v, b: v <= b, "above": lambda v, b: v > b,
+                  "below": lambda v, b: v < b}  # (false for nan)
+        for name, bounds in self.BOUNDS.items():
+            value = getattr(self, name)
+            if not all(within[rule](value, bound) for rule, bound in bounds.items()):
+                rules = " and ".join(f"{rule.replace('_', ' ')} {bound}" for rule, bound in bounds.items())
+                raise ValueError(f"{name} must be {rules}, got {value}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
-        if self.logit_softcap < 0:
-            raise ValueError(f"logit_softcap must be >= 0, got {self.logit_softcap}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
 
     @property
     def padded_vocab_size(self) -> int:

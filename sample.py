@@ -25,12 +25,11 @@ folder that `python -m smallgpt.interop.hf export` wrote, its run's tokenizer fr
 neither train.py nor tiktoken (unless the checkpoint uses a BPE), to start quickly.
 """
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallgpt.cli import option, parse_config, run_main
+from smallgpt.cli import option, parse_config, run_main, usable_threads
 from smallgpt.device import cpu_snapshot  # imports torch: the first slow import, so the measurement starts here
 from smallgpt.errors import UserError
 
@@ -55,37 +54,22 @@ class SampleConfig:
     init_from: str = option("", "instead of out_dir: gpt2|gpt2-medium|gpt2-large|gpt2-xl (Hugging Face "
                             "hub) or a folder in the Hugging Face GPT-2 layout; GPT-2 BPE tokenizer")
     start: str = option("\n", "prompt text, or FILE:path to read the prompt from a file")
-    num_samples: int = option(1, "number of samples, generated together as one batch")
-    max_new_tokens: int = option(500, "tokens to generate per sample (at most)")
-    temperature: float = option(0.8, "softmax temperature; 0 means greedy (argmax)")
-    top_k: int = option(200, "sample only among the k most likely tokens; 0 disables")
-    top_p: float = option(1.0, "sample from the smallest set of likeliest tokens whose probability reaches p; 1 disables")
+    num_samples: int = option(1, "number of samples, generated together as one batch", at_least=1, at_most=1024)
+    max_new_tokens: int = option(500, "tokens to generate per sample (at most)", at_least=0, at_most=1 << 20)
+    temperature: float = option(0.8, "softmax temperature; 0 means greedy (argmax)", at_least=0)
+    top_k: int = option(200, "sample only among the k most likely tokens; 0 disables", at_least=0)
+    top_p: float = option(1.0, "sample from the smallest set of likeliest tokens whose probability reaches p; 1 disables",
+                          above=0, at_most=1)
     stop: str = option("", "end a sample where its generated text first contains this text (not printed); empty: none")
     stop_at_eot: bool = option(True, "end a sample at the tokenizer's end-of-text token (gpt2, bpe), if it has one")
     stream: bool = option(True, "with one sample, print the text token by token as it is generated")
-    seed: int = option(1337, "random seed: the same seed gives the same samples")
+    seed: int = option(1337, "random seed: the same seed gives the same samples", at_least=0)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU: device.inference_dtype), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
     use_cache: bool = option(True, "use the key/value cache (false: recompute the context each token)")
     threads: int = option(0, "CPU threads; 0: one per core not kept busy by other processes (measured while "
-                             "sample.py starts)")
-
-
-def validate(cfg: SampleConfig) -> None:
-    """One-line errors for values that cannot work."""
-    if cfg.num_samples < 1:
-        raise UserError(f"bad value for num_samples: {cfg.num_samples} (must be at least 1)")
-    if cfg.max_new_tokens < 0:
-        raise UserError(f"bad value for max_new_tokens: {cfg.max_new_tokens} (must be >= 0)")
-    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
-        raise UserError(f"bad value for temperature: {cfg.temperature} (must be >= 0; 0 means greedy)")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"bad value for top_p: {cfg.top_p} (must be in (0, 1]; 1 disables it)")
-    if cfg.top_k < 0:
-        raise UserError(f"bad value for top_k: {cfg.top_k} (must be >= 0; 0 disables)")
-    if cfg.threads < 0:
-        raise UserError(f"bad value for threads: {cfg.threads} (must be >= 0; 0 chooses)")
+                             "sample.py starts); at most the usable cores", at_least=0)
 
 
 def read_prompt(start: str) -> str:
@@ -130,7 +114,6 @@ def generate_text(model: GPT, tokenizer, prompt_ids: list[int], cfg: SampleConfi
 
 def main(argv: list[str]) -> None:
     cfg = parse_config(SampleConfig, argv, __doc__, nanogpt="sample", log=lambda line: print(line, file=sys.stderr))
-    validate(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
@@ -149,7 +132,10 @@ def main(argv: list[str]) -> None:
     tokenizer = tokenizer_from_meta(meta, where=cfg.init_from or cfg.out_dir)
     eot_token = meta.get("eot_token", tokenizer.eot_token) if cfg.stop_at_eot else None
 
-    prompt_ids = tokenizer.encode(read_prompt(cfg.start))
+    try:
+        prompt_ids = tokenizer.encode(read_prompt(cfg.start))
+    except UserError as e:  # (a file not found, characters the vocabulary lacks)
+        raise UserError(f"--start: {e}") from None
     if not prompt_ids:
         raise UserError("the prompt is empty: give --start=TEXT with at least one character")
     if max(prompt_ids) >= model.config.vocab_size:
@@ -157,7 +143,8 @@ def main(argv: list[str]) -> None:
                         f"{model.config.vocab_size} tokens; the model was not trained on this tokenizer")
     prompt_text = tokenizer.decode(prompt_ids)
     if device.type == "cpu":  # chosen last, so that the measurement of the other processes is longest
-        torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
+        torch.set_num_threads(usable_threads(cfg.threads, lambda line: print(line, file=sys.stderr)) if cfg.threads
+                              else free_cpu_threads(torch.get_num_threads(), STARTED))
         if row_split_is_faster(model.transformer.h[0].mlp.c_fc):  # this CPU's faster matrix-vector product
             use_row_split(model)
     if cfg.stream and cfg.num_samples == 1:

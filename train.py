@@ -66,7 +66,7 @@ class TrainConfig:
                             "weights from the Hugging Face hub; or a folder in the Hugging Face GPT-2 layout")
     eval_interval: int = option(250, "evaluate (and maybe checkpoint) every this many iterations", at_least=1)
     eval_iters: int = option(200, "batches per split in each evaluation, their windows evenly spaced through "
-                                  "the split (enough of them score every token)", at_least=1)
+                                  "the split (enough of them score every token)", at_least=1, at_most=10**7)
     eval_only: bool = option(False, "evaluate once and exit (the checkpoint in out_dir if there is one)")
     log_interval: int = option(10, "print a training line every this many iterations", at_least=1)
     always_save_checkpoint: bool = option(True, "save at every evaluation, not only when val loss improves")
@@ -75,33 +75,34 @@ class TrainConfig:
                                           at_least=0)
     # batch
     batch_size: int = option(12, "sequences per micro-batch per process (an upper bound when tokens_per_update "
-                             "is set: the micro-batch shrinks to divide the process's share)", at_least=1)
+                             "is set: the micro-batch shrinks to divide the process's share)", at_least=1,
+                             at_most=1 << 16)
     tokens_per_update: int = option(0, "tokens per optimizer update over all processes (a multiple of "
                                     "block_size); 0: gradient_accumulation_steps x batch_size x block_size",
                                     at_least=0)
     gradient_accumulation_steps: int = option(1, "with tokens_per_update = 0: micro-batches of batch_size per "
-                                              "update, counted over all processes", at_least=1)
+                                              "update, counted over all processes", at_least=1, at_most=1 << 16)
     # model: every field of model.GPTConfig but vocab_size (which comes from the dataset)
     model: GPTConfig = option_group(GPTConfig, "the model's shape and architecture", exclude=("vocab_size",))
     # optimizer
-    learning_rate: float = option(6e-4, "peak learning rate")
+    learning_rate: float = option(6e-4, "peak learning rate", at_least=0)
     max_iters: int = option(5000, "total optimizer updates", at_least=0)
-    weight_decay: float = option(0.1, "AdamW weight decay on 2-D weights")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.95, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
+    weight_decay: float = option(0.1, "AdamW weight decay on 2-D weights", at_least=0)
+    beta1: float = option(0.9, "AdamW beta1", at_least=0, below=1)
+    beta2: float = option(0.95, "AdamW beta2", at_least=0, below=1)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables", at_least=0)
     max_nonfinite_steps: int = option(5, "skip updates whose loss is inf/nan; stop after this many in a row",
                                       at_least=1)
     optimizer: str = option("adamw", "adamw: AdamW for every weight; muon: Muon for the blocks' matrices, "
                             "AdamW for embeddings, head, gains and biases (see optim.py)", ["adamw", "muon"])
-    muon_lr: float = option(0.02, "peak learning rate of the Muon groups (follows the same schedule)")
-    muon_momentum: float = option(0.95, "Muon momentum (Nesterov)")
-    muon_ns_steps: int = option(5, "Newton-Schulz iterations per Muon update")
+    muon_lr: float = option(0.02, "peak learning rate of the Muon groups (follows the same schedule)", at_least=0)
+    muon_momentum: float = option(0.95, "Muon momentum (Nesterov)", at_least=0, below=1)
+    muon_ns_steps: int = option(5, "Newton-Schulz iterations per Muon update", at_least=1, at_most=100)
     # learning-rate schedule
     decay_lr: bool = option(True, "linear warmup then cosine decay; false keeps learning_rate constant")
     warmup_iters: int = option(100, "iterations of linear warmup", at_least=0)
-    lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters")
-    min_lr: float = option(6e-5, "learning rate at the end of the decay")
+    lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters", at_least=0)
+    min_lr: float = option(6e-5, "learning rate at the end of the decay", at_least=0)
     max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): the LR "
                                 "schedule follows elapsed/max_seconds instead of iterations, the run stops in time for "
                                 "its last evaluation and checkpoint to end within it (or at max_iters, whichever comes "
@@ -114,8 +115,9 @@ class TrainConfig:
     compile: str = option("auto", "torch.compile the model; auto: on GPUs; on CPUs off, and the CPU configs turn "
                           "it on, where it made steps faster (docs/cpu.md)", ["auto", "true", "false"])
     threads: int = option(0, "CPU threads for torch; 0: one per core that other programs leave free, "
-                          "re-checked every few seconds (one process on a CPU; else torch's default)", at_least=0)
-    seed: int = option(1337, "random seed for weights, dropout and batches")
+                          "re-checked every few seconds (one process on a CPU; else torch's default); at most the "
+                          "usable cores", at_least=0)
+    seed: int = option(1337, "random seed for weights, dropout and batches", at_least=0)
     parallel: str = option("ddp", "under torchrun: ddp keeps the whole model, its gradients and optimizer state on "
                            "every process; fsdp shards all three over the processes (fsdp.py)", ["ddp", "fsdp"])
     activation_checkpointing: bool = option(False, "keep only each block's input in the forward pass and recompute "
@@ -137,6 +139,7 @@ class LoopState:
     best_val_loss: float = float("inf")  # the lowest val loss of any evaluation so far
     evaluated_at: int = -1  # the last iteration whose evaluation is in metrics.jsonl (one still due reruns)
     elapsed_s: float = 0.0  # seconds of every process of the run, start-ups included (what max_seconds counts)
+    eval_batch_s: float = 0.0  # the last evaluation's seconds per batch: what a time budget keeps for the last one
     sampler: dict = field(default_factory=dict)  # the train sampler's position before the batches drawn ahead
     pretrained_from: str | None = None  # the init_from that gave the first weights, kept through resumes
 
@@ -368,7 +371,7 @@ def save(run: Run, state: LoopState, why: str) -> None:
                f"{run.folder.ckpt_path} is kept")
         return
     rngs = gather_objects(rng_state(run.procs.device), run.procs)  # every process's RNG state, in rank order
-    weights = fsdp.full_state(run.model.state_dict(), run.procs)  # FSDP: gathered tensor by tensor to rank 0
+    weights = fsdp.full_state(run.model.state_dict(), run.procs, fsdp.tied_names(run.model))  # FSDP: to rank 0
     moments = fsdp.full_state(run.optimizer.state_dict(), run.procs)
     checkpoint = build_checkpoint(run.model, weights, meta=run.meta, train_config=dataclasses.asdict(run.cfg),
                                   optimizer_state=moments, scaler=run.scaler, rng_per_rank=rngs,
@@ -389,7 +392,8 @@ def train_loop(run: Run, state: LoopState) -> None:
     """Evaluate when due, one update, log, save; until max_iters, the time budget, or a stop."""
     cfg, procs = run.cfg, run.procs
     zero = time.time() - state.elapsed_s  # the clock of the whole run, resumes and start-ups included
-    window, eval_seconds, nonfinite_in_a_row, first_update = MetricWindow(state.iter_num), 0.0, 0, True
+    window, nonfinite_in_a_row, first_update = MetricWindow(state.iter_num), 0, True
+    eval_seconds = state.eval_batch_s * cfg.eval_iters  # known from the checkpoint on a resume, 0 on a new run
     while True:
         # a time budget ends the run when what is left of it is the last evaluation (its measured time),
         # or two when one is due now (which then is the last); under DDP every rank takes rank 0's clock
@@ -412,7 +416,7 @@ def train_loop(run: Run, state: LoopState) -> None:
                 results, eval_seconds = evaluate(run, state, batches)  # (and what a whole one takes: for the ETA)
             if results is None:  # abandoned for a stop; it reruns on resume
                 return stop_and_save(run, state, "the evaluation")
-            state.elapsed_s = time.time() - zero
+            state.elapsed_s, state.eval_batch_s = time.time() - zero, eval_seconds / cfg.eval_iters
             record_evaluation(run, state, results, lr, time.time() - started)
             call_hook(run, "evaluated", state)
             window.restart(state.iter_num)  # evaluations are not training time

@@ -55,20 +55,19 @@ def main(argv=None):
     parser = cli.ArgumentParser(prog="python prepare/fineweb.py", description=__doc__.strip().splitlines()[0],
                                 formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="HuggingFaceFW/fineweb", help="Hugging Face dataset name")
-    parser.add_argument("--config", default="sample-10BT", help="dataset configuration ('' for none)")
+    parser.add_argument("--config", default="sample-10BT", allow_empty=True, help="dataset configuration ('' for none)")
     parser.add_argument("--split", default="train", help="dataset split to stream")
     parser.add_argument("--text_field", default="text", help="record field holding the text")
     parser.add_argument("--out_dir", default="data/fineweb", help="output folder (relative to the current folder)")
-    parser.add_argument("--max_documents", type=int, default=None, help="stop after this many documents")
-    parser.add_argument("--max_tokens", type=int, default=None, help="stop at the first document end past this many tokens")
-    parser.add_argument("--val_fraction", type=float, default=0.001, help="share of the documents for val.bin")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation documents")
-    parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    parser.add_argument("--max_documents", type=int, default=None, at_least=1, at_most=10**15,
+                        help="stop after this many documents")
+    parser.add_argument("--max_tokens", type=int, default=None, at_least=1, at_most=10**15,
+                        help="stop at the first document end past this many tokens")
+    parser.add_argument("--val_fraction", type=float, default=0.001, above=0, below=1,
+                        help="share of the documents for val.bin")
+    parser.add_argument("--seed", type=int, default=1337, at_least=0, help="seed of the choice of validation documents")
+    parser.add_argument("--workers", type=int, default=None, at_least=1, help="tokenizer threads (default: all cores)")
     args = parser.parse_args(argv)
-    for name in ("max_documents", "max_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name} must be at least 1, got {value}")
     stream = _load_stream(args.dataset, args.config, args.split)
     source = f"{args.dataset} {args.config} ({args.split}), gpt2"
     meta = prepare_dataset(lambda: documents(stream, args.text_field, args.max_documents), args.out_dir, "gpt2",

@@ -32,9 +32,9 @@ def main(argv=None):
     parser.add_argument("--tokenizer", choices=KINDS, default=None,
                         help=f"byte, char, gpt2 (GPT-2's BPE) or bpe (trained here) (default: bpe with "
                              f"{QUICK_START_VOCAB} ids, or --tokenizer_from's)")
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the files for val.bin")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation files")
-    parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    parser.add_argument("--val_fraction", type=float, default=0.1, above=0, below=1, help="share of the files for val.bin")
+    parser.add_argument("--seed", type=int, default=1337, at_least=0, help="seed of the choice of validation files")
+    parser.add_argument("--workers", type=int, default=None, at_least=1, help="tokenizer threads (default: all cores)")
     add_bpe_arguments(parser)
     args = parser.parse_args(argv)
     files = stdlib_files()

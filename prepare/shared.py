@@ -104,7 +104,7 @@ def main(argv=None):
     parser = cli.ArgumentParser(prog="python prepare/shared.py", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--to", default=str(DEFAULT_TO), help="the folder to fill (created if missing)")
     parser.add_argument("--url", default=SHAKESPEARE_URL, help="where to download tiny Shakespeare from")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each download")
+    parser.add_argument("--timeout", type=float, default=120.0, above=0, help="seconds allowed for each download")
     args = parser.parse_args(argv)
     root = Path(args.to).expanduser().resolve()
 

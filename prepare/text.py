@@ -47,7 +47,6 @@ the other prepare scripts share.
 """
 
 from smallgpt import cli
-from smallgpt.errors import UserError
 from smallgpt.prepare import HelpFormatter, add_bpe_arguments, bpe_options, prepare_dataset, print_summary
 from smallgpt.tokenizer import KINDS
 
@@ -64,21 +63,19 @@ def main(argv=None):
                              "bpe: a byte-level BPE trained here on the training documents, <|endoftext|> after each "
                              "(needs rustbpe: the .[bpe] extra) (default: gpt2, or --tokenizer_from's)")
     add_bpe_arguments(parser)
-    parser.add_argument("--val_fraction", type=float, default=0.1,
+    parser.add_argument("--val_fraction", type=float, default=0.1, above=0, below=1,
                         help="share of documents for val.bin (share of the token stream's tail when there are few documents)")
-    parser.add_argument("--seed", type=int, default=1337, help="seed of the choice of validation documents")
+    parser.add_argument("--seed", type=int, default=1337, at_least=0, help="seed of the choice of validation documents")
     parser.add_argument("--include", default=None, metavar="GLOB",
                         help="only files in input folders whose name (or path below the folder) matches, e.g. '*.txt'")
     parser.add_argument("--text_field", default="text", help="the JSON field holding the text in .jsonl files")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=int, default=None, at_least=1,
                         help="tokenizer threads (default: all cores; the output does not depend on it)")
     parser.add_argument("--errors", choices=("strict", "replace"), default="strict",
                         help="undecodable (non-UTF-8) bytes: strict stops naming the file; replace substitutes U+FFFD")
-    parser.add_argument("--max_tokens", type=int, default=None, help="stop at the first document end after this many tokens")
+    parser.add_argument("--max_tokens", type=int, default=None, at_least=1, at_most=10**15, help="stop at the first document end after this many tokens")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
     meta = prepare_dataset(
         args.input, args.out_dir, args.tokenizer or (None if args.tokenizer_from else "gpt2"),
         val_fraction=args.val_fraction, seed=args.seed, workers=args.workers, include=args.include,

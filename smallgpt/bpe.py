@@ -28,6 +28,7 @@ from smallgpt.tokenizer import BPETokenizer
 DEFAULT_SAMPLE_BYTES = 200_000_000  # training text beyond this is sampled down to it (--bpe_sample_bytes)
 DEFAULT_VOCAB = 4096  # --vocab_size when not given
 MIN_VOCAB = 257  # the 256 single bytes and <|endoftext|>: no merges at all
+MAX_VOCAB = 1 << 20  # far above any GPT's vocabulary (GPT-2's 50,257; GPT-4o's ~200k); the trainer counts in 32 bits
 TRAIN_BUFFER = min(64, max(8, 2 * (os.cpu_count() or 1)))  # strings per batch the trainer splits in parallel
 
 
@@ -42,9 +43,9 @@ def require_rustbpe():
 
 
 def check_vocab_size(vocab_size: int) -> None:
-    if vocab_size < MIN_VOCAB:
-        raise UserError(f"--vocab_size must be at least {MIN_VOCAB} (the 256 bytes and <|endoftext|>), "
-                        f"got {vocab_size}")
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise UserError(f"--vocab_size must be at least {MIN_VOCAB} (the 256 bytes and <|endoftext|>) and at most "
+                        f"{MAX_VOCAB:,}, got {vocab_size}")
 
 
 def train_bpe(texts, vocab_size: int, pattern: str) -> BPETokenizer:

@@ -15,7 +15,7 @@ Its keys (FORMAT_VERSION 2):
     train_config    the resolved training config as a dict (model keys in a "model" table)
     optimizer, scaler            their state dicts (None in a checkpoint made only for sampling)
     rng_per_rank                 every process's RNG state, for exact resume
-    iter_num, best_val_loss, evaluated_at, elapsed_s, sampler, pretrained_from, ...
+    iter_num, best_val_loss, evaluated_at, elapsed_s, eval_batch_s, sampler, pretrained_from, ...
                                  where the run is: the fields of train.LoopState, saved and restored as a
                                  whole (a field missing from an older checkpoint takes its default)
 Saves are atomic: the dict goes to a temporary file in the same folder, is flushed and fsynced, then

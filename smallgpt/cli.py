@@ -10,15 +10,24 @@ Two jobs:
   * Errors: `run_main(fn)` runs a script's main so that a `UserError` prints one line and exits
     non-zero, with no traceback (set GPT_DEBUG=1 or pass --debug to see it).
 
-A field documents itself through `option(default, help, choices)`; a nested dataclass (the
-model's GPTConfig) joins through `option_group`, documented by the comments in its source.
-`--help` lists every key with its type, default and help.
+A field documents itself through `option(default, help, choices, bounds...)`; a nested dataclass
+(the model's GPTConfig) joins through `option_group`, documented by the comments in its source, its
+choices and bounds in its CHOICES and BOUNDS. `--help` lists every key with its type, default and help.
+
+One rule for every value a user types (`check_value`, also applied by `ArgumentParser` to the prepare
+scripts' flags): a float is finite; a number lies within its key's bounds (at_least, at_most: inclusive;
+above, below: exclusive), and within +-INT_LIMIT (ints) or +-FLOAT_LIMIT (floats) where its key sets
+none; a string whose default is not empty is not empty (`--out_dir=` is a slip, not a folder). A value
+that breaks it is one line naming the key, before anything is built or written.
 """
 
 import argparse
 import dataclasses
 import difflib
+import functools
 import inspect
+import math
+import operator
 import os
 import re
 import sys
@@ -34,10 +43,57 @@ else:  # Python 3.10
     import tomli as tomllib
 
 
-def option(default, help: str, choices=None, at_least=None):
-    """A dataclass field with its help text (and allowed values, or a lowest allowed number) for
-    `--help` and validation."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least})
+INT_LIMIT = 2**31 - 1  # an int key's bounds where it sets none (its at_least / at_most replace them)
+FLOAT_LIMIT = 1e9  # a float key's, likewise: far beyond any sensible setting, far below an overflow
+RULES = {"at_least": (operator.ge, "at least"), "at_most": (operator.le, "at most"),
+         "above": (operator.gt, "above"), "below": (operator.lt, "below")}
+
+
+def option(default, help: str, choices=None, **bounds):
+    """A dataclass field with its help text, and its allowed values or its bounds (at_least=, at_most=
+    inclusive, above=, below= exclusive), for `--help` and validation (check_value)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": rules(bounds)})
+
+
+def rules(bounds: dict) -> dict:
+    """`bounds` checked to name only RULES (a misspelt bound is a bug, found at import)."""
+    unknown = bounds.keys() - RULES.keys()
+    assert not unknown, f"unknown bounds {unknown}: use {', '.join(RULES)}"
+    return bounds
+
+
+def usable_threads(requested: int, log=print, key: str = "threads") -> int:
+    """`requested` CPU threads (a --threads or --workers), capped at the cores this process may run on:
+    threads beyond them only wait for one another (1,000 torch threads on 2 cores ran 3.5x slower). One
+    line to `log` when capped."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    if requested > cores:
+        log(f"{key}={requested} is more than the {cores} core(s) this process may use: using {cores}")
+        return cores
+    return requested
+
+
+def shown(value) -> str:
+    """A value as an error message shows it: huge numbers and long strings shortened."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"{value:.3e}" if value.bit_length() < 1000 else f"an int of {value.bit_length():,} bits"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def number_problem(value, bounds: dict) -> str | None:
+    """What is wrong with a number under the one rule (see the module docstring), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    limit = INT_LIMIT if isinstance(value, int) else FLOAT_LIMIT
+    for rule, bound in {"at_least": -limit, "at_most": limit, **bounds}.items():
+        test, words = RULES[rule]
+        if not test(value, bound):
+            return f"must be {words} {bound:,}" if isinstance(bound, int) else f"must be {words} {bound:g}"
+    return None
 
 
 def option_group(cls, help: str, exclude: tuple[str, ...] = ()):
@@ -59,8 +115,10 @@ class Key:
     help: str
     choices: list | None
     group: str | None  # the option_group field it belongs to, None for a top-level key
+    bounds: dict  # check_value's at_least / at_most / above / below for a number
 
 
+@functools.cache  # (reading the source parses its whole file: once per class)
 def field_comments(cls) -> dict[str, str]:
     """The comment after each field in a dataclass's source (continuation comment lines appended)."""
     try:
@@ -91,10 +149,13 @@ def config_keys(cls) -> dict[str, Key]:
             group_cls, comments = meta["group"], field_comments(meta["group"])
             group_hints = typing.get_type_hints(group_cls)
             members = [g for g in dataclasses.fields(group_cls) if g.name not in meta["exclude"]]
-            new = {g.name: Key(g.name, group_hints[g.name], g.default, comments.get(g.name, ""), None, f.name)
+            choices, bounds = getattr(group_cls, "CHOICES", {}), getattr(group_cls, "BOUNDS", {})
+            new = {g.name: Key(g.name, group_hints[g.name], g.default, comments.get(g.name, ""),
+                               list(choices[g.name]) if g.name in choices else None, f.name, bounds.get(g.name, {}))
                    for g in members}
         else:
-            new = {f.name: Key(f.name, hints[f.name], f.default, meta.get("help", ""), meta.get("choices"), None)}
+            new = {f.name: Key(f.name, hints[f.name], f.default, meta.get("help", ""), meta.get("choices"), None,
+                               meta.get("bounds", {}))}
         clash = keys.keys() & new.keys()
         assert not clash, f"config keys defined twice: {clash}"
         keys.update(new)
@@ -118,10 +179,10 @@ def convert_value(key: Key, raw, where: str = "on the command line"):
         text = raw.strip().lower()
         try:
             value = (True if text in _TRUE else False if text in _FALSE else None) if tp is bool else tp(text)
-        except ValueError:
+        except ValueError:  # (also an int of more digits than Python converts)
             value = None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1023 else math.inf  # (float() of a bigger one overflows)
     if tp is int and where == "on the command line" and isinstance(value, float) and value.is_integer():
         value = int(value)
     if tp is str and key.choices and {"true", "false"} <= set(key.choices):  # a tri-state: auto | true | false
@@ -130,11 +191,25 @@ def convert_value(key: Key, raw, where: str = "on the command line"):
         elif isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             value = "true" if value.strip().lower() in _TRUE else "false"
     if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        hint = f" (write {key.name} = {raw} without quotes)" if isinstance(raw, str) and where != "on the command line" else ""
-        raise UserError(f"bad value for {key.name} {where}: {raw!r} is not {_EXPECTED[tp]}{hint}")
+        hint = f" (write {key.name} = {raw} without quotes)" if isinstance(raw, str) and raw and \
+            where != "on the command line" else ""
+        raise UserError(f"bad value for {key.name} {where}: {shown(raw)} is not {_EXPECTED[tp]}{hint}")
     if key.choices is not None and value not in key.choices:
-        raise UserError(f"bad value for {key.name} {where}: {value!r}; choose one of {', '.join(map(str, key.choices))}")
+        raise UserError(f"bad value for {key.name} {where}: {shown(value)}; choose one of "
+                        f"{', '.join(map(str, key.choices))}")
+    check_value(key, value, f" {where}")
     return value
+
+
+def check_value(key: Key, value, where: str = "") -> None:
+    """The one rule (see the module docstring): a UserError naming the key when `value` breaks it."""
+    if isinstance(value, str) and not value and key.default != "":
+        raise UserError(f"bad value for {key.name}{where}: it is empty (leave the key out for its default "
+                        f"{key.default!r})")
+    problem = number_problem(value, key.bounds) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+    if problem:
+        raise UserError(f"bad value for {key.name}{where}: {shown(value)} ({problem})")
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> UserError:
@@ -148,12 +223,16 @@ def read_toml(path: str) -> dict:
     if not p.is_file():
         raise UserError(f"config file not found: {path} (check the path; configs live in config/)")
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"invalid TOML in {path}: {e}") from None
+        text = p.read_text(encoding="utf-8")
+        return tomllib.loads(text)
     except UnicodeDecodeError:
         raise UserError(f"invalid TOML in {path}: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"invalid TOML in {path}: {e}") from None
+    except ValueError:  # an int of more digits than Python converts (sys.get_int_max_str_digits): name its key
+        key = re.search(r"^\s*([\w.\"'-]+)\s*=\s*[+-]?\d[\d_]{99,}", text, re.MULTILINE)
+        raise UserError(f"bad value for {key.group(1) if key else 'a key'} in {path}: an int of thousands of "
+                        f"digits") from None
 
 
 def flatten_groups(cls, values: dict) -> dict:
@@ -243,14 +322,14 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
         elif arg.startswith("-"):
             raise UserError(f"unrecognised argument {arg!r}: options are written --key=value")
         else:
-            if arg.endswith(".py"):
-                file_values, python_file = nanogpt_config.read_config(arg, keys, nanogpt, _unknown_key, log), arg
+            if arg.endswith(".py"):  # (its keys' lines known: "in FILE:LINE")
+                (file_values, lines), python_file = nanogpt_config.read_config(arg, keys, nanogpt, _unknown_key, log), arg
             else:
-                file_values = flatten_groups(cls, read_toml(arg))
+                file_values, lines = flatten_groups(cls, read_toml(arg)), {}
             for name, raw in file_values.items():
                 if name not in keys:
                     raise _unknown_key(name, valid, f"in {arg}")
-                values[name] = convert_value(keys[name], raw, f"in {arg}")
+                values[name] = convert_value(keys[name], raw, f"in {lines.get(name, arg)}")
                 sources[name] = arg
     if python_file is not None:  # a nanoGPT config overrides nanoGPT's defaults: they go under everything
         defaults = nanogpt_config.defaults_under(nanogpt, keys, values, python_file, log)
@@ -260,7 +339,8 @@ def read_overrides(cls, argv: list[str], description: str = "", sources: dict | 
 
 
 def build_config(cls, values: dict, base=None):
-    """`base` (default: cls's defaults) with the flat `values` applied, groups included.
+    """`base` (default: cls's defaults) with the flat `values` applied, groups included; every key's
+    value obeys the one rule (check_value: a saved config's too).
 
     A group's own validation (e.g. GPTConfig's: n_embd divisible by n_head) becomes a UserError.
     """
@@ -279,11 +359,8 @@ def build_config(cls, values: dict, base=None):
         config = dataclasses.replace(base, **top)
     except ValueError as e:
         raise UserError(f"invalid config: {e}") from None
-    for f in dataclasses.fields(cls):  # the lowest values option(at_least=...) allows
-        lowest = (f.metadata or {}).get("at_least")
-        if lowest is not None and getattr(config, f.name) < lowest:
-            rule = f"must be at least {lowest}" if lowest else "must be >= 0"
-            raise UserError(f"bad value for {f.name}: {getattr(config, f.name)} ({rule})")
+    for key in keys.values():
+        check_value(key, getattr(getattr(config, key.group) if key.group else config, key.name))
     return config
 
 
@@ -311,10 +388,35 @@ def parse_variant(value: str) -> tuple[str, list[str]]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse for scripts that take flags (prepare/): a bad flag is a one-line UserError, not usage + exit 2."""
+    """argparse for scripts that take flags (prepare/): a bad flag is a one-line UserError, not usage + exit 2.
+
+    The values obey the configs' one rule: an int or float flag's number is checked as a config key's is
+    (add_argument takes the same at_least, at_most, above and below), and a string flag may not be empty
+    unless add_argument says allow_empty=True.
+    """
+
+    def add_argument(self, *names, allow_empty=False, **kwargs):
+        bounds = rules({rule: kwargs.pop(rule) for rule in RULES if rule in kwargs})
+        kind = kwargs.get("type", str if kwargs.get("action") in (None, "store") else None)
+        if kind in (int, float) or (kind is str and not allow_empty):
+            kwargs["type"] = checked(kind, bounds)
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog.removeprefix('python ')} --help)")
+
+
+def checked(kind, bounds: dict):
+    """An argparse `type` that converts a flag's text with `kind` (int, float or str) and applies the rule."""
+    def convert(text: str):
+        value = kind(text)  # a ValueError is argparse's "invalid int value: 'x'"
+        problem = "must not be empty" if value == "" else number_problem(value, bounds) if kind is not str else None
+        if problem:
+            raise argparse.ArgumentTypeError(f"{shown(value)} ({problem})")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def run_main(main, *args, **kwargs):

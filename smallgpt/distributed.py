@@ -24,6 +24,7 @@ import torch.distributed as dist
 # after init_process_group, which would keep the group alive past destroy_process_group (shutdown).
 import torch.distributed.nn  # noqa: F401
 
+from smallgpt.cli import usable_threads
 from smallgpt.device import enable_tf32, repeatable_cpu_runs, resolve_device, resolve_dtype
 
 
@@ -56,7 +57,7 @@ def setup_processes(device_name: str, dtype_name: str, threads: int = 0, width: 
     also the process group (NCCL on GPUs, gloo on CPUs)."""
     device = resolve_device(device_name)
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(usable_threads(threads, print0))
     rank, local_rank, world_size = 0, 0, 1
     if "RANK" in os.environ:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

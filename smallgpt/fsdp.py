@@ -2,7 +2,7 @@
 
     check_torch()                                  # one line when this torch cannot do it (needs 2.8+)
     shard_model(model, procs)                      # fully_shard each block, then the root
-    full = full_state(model.state_dict(), procs)   # plain tensors on rank 0's CPU, None on the others
+    full = full_state(model.state_dict(), procs, tied_names(model))  # rank 0: whole CPU tensors; others: None
     optimizer.load_state_dict(shard_like_params(optimizer, saved_optimizer_state))
 
 PyTorch's engine (torch.distributed.fsdp.fully_shard) does the sharding; this file only says where the
@@ -10,8 +10,9 @@ units are and keeps the checkpoint format one. Each transformer block is one uni
 all-gathered for its forward (and again for its backward), then freed, and its gradients are
 reduce-scattered after its backward. The root unit holds the rest: token and position embeddings, the
 final norm and the output head, which is tied to the token embedding and so must sit in the same unit.
-Every parameter becomes a DTensor sharded by rows (dim 0) over the processes; the optimizer, built
-after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
+Every parameter becomes a DTensor sharded by rows (dim 0) over the processes (a tensor of fewer rows
+than processes leaves some ranks an empty shard; a 0-D one has no rows and is refused by name); the
+optimizer, built after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
 reduce-scatters its gradients (so they stay sharded: DDP's one all-reduce per update would need the
 full gradients on every process).
 
@@ -50,6 +51,10 @@ def check_torch() -> None:
 def shard_model(model: torch.nn.Module, procs) -> None:
     """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest)."""
     check_torch()
+    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    if scalars:  # fully_shard splits dim 0, which a 0-D tensor lacks: refused here, by name, before any work
+        raise UserError(f"parallel=fsdp cannot shard the 0-D parameter(s) {', '.join(scalars)}: give them shape "
+                        f"(1,) in model.py, or use --parallel=ddp")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -82,12 +87,14 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
-def full_state(state, procs):
+def full_state(state, procs, tied: dict[str, str] | None = None):
     """`state` (a state dict, nested dicts and lists) with every sharded tensor gathered whole: on rank
     0 as CPU tensors, elsewhere None. Every rank must call it (one all-gather per sharded tensor, in the
-    dict's order, which is the same on every rank). A tensor met twice (tied weights) is gathered once
-    and stays one tensor."""
-    gathered = {}
+    dict's order, which is the same on every rank). `tied` ({name: the name it shares its parameter
+    with}, from `tied_names`) names the top-level entries of a model's state dict that are one parameter:
+    such a tensor is gathered once and stays one tensor. (Not recognised by their storage: the shards of
+    a tensor with fewer rows than processes are empty on some ranks, and empty shards all look alike.)"""
+    tied = tied or {}
 
     def walk(value):
         if isinstance(value, dict):
@@ -96,15 +103,19 @@ def full_state(state, procs):
             return type(value)(walk(v) for v in value)
         if not is_sharded(value):
             return value
-        shard = value.to_local()
-        key = (shard.untyped_storage().data_ptr(), shard.storage_offset(), tuple(value.shape))  # tied: one key
-        if key not in gathered:
-            whole = value.full_tensor()  # collective
-            gathered[key] = whole.cpu() if procs.master else None
-            del whole
-        return gathered[key]
+        whole = value.full_tensor()  # collective
+        return whole.cpu() if procs.master else None
 
-    return walk(state)
+    full = {k: walk(v) for k, v in state.items() if k not in tied}
+    return {k: full[tied[k]] if k in tied else full[k] for k in state}
+
+
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{name: the first name of the same parameter} for each parameter the model holds under a second
+    name (tied weights: lm_head.weight -> transformer.wte.weight)."""
+    first: dict[int, str] = {}
+    names = [(name, first.setdefault(id(p), name)) for name, p in model.named_parameters(remove_duplicate=False)]
+    return {name: original for name, original in names if name != original}
 
 
 def shard_like_params(optimizer: torch.optim.Optimizer, saved: dict) -> dict:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from smallgpt import cli
-from smallgpt.bpe import DEFAULT_SAMPLE_BYTES, check_vocab_size, train_bpe
+from smallgpt.bpe import DEFAULT_SAMPLE_BYTES, MAX_VOCAB, MIN_VOCAB, check_vocab_size, train_bpe
 from smallgpt.bpe import DEFAULT_VOCAB as DEFAULT_BPE_VOCAB
 from smallgpt.errors import UserError
 from smallgpt.progress import progress as progress_report
@@ -93,7 +93,7 @@ def expand_inputs(inputs, include: str | None = None, skip=None) -> list[Path]:
             if not found:
                 raise UserError(f"no files match {item!r}; check the pattern (quote it so the shell keeps '**')")
         else:
-            raise UserError(f"input not found: {item} (give files, folders or glob patterns)")
+            raise UserError(f"input not found: {item} (give --input files, folders or glob patterns)")
         if skip is not None and not path.is_file():
             found = [f for f in found if not f.resolve().is_relative_to(skip)]
         if path.is_dir() and not found:
@@ -441,7 +441,9 @@ def prepare_dataset(
         raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if errors not in ("strict", "replace"):
         raise UserError(f"--errors must be strict or replace, got {errors!r}")
-    workers = max(1, workers or os.cpu_count() or 1)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    workers = cli.usable_threads(workers, key="workers") if workers else os.cpu_count() or 1  # (more threads than cores only queue)
 
     if callable(inputs):
         total_bytes = 0
@@ -519,10 +521,11 @@ def _choose_tokenizer(passes: _Passes, kind, tokenizer_from, vocab_size, bpe_pat
     if kind == "bpe":
         if bpe_pattern not in BPE_PATTERNS:
             raise UserError(f"--bpe_pattern must be one of {', '.join(BPE_PATTERNS)}, got {bpe_pattern!r}")
-        check_vocab_size(vocab_size or DEFAULT_BPE_VOCAB)
+        vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size  # (0 is refused, not the default)
+        check_vocab_size(vocab_size)
         if bpe_sample_bytes < 1:
             raise UserError(f"--bpe_sample_bytes must be positive, got {bpe_sample_bytes}")
-        return _train_bpe(passes, vocab_size or DEFAULT_BPE_VOCAB, BPE_PATTERNS[bpe_pattern], bpe_sample_bytes)
+        return _train_bpe(passes, vocab_size, BPE_PATTERNS[bpe_pattern], bpe_sample_bytes)
     vocab = None
     if kind == "char":
         with passes.reading("vocabulary") as documents:
@@ -798,11 +801,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def add_bpe_arguments(parser) -> None:
     """The options of a trained bpe and of a reused tokenizer, for every prepare script that takes --tokenizer."""
-    parser.add_argument("--vocab_size", type=int, default=None,
+    parser.add_argument("--vocab_size", type=int, default=None, at_least=MIN_VOCAB, at_most=MAX_VOCAB,
                         help=f"bpe: ids in all, <|endoftext|> included (default: {DEFAULT_BPE_VOCAB})")
     parser.add_argument("--bpe_pattern", choices=tuple(BPE_PATTERNS), default="gpt4",
                         help="bpe: the pre-split regex (merges never cross its pieces): GPT-4's or GPT-2's")
-    parser.add_argument("--bpe_sample_bytes", type=int, default=DEFAULT_SAMPLE_BYTES,
+    parser.add_argument("--bpe_sample_bytes", type=int, default=DEFAULT_SAMPLE_BYTES, at_least=1, at_most=1 << 40,
                         help="bpe: learn from at most this much training text (UTF-8 bytes); a bigger corpus is "
                              "sampled (seeded), which keeps the trainer's memory and time bounded")
     parser.add_argument("--tokenizer_from", default=None, metavar="FOLDER",
@@ -874,10 +877,11 @@ def shakespeare_main(argv, tokenizer: str, default_out: str, doc: str, script: s
                                 formatter_class=HelpFormatter)
     parser.add_argument("--input", default=None, help="a local copy of tinyshakespeare input.txt (no download)")
     parser.add_argument("--out_dir", default=default_out, help="output folder (relative to the current folder)")
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the tokens (the tail) for val.bin")
+    parser.add_argument("--val_fraction", type=float, default=0.1, above=0, below=1,
+                        help="share of the tokens (the tail) for val.bin")
     parser.add_argument("--url", default=SHAKESPEARE_URL, help="where to download the text from when --input is not given")
-    parser.add_argument("--timeout", type=float, default=20.0, help="download timeout in seconds")
-    parser.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    parser.add_argument("--timeout", type=float, default=20.0, above=0, help="download timeout in seconds")
+    parser.add_argument("--workers", type=int, default=None, at_least=1, help="tokenizer threads (default: all cores)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     if args.input is not None:

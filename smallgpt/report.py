@@ -126,6 +126,9 @@ def describe(run, state) -> None:
     print0(f"model: {model.num_params() / 1e6:.2f}M parameters in the blocks, {model.num_params(False) / 1e6:.2f}M "
            f"in all; vocab {run.meta['vocab_size']} ({run.meta['tokenizer']}); data "
            f"{run.splits['train'].path.parent.resolve()}")
+    if cfg.parallel == "fsdp" and not procs.ddp:
+        print0("parallel=fsdp without torchrun: this runs as one process holding the whole model (start it with "
+               "torchrun --nproc_per_node=N to shard it over N processes)")
     warn_if_slow(procs, model.flops_per_token(plan.block_size), plan, cfg)
     if cfg.init_from == "resume" and state.iter_num >= cfg.max_iters and not cfg.eval_only:
         print0(f"the checkpoint is at iteration {state.iter_num}, max_iters is {cfg.max_iters}: nothing to train "

@@ -6,6 +6,7 @@ Needs rustbpe (the optional extra .[bpe]); the tests that train skip, saying so,
 """
 
 import base64
+import importlib.util
 import json
 import random
 import re
@@ -212,6 +213,30 @@ def test_sampled_training_text_is_seeded_and_bounded(rustbpe, tmp_path, capsys):
     assert (tmp_path / "a" / "tokenizer.tiktoken").read_bytes() == (tmp_path / "b" / "tokenizer.tiktoken").read_bytes()
     prepare_dataset([folder], tmp_path / "c", "bpe", vocab_size=1200, bpe_sample_bytes=budget, seed=5, progress=False)
     assert (tmp_path / "a" / "tokenizer.tiktoken").read_bytes() != (tmp_path / "c" / "tokenizer.tiktoken").read_bytes()
+
+
+@pytest.mark.parametrize("vocab_size, rule", [("0", "must be at least 257"), ("5000000000", "must be at most 1,048,576")])
+def test_a_vocab_size_out_of_range_is_one_line_before_any_work(vocab_size, rule, tmp_path, capsys, monkeypatch):
+    """--vocab_size 0 once trained the default 4,096 ids without a word; 5e9 was rustbpe's OverflowError."""
+    from smallgpt.cli import run_main
+
+    monkeypatch.setattr(sys, "argv", ["text.py"])  # run_main looks for --debug there
+    source = tmp_path / "in.txt"
+    source.write_text("some text to learn from\n" * 100)
+    argv = ["--input", str(source), "--out_dir", str(tmp_path / "out"), "--tokenizer", "bpe", "--vocab_size", vocab_size]
+    with pytest.raises(SystemExit) as info:
+        run_main(prepare_script("text").main, argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: argument --vocab_size: {vocab_size} ({rule})"), err
+    assert not (tmp_path / "out").exists()
+
+
+def prepare_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"prepare_{name}", REPO_ROOT / "prepare" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_tokenizer_from_reuses_the_ids(rustbpe, tmp_path):

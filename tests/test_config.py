@@ -1,7 +1,9 @@
 """Config parsing: TOML files and --key=value overrides into a typed dataclass, with clear errors."""
 
 import hashlib
+import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -113,6 +115,52 @@ def test_config_files_in_the_repo_are_valid():
         parse(str(path))
 
 
+def number(text: str) -> int:
+    return int(text.replace(",", "").replace("_", ""))
+
+
+def test_shipped_configs_state_their_batch_arithmetic_right():
+    """What a config's comments say of its batch holds: products ("1 sequence x 32 accumulation steps x
+    1024 tokens = 32,768", "12 sequences of 64 = 768", "2^19 = 524,288", "2^19 tokens = 512 sequences" at
+    the config's block_size), and each "on G GPUs S sequences per GPU in M micro-batches of B" is what
+    train.py plans on G processes. A comment that speaks of sequences per GPU or of micro-batches states
+    such a line, so that it is checked (gpt2_xl's once said an update was 64 sequences, not 512)."""
+    from conftest import REPO_ROOT
+    from smallgpt.data import plan_batches, sequences_per_update
+
+    word = r"(?: [a-z]+)*"  # the words between a number and the next operator ("accumulation steps")
+    product = re.compile(rf"(\d[\d,]*){word}((?: x \d[\d,]*{word})+) = (\d[\d,]*)")
+    per_gpu = re.compile(r"on (\d+) GPUs? (\d[\d,]*) sequences(?: per GPU)? in (\d+) micro-batch(?:es)? of (\d+)")
+    checked = 0
+    for path in sorted((REPO_ROOT / "config").glob("*.toml")):
+        cfg = parse(str(path))
+        comments = [line.split("#", 1)[1] for line in path.read_text().splitlines() if "#" in line]
+        text = re.sub(r"\s+", " ", " ".join(comments))
+        for m in product.finditer(text):
+            factors = [number(m.group(1))] + [number(f) for f in re.findall(r"x (\d[\d,]*)", m.group(2))]
+            assert math.prod(factors) == number(m.group(3)), (path.name, m.group(0))
+            checked += 1
+        for m in re.finditer(r"(\d[\d,]*) sequences of (\d+) = (\d[\d,]*)", text):
+            assert number(m.group(1)) * number(m.group(2)) == number(m.group(3)), (path.name, m.group(0))
+            checked += 1
+        for m in re.finditer(r"2\^(\d+) (?:tokens )?= (\d[\d,]*)( sequences)?", text):
+            unit = cfg.model.block_size if m.group(3) else 1
+            assert 2 ** int(m.group(1)) == number(m.group(2)) * unit, (path.name, m.group(0))
+            checked += 1
+        seqs = sequences_per_update(cfg.tokens_per_update, cfg.model.block_size,
+                                    cfg.gradient_accumulation_steps * cfg.batch_size)
+        claims = per_gpu.findall(text)
+        if re.search(r"per GPU|micro-batch", text):
+            assert claims, f"{path.name} speaks of its batch per GPU: state it as 'on G GPUs S sequences per GPU " \
+                           f"in M micro-batches of B'"
+        for gpus, share, micro, size in claims:
+            plan = plan_batches(seqs, cfg.batch_size, cfg.model.block_size, 0, int(gpus))
+            stated = (number(share), [number(size)] * int(micro))
+            assert (plan.stop - plan.start, plan.micro_sizes) == stated, (path.name, gpus, share, micro, size)
+            checked += 1
+    assert checked >= 6
+
+
 def test_help_lists_every_key_with_type_and_default():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
@@ -141,6 +189,31 @@ def two_usable_cores():
     os.sched_setaffinity(0, sorted(before)[:2])
     yield
     os.sched_setaffinity(0, before)
+
+
+@pytest.mark.slow  # (its threads, one per core, wait on the other programs of a loaded machine)
+def test_threads_above_the_usable_cores_are_capped_with_one_line(small_char_dataset, tmp_path, capsys):
+    """--threads=1000 on 2 cores once ran 3.5x slower (load average 151) without a word."""
+    import train
+    from test_resume import tiny_args
+
+    cores = len(os.sched_getaffinity(0))
+    used = []
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=0, eval_iters=1, threads=1000),
+               hook=lambda event, state, run: used.append(torch.get_num_threads()))
+    out = capsys.readouterr().out
+    assert out.count(f"threads=1000 is more than the {cores} core(s) this process may use: using {cores}") == 1, out
+    assert set(used) == {cores}
+
+
+def test_fsdp_without_torchrun_says_it_runs_as_one_process(small_char_dataset, tmp_path, capsys):
+    import train
+    from test_resume import tiny_args
+
+    train.main(tiny_args(small_char_dataset, tmp_path, max_iters=1, eval_iters=1, parallel="fsdp"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "parallel=fsdp" in line]
+    assert lines == ["parallel=fsdp without torchrun: this runs as one process holding the whole model (start it "
+                     "with torchrun --nproc_per_node=N to shard it over N processes)"], lines
 
 
 @pytest.mark.parametrize("others, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (2.0, 1)])

@@ -149,6 +149,34 @@ def test_a_due_evaluation_that_leaves_no_room_for_the_last_one_is_the_last(small
 
 
 @pytest.mark.slow
+def test_a_resumed_run_ends_within_its_time_budget(small_char_dataset, tmp_path):
+    """A 10 s budget whose evaluations take 2 s (1 s for the first, a glance), stopped at ~3 s (as SIGTERM
+    would) and resumed: the resumed process keeps room for its last evaluation from the start, as an
+    uninterrupted run does, and ends within the budget; not an evaluation later (a resumed process that
+    measured no evaluation yet reserved nothing and ended at ~12 s)."""
+    import train
+
+    def slow_evaluations(event, state, run):
+        if event == "eval_batch":  # 2 batches per split: 4 x 0.5 s per evaluation
+            time.sleep(0.5)
+
+    def stop_at_3s(event, state, run):
+        slow_evaluations(event, state, run)
+        return event == "update" and state.elapsed_s > 3.0
+
+    out = tmp_path / "run"
+    args = [f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--eval_interval=1000000",
+            "--max_iters=1000000", "--max_seconds=10", "--compile=false"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main(args, hook=stop_at_3s)
+        assert torch.load(out / "ckpt.pt", weights_only=True)["elapsed_s"] < 8.0  # stopped, not ended by the budget
+        train.main([*args, "--init_from=resume"], hook=slow_evaluations)
+    evals = records(out)
+    assert [r["iter"] for r in evals][:1] == [0] and len(evals) == 2, evals
+    assert evals[-1]["elapsed_s"] <= 11.0, evals  # within the budget, give or take half an evaluation
+    assert torch.load(out / "ckpt.pt", weights_only=True)["elapsed_s"] <= 11.0
+
+
 def test_train_with_muon_saves_and_resumes(small_char_dataset, tmp_path):
     out = tmp_path / "muon"
     common = [f"--dataset={small_char_dataset}", f"--out_dir={out}", *TINY_RUN, "--optimizer=muon",

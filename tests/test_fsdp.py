@@ -6,6 +6,9 @@
   * 3 + resume 3 equals 6 at the same world size, bitwise; a checkpoint saved on 2 FSDP processes
     loads on 1 process, on 4 FSDP processes and on 2 DDP processes with weights and optimizer moments
     equal to those saved, bitwise (checked through train.main's hook, gathering the shards whole)
+  * every model switch (conftest.model_switches, merged into as few models as hold them, in one launch)
+    trains, saves exactly the sharded state, resumes on 1 process and samples; a 0-D parameter, which
+    FSDP cannot shard, is refused by name
   * SIGTERM to one rank stops every rank and saves; weights that are not finite on one rank's shard
     only are refused by every rank (no hang); two "nodes" on one machine equal one node of 2
   * activation checkpointing gives the loss and gradients of plain training, bitwise, with less memory
@@ -15,9 +18,11 @@
     python -m pytest tests/test_fsdp.py -q
 """
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -26,8 +31,9 @@ import torch
 from test_preemption import wait_for_line, worker_pids
 from test_resume import assert_same_state, comparable, read_metrics, tiny_args
 
+import sample
 import train
-from conftest import REPO_ROOT, records, torchrun_command
+from conftest import REPO_ROOT, model_switches, records, torchrun_command
 from smallgpt import fsdp, memory
 from smallgpt.checkpoint import load_checkpoint
 from smallgpt.errors import UserError
@@ -48,6 +54,16 @@ def fsdp_args(dataset, out_dir, **overrides):
                   gradient_accumulation_steps=2, dropout=0.0, parallel="fsdp")
     config.update(overrides)
     return tiny_args(dataset, out_dir, **config)
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports free on this machine now (each bound, read and let go)."""
+    ports = []
+    for _ in range(n):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    return ports
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +137,7 @@ from smallgpt import fsdp
 from smallgpt.checkpoint import load_checkpoint
 
 def hook(event, state, run):  # the first event of the resumed run: the state just loaded, gathered whole
-    weights = fsdp.full_state(run.model.state_dict(), run.procs)
+    weights = fsdp.full_state(run.model.state_dict(), run.procs, fsdp.tied_names(run.model))
     moments = fsdp.full_state(run.optimizer.state_dict(), run.procs)
     if run.procs.master:
         saved = load_checkpoint(run.cfg.out_dir)
@@ -222,7 +238,9 @@ def test_no_fsdp_model_outlives_the_process_group(small_char_dataset, tmp_path):
 
 
 def test_two_nodes_on_one_machine_equal_one_node_of_two(small_char_dataset, tmp_path, fsdp_run):
-    port = 29500 + os.getpid() % 1000
+    """Two torchrun "nodes" of one process each, meeting at a c10d rendezvous on 127.0.0.1 (as two
+    machines would at the first one's address), train as one node of two processes does, bitwise."""
+    port = free_ports(1)[0]
     launchers = []
     for node in range(2):
         cmd, env = torchrun_command("train.py", *fsdp_args(small_char_dataset, tmp_path / "two_nodes"), nproc=1)
@@ -237,6 +255,78 @@ def test_two_nodes_on_one_machine_equal_one_node_of_two(small_char_dataset, tmp_
     assert any("2 process(es), fsdp" in out for out, _ in outputs)
     assert_same_state(comparable(load_checkpoint(tmp_path / "two_nodes")),
                       comparable(load_checkpoint(fsdp_run[0])))
+
+
+EVERY_SWITCH = """
+import json, os, sys
+import torch
+import train
+from smallgpt import fsdp
+from smallgpt.checkpoint import load_checkpoint
+
+def saved_equals_the_shards(event, state, run):  # after each save: the file holds the sharded state, whole
+    if event != "saved":
+        return
+    weights = {k: fsdp.whole(v) for k, v in run.model.state_dict().items()}  # collectives, in the same order
+    moments = {i: {k: fsdp.whole(v) for k, v in entry.items()} for i, entry in run.optimizer.state_dict()["state"].items()}
+    if run.procs.master:
+        saved = load_checkpoint(run.cfg.out_dir)
+        same = saved["model"].keys() == weights.keys() and all(torch.equal(saved["model"][k], v) for k, v in
+                                                               weights.items())
+        same &= all(torch.equal(saved["optimizer"]["state"][i][k], v) for i, e in moments.items() for k, v in e.items())
+        print(f"{run.cfg.out_dir}: saved state equals the shards: {same}", flush=True)
+
+for args, port in zip(json.loads(sys.argv[1]), json.loads(sys.argv[2])):
+    # a rendezvous of its own per run: torch names the next process group as the one destroyed, and the
+    # launcher's store still holds that group's keys
+    os.environ.update(TORCHELASTIC_USE_AGENT_STORE="False", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    train.main(args, hook=saved_equals_the_shards)
+"""
+
+
+def switches_together() -> list[dict]:
+    """conftest.model_switches() merged into as few models as hold them: every switch on at once, and one
+    more model for each further value of a choice (mlp's three)."""
+    models: list[dict] = []
+    for switch in model_switches():
+        (name, value), = switch.items()
+        model = next((m for m in models if name not in m), None)
+        if model is None:
+            models.append(model := {})
+        model[name] = value
+    return models
+
+
+def test_every_model_switch_trains_saves_resumes_on_one_process_and_samples_under_fsdp(small_char_dataset, tmp_path,
+                                                                                    capsys):
+    """On 2 processes, in one launch: the checkpoints hold the sharded state exactly (unet_skips' one-row
+    weight leaves one rank's shards empty, once the cause of a failed save), then each run resumes on
+    one process and samples. A model with every switch on has n_layer=2: a 1-element skip weight."""
+    models = switches_together()
+    runs = [tmp_path / f"run{i}" for i in range(len(models))]
+    argvs = [fsdp_args(small_char_dataset, out, **model) for out, model in zip(runs, models)]
+    script = tmp_path / "every_switch.py"
+    script.write_text(EVERY_SWITCH)
+    result = run_torchrun(script, json.dumps(argvs), json.dumps(free_ports(len(runs))),
+                          env={"PYTHONPATH": str(REPO_ROOT)})
+    for out, model in zip(runs, models):
+        assert result.stdout.count(f"{out}: saved state equals the shards: True") == 2, (model, result.stdout[-3000:])
+        capsys.readouterr()
+        train.main([f"--out_dir={out}", "--init_from=resume", "--max_iters=8"])
+        trained = capsys.readouterr().out
+        assert "parallel=fsdp without torchrun" in trained and f"resumed from {out}" in trained, trained
+        assert load_checkpoint(out)["iter_num"] == 8
+        sample.main([f"--out_dir={out}", "--max_new_tokens=20", "--device=cpu", "--seed=1"])
+        text = capsys.readouterr().out
+        assert text.endswith(sample.SEPARATOR + "\n") and len(text) > 20, (model, text)
+
+
+def test_a_parameter_fsdp_cannot_shard_is_refused_by_name():
+    """fully_shard splits rows (dim 0): a 0-D parameter is refused before any sharding, naming it."""
+    model = train.GPT(train.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=10))
+    model.temperature = torch.nn.Parameter(torch.tensor(1.0))
+    with pytest.raises(UserError, match=r"cannot shard the 0-D parameter\(s\) temperature: .*--parallel=ddp"):
+        fsdp.shard_model(model, procs=None)
 
 
 # ----------------------------------------------------------------------------- activation checkpointing

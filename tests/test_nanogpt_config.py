@@ -168,12 +168,13 @@ def test_keys_map_to_ours_and_nanogpt_only_keys_are_named_once(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("n_layr = 3\n", r"unknown config key 'n_layr' in .*typo\.py; did you mean n_layer\?"),
-    ("max_iters = '10'\n", r"bad value for max_iters in .*typo\.py: '10' is not an int"),
-    ("batch_size = 2.5\n", r"bad value for batch_size in .*typo\.py: 2\.5 is not an int"),
+    ("n_layer = 4\n\nn_layr = 3\n", r"unknown config key 'n_layr' in .*typo\.py:3; did you mean n_layer\?"),
+    ("max_iters = 5\nmax_iters = '10'\n", r"bad value for max_iters in .*typo\.py:2: '10' is not an int"),
+    ("n = 2\nbatch_size = 1.25 * n\n", r"bad value for batch_size in .*typo\.py:2: 2\.5 is not an int"),
+    ("batch_size = 1e300\n", r"bad value for batch_size in .*typo\.py:1: 1\.000e\+300 \(must be at most 65,536\)"),
     ("x = 1 +\n", r"typo\.py:1: invalid Python"),
 ])
-def test_a_bad_key_or_value_is_one_line(tmp_path, text, message):
+def test_a_bad_key_or_value_is_one_line_naming_its_line(tmp_path, text, message):
     path = tmp_path / "typo.py"
     path.write_text(text)
     with pytest.raises(UserError, match=message):
@@ -236,7 +237,8 @@ def test_hostile_files_are_refused_in_one_line_and_run_nothing(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("text", ["x = " + "(" * 300 + "1" + ")" * 300, "x = " + " + ".join(["1"] * 50_000),
-                                  "x = " + "-" * 50_000 + "1", "x = 1\n" * 60_000 + "y = '" + "a" * 20_000 + "'"])
+                                  "x = " + "-" * 50_000 + "1", "x = 1\n" * 60_000 + "y = '" + "a" * 20_000 + "'"],
+                         ids=["nested", "a long sum", "many signs", "many lines then a long string"])
 @pytest.mark.slow
 def test_absurd_files_are_one_line_without_a_hang(tmp_path, text):
     path = tmp_path / "huge.py"
@@ -245,6 +247,17 @@ def test_absurd_files_are_one_line_without_a_hang(tmp_path, text):
     with pytest.raises(UserError, match=re.escape(str(path))):
         config_of(str(path))
     assert time.monotonic() - started < 20.0  # refused, not computed (that would take minutes or forever)
+
+
+def test_the_strings_a_file_makes_are_bounded_together(tmp_path):
+    """Each value within its bound, their total not: a megabyte of lines like these (90,000 of them, under
+    1 MB) once held 3.6 GB and ended in a traceback blaming host RAM; now the file is refused where the
+    strings it made pass 1,000,000 characters (5,001 on line 1, then 10,000 a line)."""
+    path = tmp_path / "big.py"
+    path.write_text("s = '\U0001F642' * 5000\n" + "".join(f"v{i} = s + s\n" for i in range(200)))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:101: v99: the strings this file makes add up to "
+                                        r"over 1,000,000 characters"):
+        config_of(str(path))
 
 
 @pytest.mark.slow

@@ -269,11 +269,11 @@ def test_bugs_still_show_their_traceback(monkeypatch):
 
 def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(trained_run, small_char_dataset,
                                                                           tmp_path, capsys):
-    """learning_rate=1e30 wrecks the weights in one update; from then on every loss is nan."""
+    """learning_rate=1e9 wrecks the weights in one update; from then on every loss is nan."""
     run = copy_run(trained_run, tmp_path / "run")
     before = (run / "ckpt.pt").read_bytes()
     with pytest.raises(UserError) as info:
-        train.main(tiny_args(small_char_dataset, run, init_from="resume", learning_rate=1e30, decay_lr=False,
+        train.main(tiny_args(small_char_dataset, run, init_from="resume", learning_rate=1e9, decay_lr=False,
                              max_iters=100, max_nonfinite_steps=6))
     out = capsys.readouterr().out
     message = str(info.value)
@@ -428,10 +428,10 @@ BAD_INPUTS = [
     ("unknown tokenizer", T, ["--dataset={unknown_tokenizer}"], "unknown tokenizer 'sentencepiece'"),
     ("vocab too large for dtype", T, ["--dataset={vocab_too_big}"], "does not fit vocab_size 70000"),
     ("n_embd not divisible by n_head", T, ["--n_head=3"], "must be divisible by n_head"),
-    ("n_layer 0", T, ["--n_layer=0"], "n_layer must be at least 1"),
-    ("n_embd -1", T, ["--n_embd=-1"], "n_embd must be at least 1"),
-    ("block_size 0", T, ["--block_size=0"], "block_size must be at least 1"),
-    ("batch_size 0", T, ["--batch_size=0"], "batch_size: 0 (must be at least 1)"),
+    ("n_layer 0", T, ["--n_layer=0"], "n_layer on the command line: 0 (must be at least 1)"),
+    ("n_embd -1", T, ["--n_embd=-1"], "n_embd on the command line: -1 (must be at least 1)"),
+    ("block_size 0", T, ["--block_size=0"], "block_size on the command line: 0 (must be at least 1)"),
+    ("batch_size 0", T, ["--batch_size=0"], "batch_size on the command line: 0 (must be at least 1)"),
     ("max_nonfinite_steps 0", T, ["--max_nonfinite_steps=0"], "must be at least 1"),
     ("device cuda", T, [f"--device={MISSING_GPU}"], MISSING_GPU_MESSAGE),
     ("device cuda:99", T, ["--device=cuda:99"], "cuda:99"),

@@ -1,7 +1,8 @@
 """nanoGPT's Python config files, read with `ast` and never executed; what their keys mean here.
 
     python train.py ../nanoGPT/config/train_shakespeare_char.py --device=cpu --compile=False
-    values, read = evaluate_file("my_config.py")     # {name: value} of its assignments; names read later
+    values, read, lines = evaluate_file("my_config.py")  # {name: value} of its assignments; names read later;
+                                                         # {name: the line that assigned it last}
 
 nanoGPT's configurator exec()s a config file, so a config can run anything. Here `cli.read_overrides`
 hands a `*.py` file to `read_config`, which parses it and evaluates only this subset itself:
@@ -15,10 +16,13 @@ hands a `*.py` file to `read_config`, which parses it and evaluates only this su
 
 Anything else (any other import or call, attribute access, indexing, comprehensions, lambdas,
 f-strings, statements other than assignments) is refused with one line "FILE:LINE: <construct> is
-not allowed in a config", and nothing of the file is used. The work is bounded: a file over 1 MB is
-refused; ints stay within 2**128 and strings within 10,000 characters, checked before an operation
-is computed (`10**10**10` and `'x' * 10**9` are refused at once, never evaluated); `'...' % x`
-(string formatting, unbounded) is refused.
+not allowed in a config", and nothing of the file is used. The work is bounded, in memory and so in
+time: a file over 1 MB is refused; ints stay within 2**128 and strings within 10,000 characters,
+checked before an operation is computed (`10**10**10` and `'x' * 10**9` are refused at once, never
+evaluated); all the strings the file makes add up to at most 1,000,000 characters (a megabyte of
+`a = s + s` lines would otherwise hold gigabytes); `'...' % x` (string formatting, unbounded) is
+refused. Going over a bound is one line naming the file and line; so are an unknown key and a value
+of the wrong type.
 
 What the names mean (`read_config`):
   * Our keys keep nanoGPT's names (`batch_size`, `gradient_accumulation_steps`, `n_layer`,
@@ -48,6 +52,7 @@ from smallgpt.errors import UserError
 MAX_FILE_BYTES = 1 << 20
 MAX_INT_BITS = 128
 MAX_STR_CHARS = 10_000
+MAX_MADE_CHARS = 1_000_000  # every string the file makes, together
 ALLOWED = "only assignments of literals and arithmetic"
 
 # nanoGPT's train.py defaults (its module globals), as our keys and values: a nanoGPT training config
@@ -128,17 +133,21 @@ class _Evaluator:
     def __init__(self, path: str):
         self.path = path
         self.names: dict[str, object] = {}  # assigned so far, in order
+        self.lines: dict[str, int] = {}  # the line that assigned each name last
         self.read: set[str] = set()  # names a later expression read
         self.time_imported = False
+        self.made_chars = 0  # characters of every string made so far
+        self.target = ""  # the name the statement being evaluated assigns, for the errors
 
     def refuse(self, node: ast.AST, what: str | None = None):
-        raise UserError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what or construct(node)} is not allowed "
-                        f"in a config ({ALLOWED})")
+        self.fail(node, f"{what or construct(node)} is not allowed in a config ({ALLOWED})")
 
     def fail(self, node: ast.AST, why: str):
-        raise UserError(f"{self.path}:{getattr(node, 'lineno', '?')}: {why}")
+        raise UserError(f"{self.path}:{getattr(node, 'lineno', '?')}: {self.target and self.target + ': '}{why}")
 
     def statement(self, stmt: ast.stmt) -> None:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+        self.target = ", ".join(t.id for t in targets if isinstance(t, ast.Name))
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             return  # a docstring or a bare string: a comment
         if isinstance(stmt, ast.Pass):
@@ -152,14 +161,16 @@ class _Evaluator:
                     self.refuse(target, f"assigning to {construct(target)}")
             value = self.value(stmt.value)
             for target in stmt.targets:
-                self.names[target.id] = value
+                self.names[target.id], self.lines[target.id] = value, stmt.lineno
             return
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
             self.names[stmt.target.id] = self.value(stmt.value)  # the annotation is not evaluated
+            self.lines[stmt.target.id] = stmt.lineno
             return
         if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
             current = self.name(stmt.target)
             self.names[stmt.target.id] = self.binary(stmt, stmt.op, current, self.value(stmt.value))
+            self.lines[stmt.target.id] = stmt.lineno
             return
         self.refuse(stmt)
 
@@ -229,6 +240,11 @@ class _Evaluator:
             self.fail(node, f"an int over 2**{MAX_INT_BITS} is too large for a config value")
         if isinstance(value, str) and len(value) > MAX_STR_CHARS:
             self.fail(node, f"a string over {MAX_STR_CHARS:,} characters is too long for a config value")
+        if isinstance(value, str):
+            self.made_chars += len(value)
+            if self.made_chars > MAX_MADE_CHARS:
+                self.fail(node, f"the strings this file makes add up to over {MAX_MADE_CHARS:,} characters: "
+                                f"too much for a config")
         if isinstance(value, complex):
             self.fail(node, "the result is a complex number, not a config value")
         return value
@@ -237,8 +253,9 @@ class _Evaluator:
 _SYMBOLS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**"}
 
 
-def evaluate_file(path: str) -> tuple[dict[str, object], set[str]]:
-    """({name: value} of the file's assignments, in order; the names a later line reads), or UserError."""
+def evaluate_file(path: str) -> tuple[dict[str, object], set[str], dict[str, int]]:
+    """({name: value} of the file's assignments, in order; the names a later line reads; {name: the line
+    that assigned it last}), or UserError."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file not found: {path} (check the path)")
@@ -260,19 +277,20 @@ def evaluate_file(path: str) -> tuple[dict[str, object], set[str]]:
             evaluator.statement(stmt)
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a config") from None
-    return evaluator.names, evaluator.read
+    return evaluator.names, evaluator.read, evaluator.lines
 
 
 # ----------------------------------------------------------------------------- names to keys
 
-def read_config(path: str, keys: dict, script: str | None, unknown_key, log=None) -> dict:
-    """The keys a nanoGPT config file sets, as raw values for cli.convert_value.
+def read_config(path: str, keys: dict, script: str | None, unknown_key, log=None) -> tuple[dict, dict]:
+    """The keys a nanoGPT config file sets, as raw values for cli.convert_value, and where each is set
+    ("FILE:LINE", for its errors).
 
     keys: cli.config_keys of the script's config; script: "train", "sample" or None (which nanoGPT
     script's value spellings apply); unknown_key(name, where) makes the error for a name that is
     neither ours nor nanoGPT's. nanoGPT keys we do not have are named in one line (via `log`).
     """
-    names, read = evaluate_file(path)
+    names, read, lines = evaluate_file(path)
     values, ignored = {}, []
     for name, value in names.items():
         if name in keys:
@@ -283,11 +301,11 @@ def read_config(path: str, keys: dict, script: str | None, unknown_key, log=None
         elif name in NANOGPT_KEYS:
             ignored.append(f"{name}={value!r}" + (f" ({NANOGPT_KEYS[name]})" if NANOGPT_KEYS[name] else ""))
         elif name not in read:
-            raise unknown_key(name, list(keys), f"in {path}")
+            raise unknown_key(name, list(keys), f"in {path}:{lines[name]}")
     if ignored:
         note(f"{path}: nanoGPT keys that {script + '.py' if script else 'this script'} here has no equivalent for, "
              f"ignored: {'; '.join(ignored)}", log)
-    return values
+    return values, {name: f"{path}:{lines[name]}" for name in values}
 
 
 def ignored_on_command_line(name: str, value: str, log=None) -> bool:
