@@ -29,7 +29,7 @@ from prepare_speed import run_measured  # bench/prepare_speed.py, beside this fi
 
 from smallgpt import cli
 from smallgpt.errors import UserError
-from smallgpt.prepare import PIECE_CHARS, HelpFormatter, _is_val, _pieces, stdlib_files
+from smallgpt.prepare import HelpFormatter, _is_val, _pieces, stdlib_files
 from smallgpt.tokenizer import BPE_PATTERNS, BPETokenizer, byte_to_unicode
 
 LIBRARIES = ("rustbpe", "tokenizers")

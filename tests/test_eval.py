@@ -12,7 +12,6 @@
     python -m pytest tests/test_eval.py -q
 """
 
-import dataclasses
 import json
 import math
 import sys

@@ -402,7 +402,6 @@ def test_checkpoint_carrying_a_class_is_refused_and_never_runs(nanogpt_checkout,
 # ----------------------------------------------------------------------------- training on nanoGPT data
 
 def test_train_runs_on_a_nanogpt_data_folder(tmp_path, shakespeare_text):
-    import train
 
     text = shakespeare_text[:20_000]
     vocab = sorted(set(text))

@@ -136,7 +136,7 @@ def test_eval_only_on_a_checkpoint_evaluates_and_changes_nothing(small_char_data
     train.main(tiny_args(small_char_dataset, tmp_path, init_from="resume", eval_only=True))
     out = capsys.readouterr().out
     val_loss = read_metrics(tmp_path)[-1]["val_loss"]
-    assert f"step 5: train loss" in out and f"val loss {val_loss:.4f}" in out  # the same weights, the same batches
+    assert "step 5: train loss" in out and f"val loss {val_loss:.4f}" in out  # the same weights, the same batches
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
 
 
