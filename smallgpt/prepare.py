@@ -403,26 +403,12 @@ def _copy_range(src, dst, start: int, length: int):
         length -= len(block)
 
 
-def prepare_dataset(
-    inputs,
-    out_dir,
-    tokenizer: str | None = "gpt2",
-    *,
-    val_fraction: float = 0.1,
-    seed: int = 1337,
-    workers: int | None = None,
-    include: str | None = None,
-    text_field: str = "text",
-    errors: str = "strict",
-    max_tokens: int | None = None,
-    source: str | None = None,
-    progress: bool = True,
-    vocab_size: int | None = None,
-    bpe_pattern: str = "gpt4",
-    bpe_sample_bytes: int = DEFAULT_SAMPLE_BYTES,
-    tokenizer_from=None,
-    piece_chars: int = PIECE_CHARS,
-) -> dict:
+def prepare_dataset(inputs, out_dir, tokenizer: str | None = "gpt2", *, val_fraction: float = 0.1, seed: int = 1337,
+                    workers: int | None = None, include: str | None = None, text_field: str = "text",
+                    errors: str = "strict", max_tokens: int | None = None, source: str | None = None,
+                    progress: bool = True, vocab_size: int | None = None, bpe_pattern: str = "gpt4",
+                    bpe_sample_bytes: int = DEFAULT_SAMPLE_BYTES, tokenizer_from=None,
+                    piece_chars: int = PIECE_CHARS) -> dict:
     """Tokenize a corpus into out_dir/{train.bin,val.bin,meta.json}; return the meta dict.
 
     inputs: a list of files, folders and glob patterns; or a function returning an iterable of

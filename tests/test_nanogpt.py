@@ -145,7 +145,6 @@ def test_tokens_decode_with_the_meta_pkl_vocabulary(nanogpt_checkout, tmp_path, 
 
 def test_vocabulary_search_order(nanogpt_checkout, tmp_path, monkeypatch):
     root, vocab = nanogpt_checkout["root"], nanogpt_checkout["vocab"]
-    raw = torch.load(nanogpt_checkout["ckpt"], weights_only=True)
     other = char_vocab(TEXT, seed=1)  # same characters, other ids: tells the sources apart
     explicit = char_vocab(TEXT, seed=2)
     assert len({tuple(vocab), tuple(other), tuple(explicit)}) == 3
