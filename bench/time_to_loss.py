@@ -126,15 +126,13 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run folders (each holding metrics.jsonl)")
     parser.add_argument("--target", type=float, required=True, help="the val loss to reach")
-    parser.add_argument("--race", default="", metavar="CONFIG", help="the config to race against --baseline")
-    parser.add_argument("--baseline", default="", metavar="CONFIG", help="the config it races")
-    parser.add_argument("--dataset", default="", help="the dataset folder both train on")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running the baseline then the config")
-    parser.add_argument("--max_seconds", type=float, default=0.0, help="the budget of every run (0: each config's own)")
+    parser.add_argument("--race", default=None, metavar="CONFIG", help="the config to race against --baseline")
+    parser.add_argument("--baseline", default=None, metavar="CONFIG", help="the config it races")
+    parser.add_argument("--dataset", default=None, help="the dataset folder both train on")
+    parser.add_argument("--rounds", type=int, default=3, at_least=1, help="rounds, each running the baseline then the config")
+    parser.add_argument("--max_seconds", type=float, default=0.0, at_least=0, help="the budget of every run (0: each config's own)")
     args = parser.parse_args(argv)
     if args.race:
-        if args.rounds < 1 or args.max_seconds < 0:
-            raise UserError("--rounds must be at least 1 and --max_seconds at least 0")
         return race(args, extra)
     if not args.runs:
         raise UserError("give run folders to read, or --race CONFIG --baseline CONFIG --dataset FOLDER")
