@@ -89,6 +89,13 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- blocks
 
+def at_least_as_precise(weight, x):
+    """A norm's gain (or bias) for input x: in float32 when x is float32. A wrapper may hold the gains in
+    bf16 while the residual stream stays float32 (FSDP's mixed precision, see smallgpt/fsdp.py), and a
+    CPU's layer_norm rejects that mix; elsewhere this is the weight as it is."""
+    return weight.float() if weight is not None and x.dtype == torch.float32 else weight
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
 
@@ -98,7 +105,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, at_least_as_precise(self.weight, x),
+                            at_least_as_precise(self.bias, x), 1e-5)
 
 
 class RMSNorm(nn.Module):
@@ -107,7 +115,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(ndim))
 
     def forward(self, x):
-        return F.rms_norm(x, self.weight.shape, self.weight, 1e-6)
+        return F.rms_norm(x, self.weight.shape, at_least_as_precise(self.weight, x), 1e-6)
 
 
 def make_norm(config: GPTConfig, ndim: int) -> nn.Module:
@@ -264,6 +272,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.activation_checkpointing = False  # recompute each block in backward (train.py's key of that name)
+        self.pieces_compiled = False  # compile_pieces has run
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
@@ -340,7 +349,28 @@ class GPT(nn.Module):
         With targets: logits for every position (B, T, vocab) and the mean cross-entropy (targets of
         -1 are ignored). Without: logits of the last position only (B, 1, vocab), loss None.
         With a cache, idx holds the positions [cache.pos, cache.pos + T) and the cache advances.
+        Three steps around the blocks (embed, add_skip, head) are methods of their own, so that each
+        compiles apart from the blocks where a wrapper's hooks run around every block (compile_pieces).
         """
+        x, rotary = self.embed(idx, cache)
+        skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
+        for i, block in enumerate(self.transformer.h):
+            if self.config.unet_skips and i >= first_skipped:
+                x = self.add_skip(x, skips.pop(), i - first_skipped)  # the mirror block's output
+            if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
+                # keep only the block's input; backward reruns the block (the same dropout masks:
+                # the RNG state is replayed) to get what it needs, so one block's activations at a time
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, use_reentrant=False)
+            else:
+                x = block(x, rotary, cache, idx)
+            if self.config.unet_skips and i < self.config.n_layer // 2:
+                skips.append(x)
+        if cache is not None:
+            cache.pos += idx.size(1)
+        return self.head(x, targets)
+
+    def embed(self, idx, cache: KVCache | None = None):
+        """The blocks' input (B, T, n_embd) for token ids idx (B, T), and the rotary tables (or None)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -355,21 +385,15 @@ class GPT(nn.Module):
             rotary = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         if self.training:
             x = self.transformer.drop(x)
-        skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
-        for i, block in enumerate(self.transformer.h):
-            if self.config.unet_skips and i >= first_skipped:
-                x = x + self.skip_weights[i - first_skipped] * skips.pop()  # the mirror block's output
-            if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
-                # keep only the block's input; backward reruns the block (the same dropout masks:
-                # the RNG state is replayed) to get what it needs, so one block's activations at a time
-                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, use_reentrant=False)
-            else:
-                x = block(x, rotary, cache, idx)
-            if self.config.unet_skips and i < self.config.n_layer // 2:
-                skips.append(x)
+        return x, rotary
+
+    def add_skip(self, x, skip, j: int):
+        """U-net: x plus the j-th skip weight times a block of the first half's output."""
+        return x + self.skip_weights[j] * skip
+
+    def head(self, x, targets=None):
+        """(logits, loss) from the last block's output x (B, T, n_embd); see forward."""
         x = self.transformer.ln_f(x)
-        if cache is not None:
-            cache.pos += T
         if targets is None:
             x = x[:, -1:, :]  # only the last position is needed to pick the next token
         logits = self.lm_head(x)
@@ -382,6 +406,24 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def compile_pieces(self, **options) -> "GPT":
+        """torch.compile each block's forward and each step of forward around the blocks (embed,
+        add_skip, head) on its own, `options` as torch.compile's; forward's loop stays Python.
+
+        For a wrapper whose hooks run around every block, which torch.compile does not trace (FSDP's
+        gather parameters): compiling the whole model then breaks its graph at the first block, inside
+        forward's loop, and dynamo runs all of forward eagerly (the embeddings, the head and the
+        loss). Here each piece is one graph and the hooks run between them. The blocks share one
+        compiled graph (the same code; dynamo guards on what differs). The module and its state dict
+        are unchanged: only these methods are replaced on this instance, which is returned.
+        """
+        for block in self.transformer.h:
+            block.forward = torch.compile(block.forward, **options)
+        for name in ("embed", "add_skip", "head"):
+            setattr(self, name, torch.compile(getattr(self, name), **options))
+        self.pieces_compiled = True
+        return self
 
     def mix_previous_token(self, x, cache: KVCache | None):
         """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 of the

@@ -25,7 +25,6 @@ without saving); a fresh run never replaces out_dir/ckpt.pt unless given --overw
 trainer per out_dir.
 """
 
-import contextlib
 import dataclasses
 import math
 import sys
@@ -45,8 +44,8 @@ from smallgpt.checkpoint import CHECKPOINT_NAME, build_checkpoint, rng_state
 from smallgpt.cli import build_config, option, option_group, read_overrides, run_main
 from smallgpt.data import BatchPlan, BatchSampler, UpdateBatches, load_dataset, plan_batches, sequences_per_update
 from smallgpt.device import CpuThreads, autocast, cpu_snapshot, should_compile
-from smallgpt.distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
-                                  sum_over_ranks)
+from smallgpt.distributed import (Processes, any_rank, gather_objects, gradient_sync, print0, rank0_values,
+                                  setup_processes, shutdown, sum_over_ranks)
 from smallgpt.memory import check_memory
 from smallgpt.optim import build_optimizer, set_learning_rate
 from smallgpt.preemption import StopRequest
@@ -117,6 +116,9 @@ class TrainConfig:
     seed: int = option(1337, "random seed for weights, dropout and batches")
     parallel: str = option("ddp", "under torchrun: ddp keeps the whole model, its gradients and optimizer state on "
                            "every process; fsdp shards all three over the processes (fsdp.py)", ["ddp", "fsdp"])
+    fsdp_sync_once: bool = option(False, "fsdp with several micro-batches per update: reduce-scatter gradients once, "
+                                  "after the last, not after each; costs each process a float32 gradient of the whole "
+                                  "model, unsharded (4 bytes per parameter; the memory plan counts it)")
     activation_checkpointing: bool = option(False, "keep only each block's input in the forward pass and recompute "
                                             "the rest in backward: far less activation memory, ~30% more compute")
     # logging
@@ -203,18 +205,20 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     plan = plan_batches(seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
     sharded = procs.ddp and cfg.parallel == "fsdp"
     check_memory(model, procs, optimizer=cfg.optimizer, micro_batch=max(plan.micro_sizes), block_size=block_size,
-                 dtype=procs.dtype, world_size=procs.world_size, sharded=sharded,
-                 checkpointing=cfg.activation_checkpointing)  # before anything big goes to the device
+                 dtype=procs.dtype, world_size=procs.world_size, sharded=sharded, checkpointing=cfg.activation_checkpointing,
+                 sync_once=cfg.fsdp_sync_once and len(plan.micro_sizes) > 1)  # before anything big goes to the device
     model.to(procs.device)
     if sharded:
         fsdp.shard_model(model, procs)  # before the optimizer, which keeps its state in the same shards
     optimizer = build_optimizer(model, cfg, procs.device.type)
     scaler = torch.amp.GradScaler(procs.device.type, enabled=(procs.dtype == torch.float16))
-    compiled = torch.compile(model) if should_compile(cfg.compile, procs.device, log=print0) else model
+    compiled = model
+    if should_compile(cfg.compile, procs.device, log=print0):  # FSDP: its hooks, eager, between compiled pieces
+        compiled = model.compile_pieces() if sharded else torch.compile(model)
     train_model = compiled if not procs.ddp or sharded else DDP(  # DDP: gradients in its buckets' memory
         compiled, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None,
         gradient_as_bucket_view=True)
-    # a CPU evaluates uncompiled: compiling the no-grad graph costs more of a short run than it saves
+    # a CPU evaluates uncompiled (FSDP's pieces excepted): compiling the no-grad graph costs more than it saves
     eval_model = model if procs.device.type == "cpu" else compiled
     state = LoopState(pretrained_from=pretrained_from)
     if ckpt is not None:  # optimizer, scaler, this process's RNG, sampler position, and the loop state
@@ -242,7 +246,7 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     Returns (metrics, skipped, flags). `metrics` are scalar tensors left on the device (nothing waits
     for them here); each is averaged over the updates between training lines, printed, written to
     metrics.jsonl and sent to wandb: a new metric is one more entry. Gradients are synced across
-    processes on the last micro-batch only. A non-finite loss skips the update; so does a non-finite
+    processes on the last micro-batch only (FSDP: after each, unless fsdp_sync_once). A non-finite loss skips the update; so does a non-finite
     gradient norm, except in float16, where inf gradients are the GradScaler's business (it skips and
     lowers its scale). One tiny all-reduce makes every rank agree on skipping and on `flags` (stop,
     save): any rank's True is everyone's. The next batch is drawn while the device works on this one.
@@ -251,7 +255,7 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     loss_sum = torch.zeros((), device=procs.device)
     for i, (x, y) in enumerate(run.batches.current):
         last = i == len(run.batches.current) - 1  # DDP syncs gradients once, on the last (FSDP on each)
-        with model.no_sync() if isinstance(model, DDP) and not last else contextlib.nullcontext():
+        with gradient_sync(model, last, run.cfg.fsdp_sync_once):  # (or on the last, with fsdp_sync_once)
             with autocast(procs.device, procs.dtype):
                 _, loss = model(x, y)
                 loss = loss / plan.loss_divisor(x.size(0))  # a micro-batch's part of the global mean

@@ -47,8 +47,27 @@ def check_torch() -> None:
                         f"upgrade torch, or use --parallel=ddp")
 
 
+def block_precision(dtype: torch.dtype):
+    """The blocks' MixedPrecisionPolicy for a run computing in `dtype`: under bf16, parameters gathered
+    and used in bf16 (half of float32's all-gather traffic, and no bf16 copy of them for autocast to
+    keep), gradients reduce-scattered and accumulated in float32; the float32 master weights stay the
+    sharded ones, which the optimizer steps. The blocks' inputs are not cast: the residual stream stays
+    float32, as in one process. Other precisions: FSDP's default (parameters as they are, float32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if dtype != torch.bfloat16:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
 def shard_model(model: torch.nn.Module, procs) -> None:
-    """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest)."""
+    """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest).
+
+    Autocast (device.autocast, around every forward) still chooses each op's precision: matmuls in
+    bf16 (for the blocks' bf16 parameters a no-op cast; the root's float32 head is cast per forward),
+    norms, softmax and the loss in float32. The root unit keeps float32 parameters (block_precision
+    is for the blocks): its token embedding is where the float32 residual stream starts, and it is a
+    few percent of the parameters of a large model."""
     check_torch()
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -58,7 +77,7 @@ def shard_model(model: torch.nn.Module, procs) -> None:
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(procs.device.type, (procs.world_size,))
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=block_precision(procs.dtype))
     fully_shard(model, mesh=mesh)  # embeddings, final norm and the (tied) head: one unit
     for module in model.modules():
         if hasattr(module, "set_force_sum_reduction_for_comms"):  # an FSDP unit

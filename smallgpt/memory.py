@@ -68,7 +68,7 @@ def size(n_bytes: float) -> str:
 
 
 def plan_memory(model, optimizer: str, micro_batch: int, block_size: int, dtype: torch.dtype, world_size: int = 1,
-                sharded: bool = False, checkpointing: bool = False) -> MemoryPlan:
+                sharded: bool = False, checkpointing: bool = False, sync_once: bool = False) -> MemoryPlan:
     """The memory plan of training `model` (a GPT, on any device, even the meta device) one update at a time."""
     config = model.config
     kinds = model.parameter_kinds()

@@ -27,6 +27,7 @@ networks" (2024). Written here from the description, not copied.
 import torch
 
 from smallgpt.device import cpu_has_bf16_units
+from smallgpt.fsdp import is_sharded, local
 
 # Quintic Newton-Schulz coefficients (a, b, c): X <- a X + b (X X^T) X + c (X X^T)^2 X. Chosen (by
 # the Muon authors) to push singular values in (0, 1] quickly towards ~1 (they land in about
@@ -126,16 +127,20 @@ class MuonAdamW(torch.optim.Optimizer):
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
+        dtype = self.ns_dtype or newton_schulz_dtype(params[0].device.type)
+        first_owner = 0  # sharded: who orthogonalizes the next matrix (round robin over every shape)
         for (rows, cols), members in by_shape.items():  # same-shaped matrices orthogonalized as one stack
-            # sharded (FSDP) matrices are gathered whole: orthogonalization needs every row; each
-            # process then keeps the rows of its own shard of the update
-            updates = orthogonalize(torch.stack([whole(directions[i]) for i in members]), group["ns_steps"],
-                                    dtype=self.ns_dtype)
-            updates = [shard_like(u, params[i]) for i, u in zip(members, updates.unbind(0))]
+            stack = [directions[i] for i in members]
+            if is_sharded(stack[0]):
+                updates = orthogonalize_shared(stack, group["ns_steps"], dtype, first_owner)
+                first_owner += len(members)
+            else:
+                updates = orthogonalize(torch.stack(stack), group["ns_steps"], dtype=dtype).unbind(0)
             # an orthogonal (rows x cols) update has RMS 1/sqrt(max dim); the factor makes tall and
             # wide matrices move by comparable amounts per step
             scale = max(1.0, rows / cols) ** 0.5
-            torch._foreach_add_([params[i] for i in members], updates, alpha=-lr * scale)
+            torch._foreach_add_([local(params[i]) for i in members], [u.to(params[i].dtype) for i, u in
+                                                                       zip(members, updates)], alpha=-lr * scale)
 
     def _adamw_step(self, group):
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -168,18 +173,50 @@ class MuonAdamW(torch.optim.Optimizer):
             torch._foreach_addcdiv_(members, exp_avgs, denoms, value=-lr / bias1)
 
 
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded (DTensor) matrix gathered whole on every process (a collective); a plain one as it is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+def orthogonalize_shared(directions: list, steps: int, dtype: torch.dtype, first_owner: int = 0) -> list:
+    """orthogonalize() of same-shaped matrices sharded by rows over the processes (FSDP's DTensors), each
+    matrix orthogonalized once, by one process: this process's rows of each result, in `dtype`.
 
+    Matrix j belongs to rank (first_owner + j) % world. One all-to-all sends every process's rows of
+    each matrix to its owner, which orthogonalizes its matrices as one stack; a second sends each
+    process its rows of every result. Both carry `dtype` (the iteration's first step casts to it, so
+    casting before sending changes nothing): per process about 2 x (its shard of the matrices) each
+    way, where gathering every matrix whole on every process moved the world size times more and
+    repeated every orthogonalization on every process. The result equals orthogonalize() on the whole
+    stack, matrix by matrix.
+    """
+    import torch.distributed as dist
 
-def shard_like(update: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The whole `update` cut like the sharded `param` (this process's rows); unchanged for a plain param."""
-    if not hasattr(param, "device_mesh"):
-        return update
-    from torch.distributed.tensor import distribute_tensor
+    group = directions[0].device_mesh.get_group()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows, cols = directions[0].shape
+    per_rank = -(-rows // world)  # Shard(0) cuts rows as torch.chunk does: the last ranks may get fewer, or none
+    counts = [max(0, min(per_rank, rows - r * per_rank)) for r in range(world)]
+    owners = [(first_owner + j) % world for j in range(len(directions))]
+    mine = [j for j, owner in enumerate(owners) if owner == rank]
+    shards = [local(d).to(dtype) for d in directions]
+    assert all(s.shape == (counts[rank], cols) for s in shards), "expected Shard(0) placements"
 
-    return distribute_tensor(update, param.device_mesh, param.placements, src_data_rank=None)  # no communication
+    # to the owners: for each owner in turn, this process's rows of the matrices it owns
+    send = torch.cat([shards[j].flatten() for owner in range(world) for j in range(len(owners)) if owners[j] == owner]
+                     + [shards[0].new_empty(0)])
+    send_sizes = [sum(counts[rank] * cols for j in range(len(owners)) if owners[j] == owner) for owner in range(world)]
+    receive_sizes = [len(mine) * counts[source] * cols for source in range(world)]
+    received = send.new_empty(sum(receive_sizes))
+    dist.all_to_all_single(received, send, receive_sizes, send_sizes, group=group)
+    parts = [block.view(len(mine), counts[source], cols) for source, block in enumerate(received.split(receive_sizes))]
+    results = orthogonalize(torch.cat(parts, dim=1), steps, dtype=dtype) if mine else received.new_empty(0, rows, cols)
+
+    # back: to each process its rows of every result this process computed
+    pieces = results.split(counts, dim=1)  # (len(mine), counts[r], cols) per rank r
+    send = torch.cat([piece.flatten() for piece in pieces])
+    send_sizes = [piece.numel() for piece in pieces]
+    receive_sizes = [owners.count(source) * counts[rank] * cols for source in range(world)]
+    received = send.new_empty(sum(receive_sizes))
+    dist.all_to_all_single(received, send, receive_sizes, send_sizes, group=group)
+    from_owner = [iter(block.view(owners.count(source), counts[rank], cols).unbind(0))
+                  for source, block in enumerate(received.split(receive_sizes))]
+    return [next(from_owner[owner]) for owner in owners]  # in the order of `directions`
 
 
 def muon_param_groups(model, cfg) -> list[dict]:

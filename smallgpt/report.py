@@ -97,7 +97,8 @@ def describe(run, state) -> None:
     arithmetic, model size, data, when a time budget ends it; and, on a CPU, a warning when its updates
     or evaluations will be slow."""
     procs, plan, model, cfg = run.procs, run.plan, run.model, run.cfg
-    compiled = getattr(run.train_model, "module", run.train_model) is not model  # (DDP wraps the compiled model)
+    # DDP wraps the compiled model; FSDP's is compiled piece by piece (GPT.compile_pieces)
+    compiled = getattr(run.train_model, "module", run.train_model) is not model or model.pieces_compiled
     micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
         f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
     print0(f"device {procs.device}, dtype {str(procs.dtype).removeprefix('torch.')}, {procs.world_size} "
