@@ -246,10 +246,11 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     Returns (metrics, skipped, flags). `metrics` are scalar tensors left on the device (nothing waits
     for them here); each is averaged over the updates between training lines, printed, written to
     metrics.jsonl and sent to wandb: a new metric is one more entry. Gradients are synced across
-    processes on the last micro-batch only (FSDP: after each, unless fsdp_sync_once). A non-finite loss skips the update; so does a non-finite
-    gradient norm, except in float16, where inf gradients are the GradScaler's business (it skips and
-    lowers its scale). One tiny all-reduce makes every rank agree on skipping and on `flags` (stop,
-    save): any rank's True is everyone's. The next batch is drawn while the device works on this one.
+    processes on the last micro-batch only (FSDP: after each, unless fsdp_sync_once). A non-finite loss
+    or gradient norm skips the update (in float16 the GradScaler, which would skip it too, lowers its
+    scale), and counts toward max_nonfinite_steps. One tiny all-reduce makes every rank agree on skipping
+    and on `flags` (stop, save): any rank's True is everyone's. The next batch is drawn while the device
+    works on this one.
     """
     procs, plan, model = run.procs, run.plan, run.train_model
     loss_sum = torch.zeros((), device=procs.device)
@@ -264,9 +265,7 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     state.sampler = run.batches.advance()
     run.scaler.unscale_(run.optimizer)  # true gradients for the norm (a no-op outside float16)
     grad_norm = fsdp.whole(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip or math.inf))
-    bad = ~torch.isfinite(loss_sum)
-    if not run.scaler.is_enabled():  # in float16 the GradScaler skips inf gradients itself
-        bad |= ~torch.isfinite(grad_norm)
+    bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm)  # (float16: what the GradScaler would skip)
     skipped, *flags = any_rank([bool(bad), *flags], procs)
     if not skipped:
         run.scaler.step(run.optimizer)
@@ -434,8 +433,7 @@ def train_loop(run: Run, state: LoopState) -> None:
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
         if skipped:
             report_skipped(run, state, metrics["loss"].item(), nonfinite_in_a_row)
-        else:
-            window.add(metrics)
+        window.add(metrics, skipped)
         if first_update:  # compilation and warm-up are not the speed of training
             first_update = False
             window.restart(state.iter_num)

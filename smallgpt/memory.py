@@ -34,6 +34,8 @@ import torch
 
 from smallgpt.distributed import any_rank
 from smallgpt.errors import UserError
+from smallgpt.fsdp import block_precision
+from smallgpt.optim import newton_schulz_dtype
 
 GB = 1e9
 RESERVE = 0.10  # of the free memory, kept for what the plan does not count
@@ -41,7 +43,7 @@ RESERVE = 0.10  # of the free memory, kept for what the plan does not count
 
 @dataclasses.dataclass
 class MemoryPlan:
-    """Bytes per process, and what they were planned for."""
+    """Bytes per process, and what they were planned for (the module docstring says what each counts)."""
     weights: float
     gradients: float
     optimizer: float
@@ -50,16 +52,24 @@ class MemoryPlan:
     world_size: int
     sharded: bool
     checkpointing: bool
+    copies: float = 0.0  # autocast's low-precision weight copies
+    gathered: float = 0.0  # FSDP: units gathered whole, and a unit's gradient on its way to the reduce-scatter
+    step: float = 0.0  # the optimizer step's temporaries (Muon's directions and stacks)
+    step_gradients: float = 0.0  # the gradients while the optimizer steps (sharded again with sync_once)
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        """The larger of the two peaks: the end of a forward (or the start of its backward), and the step."""
+        during = self.gradients + self.activations + self.copies + self.gathered
+        return self.weights + self.optimizer + max(during, (self.step_gradients or self.gradients) + self.step)
 
     def line(self) -> str:
         how = f"{'fsdp' if self.sharded else 'ddp' if self.world_size > 1 else 'one process'}" + \
               (", activation checkpointing" if self.checkpointing else "")
+        extras = [(self.copies, "weight copies"), (self.gathered, "gathered units"), (self.step, "optimizer step")]
         return (f"weights {size(self.weights)}, gradients {size(self.gradients)}, optimizer {size(self.optimizer)}, "
-                f"activations {size(self.activations)} (micro-batch {self.micro_batch}; {how}): {size(self.total)}")
+                f"activations {size(self.activations)}" + "".join(f", {name} {size(n)}" for n, name in extras if n)
+                + f" (micro-batch {self.micro_batch}; {how}): {size(self.total)}")
 
 
 def size(n_bytes: float) -> str:
@@ -68,23 +78,40 @@ def size(n_bytes: float) -> str:
 
 
 def plan_memory(model, optimizer: str, micro_batch: int, block_size: int, dtype: torch.dtype, world_size: int = 1,
-                sharded: bool = False, checkpointing: bool = False, sync_once: bool = False) -> MemoryPlan:
-    """The memory plan of training `model` (a GPT, on any device, even the meta device) one update at a time."""
+                sharded: bool = False, checkpointing: bool = False, sync_once: bool = False,
+                device_type: str = "cuda") -> MemoryPlan:
+    """The memory plan of training `model` (a GPT, on any device, even the meta device) one update at a time.
+    sync_once: FSDP's gradients reduce-scattered once per update (train.py's fsdp_sync_once, with several
+    micro-batches); device_type: where it runs (the precision of Muon's iteration depends on it)."""
     config = model.config
     kinds = model.parameter_kinds()
     n_params = sum(p.numel() for kind in kinds.values() for p in kind)
     shards = world_size if sharded else 1
     weights = 4 * n_params / shards
-    if sharded:  # two units whole at a time (the one running and the one prefetched), and their gradients
-        units = [sum(p.numel() for p in block.parameters()) for block in model.transformer.h]
-        units.append(n_params - sum(units))  # the root unit
-        weights += 2 * 4 * max(units)
-    gradients = 4 * n_params / shards
+    gradients = step_gradients = 4 * n_params / shards
+    matrices = sum(p.numel() for p in kinds["matrix"])
     if optimizer == "muon":
-        matrices = sum(p.numel() for p in kinds["matrix"])
         optimizer_bytes = (4 * matrices + 8 * (n_params - matrices)) / shards
     else:
         optimizer_bytes = 8 * n_params / shards
+    head = config.padded_vocab_size * config.n_embd  # the output head's weight (tied or not)
+    low = dtype in (torch.bfloat16, torch.float16)
+    gathered_bf16 = sharded and block_precision(dtype).param_dtype == torch.bfloat16
+    copies = 2 * (head + (0 if gathered_bf16 else matrices)) if low else 0
+    gathered = 0
+    if sharded:
+        units = [sum(p.numel() for p in block.parameters()) for block in model.transformer.h]
+        root = n_params - sum(units)
+        unit_bytes = 2 if gathered_bf16 else 4
+        # the root whole from forward to the end of backward, with its whole gradient; two blocks at a time
+        # (the one running and the one prefetched); one block's gradient, and its float32 reduce-scatter input
+        gathered = 8 * root + max(units) * (2 * unit_bytes + unit_bytes + 4)
+        if sync_once:  # every unit's gradient whole, in float32, until the last micro-batch reduce-scatters it
+            gradients = 4 * n_params
+    step = 0.0
+    if optimizer == "muon":
+        step = 4 * matrices / shards + max(muon_stack_bytes(shape, count, shards, newton_schulz_dtype(device_type))
+                                           for shape, count in matrix_shapes(kinds["matrix"]).items())
     a = 4 if dtype == torch.float32 else 2
     C, L = config.n_embd, config.n_layer
     F = model.transformer.h[0].mlp.c_fc.weight.shape[0] * (2 if config.mlp == "swiglu" else 1)
@@ -93,10 +120,35 @@ def plan_memory(model, optimizer: str, micro_batch: int, block_size: int, dtype:
         + (8 * C if config.norm == "rmsnorm" else 0)  # rotated q and k; normed q and k; RMSNorm's normalized x
     per_block = tokens * (8 * C + a * (7 * C + 2 * F) + extra)
     blocks = L * 4 * tokens * C + per_block if checkpointing else L * per_block
-    head = tokens * config.padded_vocab_size * (a + 8)
-    activations = blocks + head + 3 * 4 * tokens * C  # and the embedding's output, the final norm's in and out
-    return MemoryPlan(weights, gradients, optimizer_bytes, activations, micro_batch, world_size, sharded,
-                      checkpointing)
+    head_activations = tokens * config.padded_vocab_size * (a + 8)
+    activations = blocks + head_activations + 3 * 4 * tokens * C  # and the embedding's output, the final norm's in and out
+    return MemoryPlan(weights, gradients, optimizer_bytes, activations, micro_batch, world_size, sharded, checkpointing,
+                      copies, gathered, step, step_gradients)
+
+
+def matrix_shapes(matrices) -> dict[tuple, int]:
+    """How many of the matrices have each shape (Muon orthogonalizes each shape as one stack)."""
+    shapes: dict[tuple, int] = {}
+    for p in matrices:
+        shapes[tuple(p.shape)] = shapes.get(tuple(p.shape), 0) + 1
+    return shapes
+
+
+def muon_stack_bytes(shape: tuple, count: int, shards: int, ns_dtype: torch.dtype) -> float:
+    """The most that Muon's orthogonalization of `count` matrices of `shape` holds at once (optim.py).
+    One process: the float32 stack, its Newton-Schulz iterate (the old and the new one, in ns_dtype) or
+    the iterate and its float32 result. Sharded: this process's matrices whole (the received rows, the
+    iterate, the old and the new one: 3 in ns_dtype) or its shards of all of them (sent and received,
+    then turned into float32 updates). Both: the Gram matrices of the iteration (two per matrix)."""
+    rows, cols = shape
+    ns = torch.finfo(ns_dtype).bits // 8
+    grams = 2 * min(rows, cols) ** 2 * ns
+    if shards == 1:
+        result = 4 if ns != 4 else 0  # (a float32 iterate is its own result)
+        return count * (rows * cols * (4 + max(2 * ns, ns + result)) + grams)
+    mine = -(-count // shards)  # the most matrices one process owns
+    my_rows = -(-rows // shards) * cols * count  # this process's rows of all of them
+    return max(mine * (3 * rows * cols * ns + grams), my_rows * (ns + 4), 2 * my_rows * ns)
 
 
 def check_fits(plan: MemoryPlan, free: float, retry) -> None:
@@ -139,7 +191,7 @@ def check_fits(plan: MemoryPlan, free: float, retry) -> None:
 def check_memory(model, procs, **settings) -> MemoryPlan:
     """Print this process's memory plan (plan_memory's settings) and, on a CUDA device, stop with one
     line when it does not fit the free memory there (every process agrees, so none waits on the others)."""
-    plan = plan_memory(model, **settings)
+    plan = plan_memory(model, **settings, device_type=procs.device.type)
     free = torch.cuda.mem_get_info(procs.device)[0] if procs.device.type == "cuda" else None
     where = f"rank {procs.rank} ({procs.device})" if procs.ddp else str(procs.device)
     line = f"memory plan, {where}: {plan.line()}" + (f", {size(free)} free" if free is not None else "")
@@ -148,7 +200,7 @@ def check_memory(model, procs, **settings) -> MemoryPlan:
     problem = None
     if free is not None:
         try:
-            check_fits(plan, free, lambda **changes: plan_memory(model, **{**settings, **changes}))
+            check_fits(plan, free, lambda **changes: plan_memory(model, **{**settings, **changes}, device_type="cuda"))
         except UserError as e:
             problem = str(e)
     if any_rank([problem is not None], procs)[0]:

@@ -141,6 +141,7 @@ class MuonAdamW(torch.optim.Optimizer):
             scale = max(1.0, rows / cols) ** 0.5
             torch._foreach_add_([local(params[i]) for i in members], [u.to(params[i].dtype) for i, u in
                                                                        zip(members, updates)], alpha=-lr * scale)
+            del stack, updates  # before the next shape's: one stack at a time (what the memory plan counts)
 
     def _adamw_step(self, group):
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -193,24 +194,29 @@ def orthogonalize_shared(directions: list, steps: int, dtype: torch.dtype, first
     per_rank = -(-rows // world)  # Shard(0) cuts rows as torch.chunk does: the last ranks may get fewer, or none
     counts = [max(0, min(per_rank, rows - r * per_rank)) for r in range(world)]
     owners = [(first_owner + j) % world for j in range(len(directions))]
-    mine = [j for j, owner in enumerate(owners) if owner == rank]
-    shards = [local(d).to(dtype) for d in directions]
-    assert all(s.shape == (counts[rank], cols) for s in shards), "expected Shard(0) placements"
+    mine = owners.count(rank)
+    assert all(local(d).shape == (counts[rank], cols) for d in directions), "expected Shard(0) placements"
 
-    # to the owners: for each owner in turn, this process's rows of the matrices it owns
-    send = torch.cat([shards[j].flatten() for owner in range(world) for j in range(len(owners)) if owners[j] == owner]
-                     + [shards[0].new_empty(0)])
-    send_sizes = [sum(counts[rank] * cols for j in range(len(owners)) if owners[j] == owner) for owner in range(world)]
-    receive_sizes = [len(mine) * counts[source] * cols for source in range(world)]
+    # to the owners: for each owner in turn, this process's rows of the matrices it owns (buffers are
+    # dropped as soon as they are used: the memory plan counts the largest set alive at once)
+    send = torch.cat([local(directions[j]).to(dtype).flatten() for owner in range(world)
+                      for j in range(len(owners)) if owners[j] == owner]
+                     + [torch.empty(0, dtype=dtype, device=directions[0].device)])
+    send_sizes = [owners.count(owner) * counts[rank] * cols for owner in range(world)]
+    receive_sizes = [mine * counts[source] * cols for source in range(world)]
     received = send.new_empty(sum(receive_sizes))
     dist.all_to_all_single(received, send, receive_sizes, send_sizes, group=group)
-    parts = [block.view(len(mine), counts[source], cols) for source, block in enumerate(received.split(receive_sizes))]
-    results = orthogonalize(torch.cat(parts, dim=1), steps, dtype=dtype) if mine else received.new_empty(0, rows, cols)
+    del send
+    stack = torch.cat([block.view(mine, counts[source], cols) for source, block in
+                       enumerate(received.split(receive_sizes))], dim=1)  # (mine, rows, cols), whole
+    del received
+    results = orthogonalize(stack, steps, dtype=dtype) if mine else stack
+    del stack
 
     # back: to each process its rows of every result this process computed
-    pieces = results.split(counts, dim=1)  # (len(mine), counts[r], cols) per rank r
-    send = torch.cat([piece.flatten() for piece in pieces])
-    send_sizes = [piece.numel() for piece in pieces]
+    send = torch.cat([piece.flatten() for piece in results.split(counts, dim=1)])
+    del results
+    send_sizes = [mine * count * cols for count in counts]
     receive_sizes = [owners.count(source) * counts[rank] * cols for source in range(world)]
     received = send.new_empty(sum(receive_sizes))
     dist.all_to_all_single(received, send, receive_sizes, send_sizes, group=group)
