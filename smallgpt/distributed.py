@@ -4,6 +4,7 @@
     print0("printed by the first process only")
     skip, stop = any_rank([skip, stop], procs)          # one all-reduce: True where any rank said True
     elapsed, spent = rank0_values([elapsed, spent], procs)  # every rank takes rank 0's numbers
+    with gradient_sync(model, last_micro_batch): loss.backward()   # DDP's no_sync, FSDP's one sync per update
     shutdown(procs)
 
 Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set) each process joins one process group: NCCL on

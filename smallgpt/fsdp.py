@@ -13,7 +13,13 @@ final norm and the output head, which is tied to the token embedding and so must
 Every parameter becomes a DTensor sharded by rows (dim 0) over the processes; the optimizer, built
 after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
 reduce-scatters its gradients (so they stay sharded: DDP's one all-reduce per update would need the
-full gradients on every process).
+full gradients on every process), or, with fsdp_sync_once, only the last does (distributed.gradient_sync):
+one reduce-scatter per update, for a whole float32 gradient held on every process meanwhile.
+
+In bf16 the blocks' parameters are gathered and used in bf16 (block_precision: FSDP's
+MixedPrecisionPolicy), their gradients reduced in float32. Elsewhere in the package: torch.compile
+compiles each block and the steps around them apart (GPT.compile_pieces; FSDP's hooks run between the
+pieces), and Muon orthogonalizes each sharded matrix on one process (optim.orthogonalize_shared).
 
 A checkpoint stays the file one process writes: `full_state` gathers one tensor at a time (every rank
 takes part; rank 0 keeps a CPU copy, so no device ever holds more than one whole tensor extra), and
@@ -66,8 +72,8 @@ def shard_model(model: torch.nn.Module, procs) -> None:
     Autocast (device.autocast, around every forward) still chooses each op's precision: matmuls in
     bf16 (for the blocks' bf16 parameters a no-op cast; the root's float32 head is cast per forward),
     norms, softmax and the loss in float32. The root unit keeps float32 parameters (block_precision
-    is for the blocks): its token embedding is where the float32 residual stream starts, and it is a
-    few percent of the parameters of a large model."""
+    is for the blocks): its token embedding is where the float32 residual stream starts, and it is
+    5% of GPT-2 XL's parameters (a third of GPT-2 small's)."""
     check_torch()
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

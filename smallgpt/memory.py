@@ -5,14 +5,15 @@
     print(plan.line())   # weights 0.06 GB, gradients 0.06 GB, optimizer 0.12 GB, activations 9.97 GB, ...
     check_fits(plan, free_bytes, retry)   # a one-line error naming the keys that would make it fit
 
-    python -m smallgpt.memory     # the README's table: GPT-2 124M to 1.5B, one GPU and eight, ddp / fsdp / checkpointing
+    python -m smallgpt.memory     # the README's table: GPT-2 124M to 1.5B, one GPU and eight, ddp / fsdp /
+                                  # checkpointing; then config/gpt2.toml's and config/gpt2_xl.toml's plans per GPU
 
-What each process holds during an update, in bytes:
-  weights      4 per parameter (float32 master weights: autocast computes in bf16/fp16 from them),
-               divided by the processes under FSDP, plus the two whole units FSDP gathers at a time
-  gradients    4 per parameter, divided by the processes under FSDP (DDP's buckets are views of them)
+What each process holds during an update, in bytes (N parameters, S processes under FSDP, else S = 1):
+  weights      4N/S: float32 master weights (the optimizer steps them; compute uses copies or gathers)
+  gradients    4N/S (DDP's buckets are views of them); with fsdp_sync_once 4N: FSDP adds each unit's
+               gradient up whole, in float32, until the last micro-batch reduce-scatters it
   optimizer    AdamW: 8 per parameter (two moments); Muon: 4 per hidden-matrix entry (momentum) and
-               AdamW's 8 for the rest; divided by the processes under FSDP
+               AdamW's 8 for the rest; divided by S
   activations  what autograd keeps for backward, for one micro-batch of B sequences of T tokens:
                per block  B*T*(8*C + a*(7*C + 2*F))  (C: n_embd, F: the MLP's hidden width, a: 2 bytes
                           under bf16/fp16 autocast, 4 in float32; 8*C: the float32 residual stream
@@ -23,8 +24,21 @@ What each process holds during an update, in bytes:
                one block's activations at a time
                the head  B*T*V*(a + 8)  (V: the padded vocabulary; the logits, their float32 copy and
                           the log-softmax cross-entropy keeps)
-The estimate is tested against measured memory (tests/test_memory.py); fragmentation, the CUDA context
-and the evaluation's batches are not in it, so check_fits keeps 10% of the free memory in reserve.
+  weight copies  under bf16/fp16 autocast, 2 per matmul weight (the blocks' matrices and the head):
+               autocast's copies, kept for backward; under FSDP in bf16 only the head's (the blocks'
+               weights are gathered in bf16: fsdp.block_precision)
+  gathered units  FSDP: the root unit whole with its whole gradient (8 per parameter: it is float32 and
+               stays gathered from forward to the end of backward), two blocks whole at a time (the one
+               running and the one prefetched, 2 per parameter in bf16, else 4), one block's gradient
+               in that precision and its float32 reduce-scatter input
+  optimizer step  Muon: Nesterov's directions (4 per matrix entry, /S) and the largest shape's stack
+               being orthogonalized (muon_stack_bytes)
+The total is the larger of two peaks: weights, optimizer state, gradients, activations, weight copies
+and gathered units at the end of a forward; weights, optimizer state, (sharded) gradients and the
+step's temporaries during the step. tests/test_fsdp.py checks it against measured memory on a CPU
+(within 10% for a model whose weights dominate: one process with AdamW and with Muon, FSDP on 2
+processes; within 25-30% for one whose activations dominate); fragmentation, the CUDA context and the
+evaluation's batches are not in it, so check_fits keeps 10% of the free memory in reserve.
 """
 
 import dataclasses
@@ -224,6 +238,40 @@ def gpt2_table() -> str:
     return "\n".join(rows)
 
 
+def config_plans(gpus: int = 8) -> list[str]:
+    """The plan per GPU of config/gpt2.toml and config/gpt2_xl.toml on `gpus` GPUs in bf16, as each config sets
+    its keys (parallel, batch_size, tokens_per_update, checkpointing), then with one key changed."""
+    import tomllib
+    from pathlib import Path
+
+    from model import GPT, GPTConfig
+    from smallgpt.data import plan_batches
+
+    lines = []
+    for name, changes in (("gpt2", [{}, {"parallel": "fsdp"}, {"optimizer": "muon"}]),
+                          ("gpt2_xl", [{}, {"optimizer": "muon"}, {"fsdp_sync_once": True}])):
+        path = Path(__file__).resolve().parents[1] / "config" / f"{name}.toml"
+        if not path.is_file():  # (installed without the checkout's configs)
+            continue
+        keys = tomllib.loads(path.read_text())
+        shape = {k: v for k, v in keys.pop("model").items() if k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
+        with torch.device("meta"):
+            model = GPT(GPTConfig(**shape), init_weights=False)
+        block_size = shape["block_size"]
+        micro = plan_batches(keys["tokens_per_update"] // block_size, keys["batch_size"], block_size, 0, gpus).micro_sizes
+        for change in changes:
+            cfg = {"parallel": "ddp", "optimizer": "adamw", "activation_checkpointing": False, "fsdp_sync_once": False,
+                   **keys, **change}
+            plan = plan_memory(model, cfg["optimizer"], max(micro), block_size, torch.bfloat16, gpus,
+                               cfg["parallel"] == "fsdp", cfg["activation_checkpointing"],
+                               cfg["fsdp_sync_once"] and cfg["parallel"] == "fsdp" and len(micro) > 1)
+            given = " ".join(f"--{k}={str(v).lower()}" for k, v in change.items())
+            lines.append(f"config/{name}.toml {given}".strip() + f", {len(micro)} micro-batches: {plan.line()}")
+    return lines
+
+
 if __name__ == "__main__":
     print(gpt2_table())
+    print("\nPer GPU on 8 GPUs, bf16:")
+    print("\n".join(config_plans()))
     sys.exit(0)

@@ -16,6 +16,9 @@ weight decay on 2-D weights only; this is GPT.configure_optimizers.
     learning rates and learn faster per token than AdamW.
   * AdamW for everything else: token/position embeddings, the output head, norm gains and biases
     (Muon is only defined for matrices that act on hidden vectors).
+Under FSDP (parameters sharded by rows) each matrix is orthogonalized once, by one process, and each
+process gets its rows of the result back (orthogonalize_shared: two all-to-alls per shape); one
+process, or DDP's whole copies, orthogonalize every matrix where they are.
 Both kinds live in one torch Optimizer so that checkpoints, GradScaler and the LR schedule see one
 object. The schedule sets every group's lr to (scheduled learning_rate) * group["lr_scale"]; Muon
 groups carry lr_scale = muon_lr / learning_rate, so both follow the same warmup and decay shape.
