@@ -10,7 +10,8 @@ autocast on a CPU, where matmuls around a float32 softmax or float32 flash atten
 (`causal_attention`). Generation keeps a key/value cache, so each new token costs one position, not
 the whole context.
 
-This file imports nothing from the project: copy it alone into another codebase.
+This file imports nothing from the project: copy it alone into another codebase. `compile_pieces()`
+compiles it block by block, for wrappers that hook every block (FSDP); `torch.compile(model)` otherwise.
 
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))

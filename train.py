@@ -204,9 +204,10 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     seqs = sequences_per_update(cfg.tokens_per_update, block_size, cfg.gradient_accumulation_steps * cfg.batch_size)
     plan = plan_batches(seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
     sharded = procs.ddp and cfg.parallel == "fsdp"
+    # the memory plan, before anything big goes to the device
     check_memory(model, procs, optimizer=cfg.optimizer, micro_batch=max(plan.micro_sizes), block_size=block_size,
-                 dtype=procs.dtype, world_size=procs.world_size, sharded=sharded, checkpointing=cfg.activation_checkpointing,
-                 sync_once=cfg.fsdp_sync_once and len(plan.micro_sizes) > 1)  # before anything big goes to the device
+                 dtype=procs.dtype, world_size=procs.world_size, sharded=sharded,
+                 checkpointing=cfg.activation_checkpointing, sync_once=cfg.fsdp_sync_once and len(plan.micro_sizes) > 1)
     model.to(procs.device)
     if sharded:
         fsdp.shard_model(model, procs)  # before the optimizer, which keeps its state in the same shards

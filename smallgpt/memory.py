@@ -69,13 +69,14 @@ class MemoryPlan:
     copies: float = 0.0  # autocast's low-precision weight copies
     gathered: float = 0.0  # FSDP: units gathered whole, and a unit's gradient on its way to the reduce-scatter
     step: float = 0.0  # the optimizer step's temporaries (Muon's directions and stacks)
-    step_gradients: float = 0.0  # the gradients while the optimizer steps (sharded again with sync_once)
+    step_gradients: float | None = None  # the gradients while the optimizer steps, if not `gradients` (sync_once)
 
     @property
     def total(self) -> float:
         """The larger of the two peaks: the end of a forward (or the start of its backward), and the step."""
         during = self.gradients + self.activations + self.copies + self.gathered
-        return self.weights + self.optimizer + max(during, (self.step_gradients or self.gradients) + self.step)
+        stepping = (self.gradients if self.step_gradients is None else self.step_gradients) + self.step
+        return self.weights + self.optimizer + max(during, stepping)
 
     def line(self) -> str:
         how = f"{'fsdp' if self.sharded else 'ddp' if self.world_size > 1 else 'one process'}" + \
@@ -135,7 +136,7 @@ def plan_memory(model, optimizer: str, micro_batch: int, block_size: int, dtype:
     per_block = tokens * (8 * C + a * (7 * C + 2 * F) + extra)
     blocks = L * 4 * tokens * C + per_block if checkpointing else L * per_block
     head_activations = tokens * config.padded_vocab_size * (a + 8)
-    activations = blocks + head_activations + 3 * 4 * tokens * C  # and the embedding's output, the final norm's in and out
+    activations = blocks + head_activations + 3 * 4 * tokens * C  # the embedding's output, the final norm's in and out
     return MemoryPlan(weights, gradients, optimizer_bytes, activations, micro_batch, world_size, sharded, checkpointing,
                       copies, gathered, step, step_gradients)
 
@@ -205,7 +206,8 @@ def check_fits(plan: MemoryPlan, free: float, retry) -> None:
 def check_memory(model, procs, **settings) -> MemoryPlan:
     """Print this process's memory plan (plan_memory's settings) and, on a CUDA device, stop with one
     line when it does not fit the free memory there (every process agrees, so none waits on the others)."""
-    plan = plan_memory(model, **settings, device_type=procs.device.type)
+    settings["device_type"] = procs.device.type
+    plan = plan_memory(model, **settings)
     free = torch.cuda.mem_get_info(procs.device)[0] if procs.device.type == "cuda" else None
     where = f"rank {procs.rank} ({procs.device})" if procs.ddp else str(procs.device)
     line = f"memory plan, {where}: {plan.line()}" + (f", {size(free)} free" if free is not None else "")
@@ -214,7 +216,7 @@ def check_memory(model, procs, **settings) -> MemoryPlan:
     problem = None
     if free is not None:
         try:
-            check_fits(plan, free, lambda **changes: plan_memory(model, **{**settings, **changes}, device_type="cuda"))
+            check_fits(plan, free, lambda **changes: plan_memory(model, **{**settings, **changes}))
         except UserError as e:
             problem = str(e)
     if any_rank([problem is not None], procs)[0]:
@@ -254,11 +256,13 @@ def config_plans(gpus: int = 8) -> list[str]:
         if not path.is_file():  # (installed without the checkout's configs)
             continue
         keys = tomllib.loads(path.read_text())
-        shape = {k: v for k, v in keys.pop("model").items() if k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
+        shape = {k: v for k, v in keys.pop("model").items()
+                 if k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
         with torch.device("meta"):
             model = GPT(GPTConfig(**shape), init_weights=False)
         block_size = shape["block_size"]
-        micro = plan_batches(keys["tokens_per_update"] // block_size, keys["batch_size"], block_size, 0, gpus).micro_sizes
+        micro = plan_batches(keys["tokens_per_update"] // block_size, keys["batch_size"], block_size, 0,
+                             gpus).micro_sizes
         for change in changes:
             cfg = {"parallel": "ddp", "optimizer": "adamw", "activation_checkpointing": False, "fsdp_sync_once": False,
                    **keys, **change}

@@ -184,10 +184,10 @@ def orthogonalize_shared(directions: list, steps: int, dtype: torch.dtype, first
     Matrix j belongs to rank (first_owner + j) % world. One all-to-all sends every process's rows of
     each matrix to its owner, which orthogonalizes its matrices as one stack; a second sends each
     process its rows of every result. Both carry `dtype` (the iteration's first step casts to it, so
-    casting before sending changes nothing): per process about 2 x (its shard of the matrices) each
-    way, where gathering every matrix whole on every process moved the world size times more and
-    repeated every orthogonalization on every process. The result equals orthogonalize() on the whole
-    stack, matrix by matrix.
+    casting before sending changes nothing). Each process sends and receives about its shard's worth
+    of the matrices, there and back, where gathering every matrix whole on every process received all
+    of them (the world size times more) and repeated every orthogonalization on every process. The
+    result equals orthogonalize() on the whole stack, matrix by matrix.
     """
     import torch.distributed as dist
 

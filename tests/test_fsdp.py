@@ -408,8 +408,8 @@ def measured_and_planned(dataset, tmp_path, name, nproc=1, **overrides) -> list[
     tensors leave the process and the peak is the tensors' own."""
     script = tmp_path / "peak.py"
     script.write_text(PEAK_MEMORY)
-    args = tiny_args(dataset, tmp_path / name, **{"max_iters": 3, "eval_interval": 1000, "eval_iters": 1, "dropout": 0.0,
-                                                  "threads": 1, **overrides})
+    args = tiny_args(dataset, tmp_path / name, **{"max_iters": 3, "eval_interval": 1000, "eval_iters": 1,
+                                                  "dropout": 0.0, "threads": 1, **overrides})
     env = {"PYTHONPATH": str(REPO_ROOT), "MALLOC_MMAP_THRESHOLD_": "131072"}
     if nproc == 1:
         result = subprocess.run([sys.executable, str(script), *args], cwd=REPO_ROOT, env={**os.environ, **env},
@@ -417,7 +417,8 @@ def measured_and_planned(dataset, tmp_path, name, nproc=1, **overrides) -> list[
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         result = run_torchrun(script, *args, nproc=nproc, env=env)
-    plans = dict(re.findall(r"^memory plan, (?:rank (\d) \(cpu\)|cpu): .*\): ([\d.]+ [MG]B)$", result.stdout, re.MULTILINE))
+    plans = dict(re.findall(r"^memory plan, (?:rank (\d) \(cpu\)|cpu): .*\): ([\d.]+ [MG]B)$", result.stdout,
+                            re.MULTILINE))
     peaks = re.findall(r"^rank (\d) peak (\d+), weights in matmuls (.*)$", result.stdout, re.MULTILINE)
     assert len(peaks) == nproc, result.stdout[-2000:]
 
