@@ -117,7 +117,8 @@ def counting_scatters(*args, **kwargs):  # FSDP's reduce-scatters of gradients, 
 
 optim.orthogonalize, dist.reduce_scatter_single = counting, counting_scatters
 train.main(sys.argv[1:])
-print(f"orthogonalized {sum(counted)} matrices, reduce-scattered {len(scatters)} times", flush=True)
+sys.stdout.write(f"orthogonalized {sum(counted)} matrices, reduce-scattered {len(scatters)} times\\n")  # one write
+sys.stdout.flush()
 """
 
 
@@ -184,9 +185,10 @@ def hook(event, state, run):  # after the first update (compiled by then): one m
             _, loss = run.train_model(x, y)
         loss.backward()  # (FSDP's units expect it) and no update: the training is unchanged
         run.optimizer.zero_grad(set_to_none=True)
-        print(f"rank {run.procs.rank}: graphs {counters['stats']['unique_graphs']}, breaks "
-              f"{sum(counters['graph_break'].values())}, frames {counters['frames']['ok']}/"
-              f"{counters['frames']['total']}, eager {eager_ops(prof)}", flush=True)
+        sys.stdout.write(f"rank {run.procs.rank}: graphs {counters['stats']['unique_graphs']}, breaks "
+                         f"{sum(counters['graph_break'].values())}, frames {counters['frames']['ok']}/"
+                         f"{counters['frames']['total']}, eager {eager_ops(prof)}\\n")  # one write: ranks' lines whole
+        sys.stdout.flush()
 
 
 train.main(sys.argv[1:], hook=hook)
@@ -393,8 +395,9 @@ def hook(event, state, run):
         open("/proc/self/clear_refs", "w").write("5")
         start.extend([held(run), status("VmRSS")])
     if event == "update" and state.iter_num == 3:  # updates 2 and 3: forwards, backwards and steps
-        print(f"rank {run.procs.rank} peak {start[0] + status('VmHWM') - start[1]}, weights in matmuls "
-              f"{sorted(str(d) for d in dtypes if d is not None)}", flush=True)
+        sys.stdout.write(f"rank {run.procs.rank} peak {start[0] + status('VmHWM') - start[1]}, weights in matmuls "
+                         f"{sorted(str(d) for d in dtypes if d is not None)}\\n")  # one write: ranks' lines whole
+        sys.stdout.flush()
 
 train.main(sys.argv[1:], hook=hook)
 """
