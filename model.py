@@ -10,7 +10,8 @@ autocast on a CPU, where matmuls around a float32 softmax or float32 flash atten
 (`causal_attention`). Generation keeps a key/value cache, so each new token costs one position, not
 the whole context.
 
-This file imports nothing from the project: copy it alone into another codebase.
+This file imports nothing from the project: copy it alone into another codebase. `compile_pieces()`
+compiles it block by block, for wrappers that hook every block (FSDP); `torch.compile(model)` otherwise.
 
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))
@@ -94,6 +95,13 @@ class GPTConfig:
 
 # ----------------------------------------------------------------------------- blocks
 
+def at_least_as_precise(weight, x):
+    """A norm's gain (or bias) for input x: in float32 when x is float32. A wrapper may hold the gains in
+    bf16 while the residual stream stays float32 (FSDP's mixed precision, see smallgpt/fsdp.py), and a
+    CPU's layer_norm rejects that mix; elsewhere this is the weight as it is."""
+    return weight.float() if weight is not None and x.dtype == torch.float32 else weight
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
 
@@ -103,7 +111,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, at_least_as_precise(self.weight, x),
+                            at_least_as_precise(self.bias, x), 1e-5)
 
 
 class RMSNorm(nn.Module):
@@ -113,8 +122,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # in float32 and back, as torch does anyway for a bf16 input (queries and keys under autocast), but
-        # said: given a bf16 input and float32 weights, rms_norm warns that it cannot use its fused kernel
-        return F.rms_norm(x.float(), self.weight.shape, self.weight, 1e-6).to(x.dtype)
+        # said: given a bf16 input and float32 gains, rms_norm warns that it cannot use its fused kernel
+        # (and FSDP's mixed precision may hold the gain in bf16: at_least_as_precise's case)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), 1e-6).to(x.dtype)
 
 
 def make_norm(config: GPTConfig, ndim: int) -> nn.Module:
@@ -272,6 +282,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.activation_checkpointing = False  # recompute each block in backward (train.py's key of that name)
+        self.pieces_compiled = False  # compile_pieces has run
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
@@ -368,7 +379,29 @@ class GPT(nn.Module):
         With a cache, idx holds the positions [cache.pos, cache.pos + T) and the cache advances.
         segments (B, T), for rows that pack several sequences (conversations): equal ids mark one
         sequence, contiguous; each sees only itself, from position 0, as if it were alone in its row.
+        Three steps around the blocks (embed, add_skip, head) are methods of their own, so that each
+        compiles apart from the blocks where a wrapper's hooks run around every block (compile_pieces).
         """
+        x, rotary, mask = self.embed(idx, cache, segments)
+        skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
+        for i, block in enumerate(self.transformer.h):
+            if self.config.unet_skips and i >= first_skipped:
+                x = self.add_skip(x, skips.pop(), i - first_skipped)  # the mirror block's output
+            if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
+                # keep only the block's input; backward reruns the block (the same dropout masks:
+                # the RNG state is replayed) to get what it needs, so one block's activations at a time
+                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, mask, use_reentrant=False)
+            else:
+                x = block(x, rotary, cache, idx, mask)
+            if self.config.unet_skips and i < self.config.n_layer // 2:
+                skips.append(x)
+        if cache is not None:
+            cache.pos += idx.size(1)
+        return self.head(x, targets)
+
+    def embed(self, idx, cache: KVCache | None = None, segments=None):
+        """The blocks' input (B, T, n_embd) for token ids idx (B, T), the rotary tables (or None), and the
+        attention mask of packed sequences (or None); see forward."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -391,21 +424,15 @@ class GPT(nn.Module):
             rotary = (cos, sin) if segments is None else (cos.unsqueeze(1), sin.unsqueeze(1))
         if self.training:
             x = self.transformer.drop(x)
-        skips, first_skipped = [], self.config.n_layer - self.config.n_layer // 2  # U-net: the second half
-        for i, block in enumerate(self.transformer.h):
-            if self.config.unet_skips and i >= first_skipped:
-                x = x + self.skip_weights[i - first_skipped] * skips.pop()  # the mirror block's output
-            if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
-                # keep only the block's input; backward reruns the block (the same dropout masks:
-                # the RNG state is replayed) to get what it needs, so one block's activations at a time
-                x = torch.utils.checkpoint.checkpoint(block, x, rotary, None, idx, mask, use_reentrant=False)
-            else:
-                x = block(x, rotary, cache, idx, mask)
-            if self.config.unet_skips and i < self.config.n_layer // 2:
-                skips.append(x)
+        return x, rotary, mask
+
+    def add_skip(self, x, skip, j: int):
+        """U-net: x plus the j-th skip weight times a block of the first half's output."""
+        return x + self.skip_weights[j] * skip
+
+    def head(self, x, targets=None):
+        """(logits, loss) from the last block's output x (B, T, n_embd); see forward."""
         x = self.transformer.ln_f(x)
-        if cache is not None:
-            cache.pos += T
         if targets is None:
             x = x[:, -1:, :]  # only the last position is needed to pick the next token
         logits = self.lm_head(x)
@@ -418,6 +445,24 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def compile_pieces(self, **options) -> "GPT":
+        """torch.compile each block's forward and each step of forward around the blocks (embed,
+        add_skip, head) on its own, `options` as torch.compile's; forward's loop stays Python.
+
+        For a wrapper whose hooks run around every block, which torch.compile does not trace (FSDP's
+        gather parameters): compiling the whole model then breaks its graph at the first block, inside
+        forward's loop, and dynamo runs all of forward eagerly (the embeddings, the head and the
+        loss). Here each piece is one graph and the hooks run between them. The blocks share one
+        compiled graph (the same code; dynamo guards on what differs). The module and its state dict
+        are unchanged: only these methods are replaced on this instance, which is returned.
+        """
+        for block in self.transformer.h:
+            block.forward = torch.compile(block.forward, **options)
+        for name in ("embed", "add_skip", "head"):
+            setattr(self, name, torch.compile(getattr(self, name), **options))
+        self.pieces_compiled = True
+        return self
 
     def mix_previous_token(self, x, cache: KVCache | None, first=None):
         """x[t] + prev_token_weight * x[t - 1] for token embeddings x (B, T, n_embd); position 0 gets nothing

@@ -25,7 +25,6 @@ without saving); a fresh run never replaces out_dir/ckpt.pt unless given --overw
 trainer per out_dir.
 """
 
-import contextlib
 import dataclasses
 import math
 import sys
@@ -45,8 +44,8 @@ from smallgpt.cli import build_config, option, option_group, read_overrides, run
 from smallgpt.data import (BatchPlan, BatchSampler, UpdateBatches, load_dataset, make_samplers, plan_batches,
                            sequences_per_update, split_bytes_per_token)
 from smallgpt.device import CpuThreads, autocast, cpu_snapshot, should_compile
-from smallgpt.distributed import (Processes, any_rank, gather_objects, print0, rank0_values, setup_processes, shutdown,
-                                  sum_over_ranks)
+from smallgpt.distributed import (Processes, any_rank, gather_objects, gradient_sync, print0, rank0_values,
+                                  setup_processes, shutdown, sum_over_ranks)
 from smallgpt.memory import check_memory
 from smallgpt.optim import build_optimizer, set_learning_rate
 from smallgpt.preemption import StopRequest
@@ -120,6 +119,9 @@ class TrainConfig:
     seed: int = option(1337, "random seed for weights, dropout and batches", at_least=0)
     parallel: str = option("ddp", "under torchrun: ddp keeps the whole model, its gradients and optimizer state on "
                            "every process; fsdp shards all three over the processes (fsdp.py)", ["ddp", "fsdp"])
+    fsdp_sync_once: bool = option(False, "fsdp with several micro-batches per update: reduce-scatter gradients once, "
+                                  "after the last, not after each; costs each process a float32 gradient of the whole "
+                                  "model, unsharded (4 bytes per parameter; the memory plan counts it)")
     activation_checkpointing: bool = option(False, "keep only each block's input in the forward pass and recompute "
                                             "the rest in backward: far less activation memory, ~30% more compute")
     # logging
@@ -206,19 +208,22 @@ def build_run(cfg: TrainConfig, procs: Processes, ckpt: dict | None, folder: Run
     seqs = sequences_per_update(cfg.tokens_per_update, block_size, cfg.gradient_accumulation_steps * cfg.batch_size)
     plan = plan_batches(seqs, cfg.batch_size, block_size, procs.rank, procs.world_size)
     sharded = procs.ddp and cfg.parallel == "fsdp"
+    # the memory plan, before anything big goes to the device
     check_memory(model, procs, optimizer=cfg.optimizer, micro_batch=max(plan.micro_sizes), block_size=block_size,
                  dtype=procs.dtype, world_size=procs.world_size, sharded=sharded,
-                 checkpointing=cfg.activation_checkpointing)  # before anything big goes to the device
+                 checkpointing=cfg.activation_checkpointing, sync_once=cfg.fsdp_sync_once and len(plan.micro_sizes) > 1)
     model.to(procs.device)
     if sharded:
         fsdp.shard_model(model, procs)  # before the optimizer, which keeps its state in the same shards
     optimizer = build_optimizer(model, cfg, procs.device.type)
     scaler = torch.amp.GradScaler(procs.device.type, enabled=(procs.dtype == torch.float16))
-    compiled = torch.compile(model) if should_compile(cfg.compile, procs.device, log=print0) else model
+    compiled = model
+    if should_compile(cfg.compile, procs.device, log=print0):  # FSDP: its hooks, eager, between compiled pieces
+        compiled = model.compile_pieces() if sharded else torch.compile(model)
     train_model = compiled if not procs.ddp or sharded else DDP(  # DDP: gradients in its buckets' memory
         compiled, device_ids=[procs.local_rank] if procs.device.type == "cuda" else None,
         gradient_as_bucket_view=True)
-    # a CPU evaluates uncompiled: compiling the no-grad graph costs more of a short run than it saves
+    # a CPU evaluates uncompiled (FSDP's pieces excepted): compiling the no-grad graph costs more than it saves
     eval_model = model if procs.device.type == "cpu" else compiled
     state = LoopState(pretrained_from=pretrained_from)
     if ckpt is not None:  # optimizer, scaler, this process's RNG, sampler position, and the loop state
@@ -247,16 +252,17 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     Returns (metrics, skipped, flags). `metrics` are scalar tensors left on the device (nothing waits
     for them here); each is averaged over the updates between training lines, printed, written to
     metrics.jsonl and sent to wandb: a new metric is one more entry. Gradients are synced across
-    processes on the last micro-batch only. A non-finite loss skips the update; so does a non-finite
-    gradient norm, except in float16, where inf gradients are the GradScaler's business (it skips and
-    lowers its scale). One tiny all-reduce makes every rank agree on skipping and on `flags` (stop,
-    save): any rank's True is everyone's. The next batch is drawn while the device works on this one.
+    processes on the last micro-batch only (FSDP: after each, unless fsdp_sync_once). A non-finite loss
+    or gradient norm skips the update (in float16 the GradScaler, which would skip it too, lowers its
+    scale), and counts toward max_nonfinite_steps. One tiny all-reduce makes every rank agree on skipping
+    and on `flags` (stop, save): any rank's True is everyone's. The next batch is drawn while the device
+    works on this one.
     """
     procs, plan, model = run.procs, run.plan, run.train_model
     loss_sum = torch.zeros((), device=procs.device)
     for i, (x, y, segments) in enumerate(run.batches.current):  # segments: a conversations dataset's
         last = i == len(run.batches.current) - 1  # DDP syncs gradients once, on the last (FSDP on each)
-        with model.no_sync() if isinstance(model, DDP) and not last else contextlib.nullcontext():
+        with gradient_sync(model, last, run.cfg.fsdp_sync_once):  # (or on the last, with fsdp_sync_once)
             with autocast(procs.device, procs.dtype):
                 _, loss = model(x, y, segments=segments)
                 loss = loss / plan.loss_divisor(x.size(0))  # a micro-batch's part of the global mean
@@ -265,9 +271,7 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
     state.sampler = run.batches.advance()
     run.scaler.unscale_(run.optimizer)  # true gradients for the norm (a no-op outside float16)
     grad_norm = fsdp.whole(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip or math.inf))
-    bad = ~torch.isfinite(loss_sum)
-    if not run.scaler.is_enabled():  # in float16 the GradScaler skips inf gradients itself
-        bad |= ~torch.isfinite(grad_norm)
+    bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm)  # (float16: what the GradScaler would skip)
     skipped, *flags = any_rank([bool(bad), *flags], procs)
     if not skipped:
         run.scaler.step(run.optimizer)
@@ -438,8 +442,7 @@ def train_loop(run: Run, state: LoopState) -> None:
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
         if skipped:
             report_skipped(run, state, metrics["loss"].item(), nonfinite_in_a_row)
-        else:
-            window.add(metrics)
+        window.add(metrics, skipped)
         if first_update:  # compilation and warm-up are not the speed of training
             first_update = False
             window.restart(state.iter_num)

@@ -10,10 +10,11 @@ Steps, each under its own time limit so that all of them end within 9 minutes:
   char   config/shakespeare_char_fast.toml on tiny Shakespeare (--shakespeare, default
          ../shared/data/tinyshakespeare.txt): the wall time to val loss 1.47, and the best val loss
   gpt2   GPT-2 124M (config/gpt2.toml) on random tokens, one micro-batch an update: ms/iter, tokens/s,
-         MFU against the GPU's data sheet, peak memory
+         MFU against the GPU's data sheet, peak memory against the memory plan's
   xl     the 1.5B config (config/gpt2_xl.toml) with activation checkpointing, 30 updates on random
-         tokens: peak memory (compare with the plan its start line prints) and ms/iter; under FSDP
-         over every GPU where there are 2+
+         tokens: ms/iter, and the peak memory after the 30 (peak_gb, rank 0) against the memory plan's
+         total (measured/planned: the plan is checked on CPUs only, tests/test_fsdp.py); under FSDP
+         (bf16 gathers, compiled piece by piece, Muon's work shared) over every GPU where there are 2+
 Every run is train.py as a user runs it (torchrun where there are several GPUs); the figures come from
 the metrics.jsonl it writes. The table names the date, the GPU, torch, the commit and each command.
 On a machine without CUDA it says so in one line and exits 0.
@@ -23,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -132,7 +134,8 @@ def step_gpt2(work: Path, gpus: int, args) -> list[tuple]:
            "--gradient_accumulation_steps=1", "--batch_size=16", "--max_iters=60", "--eval_interval=100000",
            "--log_interval=20", "--eval_iters=1", "--always_save_checkpoint=false"]
     status, seconds = run(cmd, LIMIT_S["gpt2"], Path(f"{out}.log"))
-    return [speed_row(f"GPT-2 124M, batch 16 x 1024 per GPU, {gpus} GPU(s)", cmd, out, status, seconds, gpus)]
+    row = speed_row(f"GPT-2 124M, batch 16 x 1024 per GPU, {gpus} GPU(s)", cmd, out, status, seconds, gpus)
+    return [row[:1] + (row[1] + plan_against_peak(Path(f"{out}.log"), out),) + row[2:]]
 
 
 def step_xl(work: Path, gpus: int, args) -> list[tuple]:
@@ -143,9 +146,20 @@ def step_xl(work: Path, gpus: int, args) -> list[tuple]:
            "--max_iters=30", "--eval_interval=100000", "--log_interval=10", "--eval_iters=1",
            "--always_save_checkpoint=false", "--checkpoint_interval_s=0"]
     status, seconds = run(cmd, LIMIT_S["xl"], Path(f"{out}.log"))
-    plan = next((line for line in Path(f"{out}.log").read_text().splitlines() if "memory plan" in line), "")
     row = speed_row(f"GPT-2 1.5B, checkpointing, {parallel}, {gpus} GPU(s)", cmd, out, status, seconds, gpus)
-    return [row[:1] + (row[1] + (f"; {plan.strip()}" if plan else ""),) + row[2:]]
+    return [row[:1] + (row[1] + plan_against_peak(Path(f"{out}.log"), out),) + row[2:]]
+
+
+def plan_against_peak(log: Path, out: Path) -> str:
+    """"; planned X GB per GPU, measured/planned R; <rank 0's memory plan line>": the plan's total against the
+    peak_gb of the last training line (torch.cuda.max_memory_allocated on rank 0, after 30 iterations here)."""
+    plan = next((line.strip() for line in log.read_text().splitlines() if line.startswith("memory plan")), "")
+    total = re.search(r"\): ([\d.]+) (GB|MB)", plan)
+    train = records(out, "train")
+    if not total or not train or "peak_gb" not in train[-1]:
+        return f"; {plan}" if plan else ""
+    planned = float(total.group(1)) / (1000 if total.group(2) == "MB" else 1)
+    return f"; planned {planned:.1f} GB per GPU, measured/planned {train[-1]['peak_gb'] / planned:.2f}; {plan}"
 
 
 def commit() -> str:

@@ -4,6 +4,7 @@
     print0("printed by the first process only")
     skip, stop = any_rank([skip, stop], procs)          # one all-reduce: True where any rank said True
     elapsed, spent = rank0_values([elapsed, spent], procs)  # every rank takes rank 0's numbers
+    with gradient_sync(model, last_micro_batch): loss.backward()   # DDP's no_sync, FSDP's one sync per update
     shutdown(procs)
 
 Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set) each process joins one process group: NCCL on
@@ -12,6 +13,7 @@ same number of times, or the run hangs; so decisions that depend on one rank's s
 non-finite loss, a timer) are agreed with `any_rank` at fixed points of the loop.
 """
 
+import contextlib
 import gc
 import os
 from dataclasses import dataclass
@@ -86,6 +88,21 @@ def shutdown(procs: Processes) -> None:
     if procs.ddp and dist.is_initialized():
         gc.collect()  # the FSDP model sits in reference cycles (modules <-> hooks) that hold the group
         dist.destroy_process_group()
+
+
+def gradient_sync(model: torch.nn.Module, last: bool, fsdp_once: bool = False):
+    """The context of one micro-batch's forward and backward, `last` of an update or not. DDP syncs
+    gradients once, on the last (its no_sync before). FSDP reduce-scatters after every micro-batch
+    (gradients stay sharded) or, with fsdp_once, after the last only: before it each process adds
+    every unit's whole gradient up in float32 (FSDP's unsharded accumulation, what the memory plan's
+    sync_once counts)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext() if last else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP module
+        model.set_requires_gradient_sync(last or not fsdp_once)
+    return contextlib.nullcontext()
 
 
 def any_rank(flags: list[bool], procs: Processes) -> list[bool]:

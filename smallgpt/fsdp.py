@@ -14,7 +14,13 @@ Every parameter becomes a DTensor sharded by rows (dim 0) over the processes (a 
 than processes leaves some ranks an empty shard; a 0-D one has no rows and is refused by name); the
 optimizer, built after sharding, keeps its state in the same shards. Under gradient accumulation each micro-batch
 reduce-scatters its gradients (so they stay sharded: DDP's one all-reduce per update would need the
-full gradients on every process).
+full gradients on every process), or, with fsdp_sync_once, only the last does (distributed.gradient_sync):
+one reduce-scatter per update, for a whole float32 gradient held on every process meanwhile.
+
+In bf16 the blocks' parameters are gathered and used in bf16 (block_precision: FSDP's
+MixedPrecisionPolicy), their gradients reduced in float32. Elsewhere in the package: torch.compile
+compiles each block and the steps around them apart (GPT.compile_pieces; FSDP's hooks run between the
+pieces), and Muon orthogonalizes each sharded matrix on one process (optim.orthogonalize_shared).
 
 A checkpoint stays the file one process writes: `full_state` gathers one tensor at a time (every rank
 takes part; rank 0 keeps a CPU copy, so no device ever holds more than one whole tensor extra), and
@@ -48,8 +54,27 @@ def check_torch() -> None:
                         f"upgrade torch, or use --parallel=ddp")
 
 
+def block_precision(dtype: torch.dtype):
+    """The blocks' MixedPrecisionPolicy for a run computing in `dtype`: under bf16, parameters gathered
+    and used in bf16 (half of float32's all-gather traffic, and no bf16 copy of them for autocast to
+    keep), gradients reduce-scattered and accumulated in float32; the float32 master weights stay the
+    sharded ones, which the optimizer steps. The blocks' inputs are not cast: the residual stream stays
+    float32, as in one process. Other precisions: FSDP's default (parameters as they are, float32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if dtype != torch.bfloat16:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
 def shard_model(model: torch.nn.Module, procs) -> None:
-    """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest)."""
+    """Shard `model` in place over all processes: one FSDP unit per block, then the root (the rest).
+
+    Autocast (device.autocast, around every forward) still chooses each op's precision: matmuls in
+    bf16 (for the blocks' bf16 parameters a no-op cast; the root's float32 head is cast per forward),
+    norms, softmax and the loss in float32. The root unit keeps float32 parameters (block_precision
+    is for the blocks): its token embedding is where the float32 residual stream starts, and it is
+    5% of GPT-2 XL's parameters (a third of GPT-2 small's)."""
     check_torch()
     scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
     if scalars:  # fully_shard splits dim 0, which a 0-D tensor lacks: refused here, by name, before any work
@@ -63,7 +88,7 @@ def shard_model(model: torch.nn.Module, procs) -> None:
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(procs.device.type, (procs.world_size,))
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=block_precision(procs.dtype))
     fully_shard(model, mesh=mesh)  # embeddings, final norm and the (tied) head: one unit
     for module in model.modules():
         if hasattr(module, "set_force_sum_reduction_for_comms"):  # an FSDP unit

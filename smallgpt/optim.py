@@ -16,6 +16,9 @@ weight decay on 2-D weights only; this is GPT.configure_optimizers.
     learning rates and learn faster per token than AdamW.
   * AdamW for everything else: token/position embeddings, the output head, norm gains and biases
     (Muon is only defined for matrices that act on hidden vectors).
+Under FSDP (parameters sharded by rows) each matrix is orthogonalized once, by one process, and each
+process gets its rows of the result back (orthogonalize_shared: two all-to-alls per shape); one
+process, or DDP's whole copies, orthogonalize every matrix where they are.
 Both kinds live in one torch Optimizer so that checkpoints, GradScaler and the LR schedule see one
 object. The schedule sets every group's lr to (scheduled learning_rate) * group["lr_scale"]; Muon
 groups carry lr_scale = muon_lr / learning_rate, so both follow the same warmup and decay shape.
@@ -27,6 +30,7 @@ networks" (2024). Written here from the description, not copied.
 import torch
 
 from smallgpt.device import cpu_has_bf16_units
+from smallgpt.fsdp import is_sharded, local
 
 # Quintic Newton-Schulz coefficients (a, b, c): X <- a X + b (X X^T) X + c (X X^T)^2 X. Chosen (by
 # the Muon authors) to push singular values in (0, 1] quickly towards ~1 (they land in about
@@ -125,16 +129,21 @@ class MuonAdamW(torch.optim.Optimizer):
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
+        dtype = self.ns_dtype or newton_schulz_dtype(params[0].device.type)
+        first_owner = 0  # sharded: who orthogonalizes the next matrix (round robin over every shape)
         for (rows, cols), members in by_shape.items():  # same-shaped matrices orthogonalized as one stack
-            # sharded (FSDP) matrices are gathered whole: orthogonalization needs every row; each
-            # process then keeps the rows of its own shard of the update
-            updates = orthogonalize(torch.stack([whole(directions[i]) for i in members]), group["ns_steps"],
-                                    dtype=self.ns_dtype)
-            updates = [shard_like(u, params[i]) for i, u in zip(members, updates.unbind(0))]
+            stack = [directions[i] for i in members]
+            if is_sharded(stack[0]):
+                updates = orthogonalize_shared(stack, group["ns_steps"], dtype, first_owner)
+                first_owner += len(members)
+            else:
+                updates = orthogonalize(torch.stack(stack), group["ns_steps"], dtype=dtype).unbind(0)
             # an orthogonal (rows x cols) update has RMS 1/sqrt(max dim); the factor makes tall and
             # wide matrices move by comparable amounts per step
             scale = max(1.0, rows / cols) ** 0.5
-            torch._foreach_add_([params[i] for i in members], updates, alpha=-lr * scale)
+            torch._foreach_add_([local(params[i]) for i in members], [u.to(params[i].dtype) for i, u in
+                                                                       zip(members, updates)], alpha=-lr * scale)
+            del stack, updates  # before the next shape's: one stack at a time (what the memory plan counts)
 
     def _adamw_step(self, group):
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -167,18 +176,55 @@ class MuonAdamW(torch.optim.Optimizer):
             torch._foreach_addcdiv_(members, exp_avgs, denoms, value=-lr / bias1)
 
 
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded (DTensor) matrix gathered whole on every process (a collective); a plain one as it is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+def orthogonalize_shared(directions: list, steps: int, dtype: torch.dtype, first_owner: int = 0) -> list:
+    """orthogonalize() of same-shaped matrices sharded by rows over the processes (FSDP's DTensors), each
+    matrix orthogonalized once, by one process: this process's rows of each result, in `dtype`.
 
+    Matrix j belongs to rank (first_owner + j) % world. One all-to-all sends every process's rows of
+    each matrix to its owner, which orthogonalizes its matrices as one stack; a second sends each
+    process its rows of every result. Both carry `dtype` (the iteration's first step casts to it, so
+    casting before sending changes nothing). Each process sends and receives about its shard's worth
+    of the matrices, there and back, where gathering every matrix whole on every process received all
+    of them (the world size times more) and repeated every orthogonalization on every process. The
+    result equals orthogonalize() on the whole stack, matrix by matrix.
+    """
+    import torch.distributed as dist
 
-def shard_like(update: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """The whole `update` cut like the sharded `param` (this process's rows); unchanged for a plain param."""
-    if not hasattr(param, "device_mesh"):
-        return update
-    from torch.distributed.tensor import distribute_tensor
+    group = directions[0].device_mesh.get_group()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows, cols = directions[0].shape
+    per_rank = -(-rows // world)  # Shard(0) cuts rows as torch.chunk does: the last ranks may get fewer, or none
+    counts = [max(0, min(per_rank, rows - r * per_rank)) for r in range(world)]
+    owners = [(first_owner + j) % world for j in range(len(directions))]
+    mine = owners.count(rank)
+    assert all(local(d).shape == (counts[rank], cols) for d in directions), "expected Shard(0) placements"
 
-    return distribute_tensor(update, param.device_mesh, param.placements, src_data_rank=None)  # no communication
+    # to the owners: for each owner in turn, this process's rows of the matrices it owns (buffers are
+    # dropped as soon as they are used: the memory plan counts the largest set alive at once)
+    send = torch.cat([local(directions[j]).to(dtype).flatten() for owner in range(world)
+                      for j in range(len(owners)) if owners[j] == owner]
+                     + [torch.empty(0, dtype=dtype, device=directions[0].device)])
+    send_sizes = [owners.count(owner) * counts[rank] * cols for owner in range(world)]
+    receive_sizes = [mine * counts[source] * cols for source in range(world)]
+    received = send.new_empty(sum(receive_sizes))
+    dist.all_to_all_single(received, send, receive_sizes, send_sizes, group=group)
+    del send
+    stack = torch.cat([block.view(mine, counts[source], cols) for source, block in
+                       enumerate(received.split(receive_sizes))], dim=1)  # (mine, rows, cols), whole
+    del received
+    results = orthogonalize(stack, steps, dtype=dtype) if mine else stack
+    del stack
+
+    # back: to each process its rows of every result this process computed
+    send = torch.cat([piece.flatten() for piece in results.split(counts, dim=1)])
+    del results
+    send_sizes = [mine * count * cols for count in counts]
+    receive_sizes = [owners.count(source) * counts[rank] * cols for source in range(world)]
+    received = send.new_empty(sum(receive_sizes))
+    dist.all_to_all_single(received, send, receive_sizes, send_sizes, group=group)
+    from_owner = [iter(block.view(owners.count(source), counts[rank], cols).unbind(0))
+                  for source, block in enumerate(received.split(receive_sizes))]
+    return [next(from_owner[owner]) for owner in owners]  # in the order of `directions`
 
 
 def muon_param_groups(model, cfg) -> list[dict]:

@@ -29,7 +29,8 @@ from smallgpt.errors import UserError
 
 class MetricWindow:
     """Each update's metrics summed until the next training line. They stay tensors on the device, so an
-    update never waits for the device; `means()` syncs once per line."""
+    update never waits for the device; `means()` syncs once per line. A skipped update (its loss or
+    gradient norm not finite) is counted, not summed."""
 
     def __init__(self, iter_num: int):
         self.restart(iter_num)
@@ -37,23 +38,32 @@ class MetricWindow:
     def restart(self, iter_num: int) -> None:
         """Start a new window at iter_num (also after evaluations and compilation: they are not training time)."""
         self.sums: dict[str, torch.Tensor] = {}
-        self.updates, self.start_iter, self.started = 0, iter_num, time.time()
+        self.updates, self.skipped, self.start_iter, self.started = 0, 0, iter_num, time.time()
 
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+    def add(self, metrics: dict[str, torch.Tensor], skipped: bool = False) -> None:
+        if skipped:
+            self.skipped += 1
+            return
         for name, value in metrics.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.updates += 1
 
     def means(self) -> dict[str, float]:
-        """The mean of each metric over the window's updates (NaN when every update was skipped)."""
+        """The mean of each metric over the window's updates that were not skipped (NaN when every one
+        was), and "skipped": how many were, when any."""
         if not self.updates:
-            return {name: math.nan for name in self.sums} or {"loss": math.nan}
-        return {name: float(total) / self.updates for name, total in self.sums.items()}
+            means = {name: math.nan for name in self.sums} or {"loss": math.nan}
+        else:
+            means = {name: float(total) / self.updates for name, total in self.sums.items()}
+        return {**means, "skipped": self.skipped} if self.skipped else means
 
 
 def format_metric(value: float) -> str:
-    """4 decimals for the usual range of losses and norms, else 3 significant digits in e-notation."""
+    """4 decimals for the usual range of losses and norms, else 3 significant digits in e-notation; a
+    count as it is."""
+    if isinstance(value, int):
+        return str(value)
     return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 or not math.isfinite(value) else f"{value:.3e}"
 
 
@@ -115,7 +125,8 @@ def describe(run, state) -> None:
     arithmetic, model size, data, when a time budget ends it; and, on a CPU, a warning when its updates
     or evaluations will be slow."""
     procs, plan, model, cfg = run.procs, run.plan, run.model, run.cfg
-    compiled = getattr(run.train_model, "module", run.train_model) is not model  # (DDP wraps the compiled model)
+    # DDP wraps the compiled model; FSDP's is compiled piece by piece (GPT.compile_pieces)
+    compiled = getattr(run.train_model, "module", run.train_model) is not model or model.pieces_compiled
     micro = "+".join(map(str, plan.micro_sizes)) if len(set(plan.micro_sizes)) > 1 else \
         f"{len(plan.micro_sizes)} x {plan.micro_sizes[0]}"
     where = f" ({device.cpu_class()})" if procs.device.type == "cpu" else ""
@@ -266,6 +277,8 @@ def report_skipped(run, state, loss: float, in_a_row: int) -> None:
     what = f"the loss is {loss}"
     if math.isfinite(loss):  # the loss was fine, the gradient was not (or another rank's)
         what = "the loss or gradient is not finite on a process" if run.procs.ddp else "the gradient is not finite"
+        if run.scaler.is_enabled():  # float16: inf gradients, which the scaler answers by halving its scale
+            what += f" (float16's loss scale is now {run.scaler.get_scale():g})"
     print0(f"iter {state.iter_num}: {what}; skipped this update ({in_a_row} in a row, stopping at "
            f"{run.cfg.max_nonfinite_steps})")
     if in_a_row >= run.cfg.max_nonfinite_steps:

@@ -2,7 +2,11 @@
 
   * FSDP on 2 processes equals one process and DDP (AdamW with a tied embedding, Muon with an untied
     one, uneven evaluation shares, gradient accumulation); on 3 processes (uneven shards) every row of
-    the embedding trains as in one process
+    the embedding trains as in one process, and Muon orthogonalizes each matrix once, on one process
+  * compile=true under FSDP runs every op of the forward compiled (or in FSDP's own hooks), with no
+    graph break, as one process does, and equals eager training
+  * in bf16 the blocks are gathered in bf16 and FSDP (with one reduce-scatter per update) trains as one
+    process does, within 3% of the update
   * 3 + resume 3 equals 6 at the same world size, bitwise; a checkpoint saved on 2 FSDP processes
     loads on 1 process, on 4 FSDP processes and on 2 DDP processes with weights and optimizer moments
     equal to those saved, bitwise (checked through train.main's hook, gathering the shards whole)
@@ -12,7 +16,9 @@
   * SIGTERM to one rank stops every rank and saves; weights that are not finite on one rank's shard
     only are refused by every rank (no hang); two "nodes" on one machine equal one node of 2
   * activation checkpointing gives the loss and gradients of plain training, bitwise, with less memory
-  * the memory plan agrees with measured memory; on a (faked) GPU a run that will not fit stops first
+  * the memory plan agrees with measured memory (within 10% where weights dominate: autocast's copies,
+    Muon's stacks, FSDP's gathered units and fsdp_sync_once's gradients); on a (faked) GPU a run that
+    will not fit stops first
   * a torch without FSDP2's force-sum reductions is refused in one line
 
     python -m pytest tests/test_fsdp.py -q
@@ -34,7 +40,7 @@ from test_resume import assert_same_state, comparable, read_metrics, tiny_args
 import sample
 import train
 from conftest import REPO_ROOT, model_switches, records, torchrun_command
-from smallgpt import fsdp, memory
+from smallgpt import fsdp, memory, optim
 from smallgpt.checkpoint import load_checkpoint
 from smallgpt.errors import UserError
 
@@ -107,18 +113,133 @@ def test_fsdp_on_2_processes_equals_one_process_and_ddp(small_char_dataset, tmp_
         assert two["model"]["lm_head.weight"].data_ptr() == two["model"]["transformer.wte.weight"].data_ptr()  # tied
 
 
-def test_fsdp_on_3_processes_trains_every_row_of_the_embedding(small_char_dataset, tmp_path):
-    """61 token ids in 64 rows, sharded 22 + 21 + 21: every shard's rows train as in one process."""
+COUNT_ORTHOGONALIZED = """
+import sys
+import torch.distributed as dist
+import train
+from smallgpt import optim
+
+plain, counted = optim.orthogonalize, []
+
+def counting(stack, *args, **kwargs):  # every Newton-Schulz iteration goes through here, a stack at a time
+    counted.append(stack.shape[0] if stack.dim() == 3 else 1)
+    return plain(stack, *args, **kwargs)
+
+reduce_scatter, scatters = dist.reduce_scatter_single, []
+
+def counting_scatters(*args, **kwargs):  # FSDP's reduce-scatters of gradients, one per unit each time
+    scatters.append(1)
+    return reduce_scatter(*args, **kwargs)
+
+optim.orthogonalize, dist.reduce_scatter_single = counting, counting_scatters
+train.main(sys.argv[1:])
+sys.stdout.write(f"orthogonalized {sum(counted)} matrices, reduce-scattered {len(scatters)} times\\n")  # one write
+sys.stdout.flush()
+"""
+
+
+def test_fsdp_on_3_processes_shares_muons_work_and_trains_every_row_of_the_embedding(small_char_dataset, tmp_path,
+                                                                                    monkeypatch):
+    """Muon (tied embedding) on 3 processes: shards of uneven rows (the MLP's 128 rows: 43 + 43 + 42; 61
+    token ids in 64 embedding rows: 22 + 21 + 21), and 8 matrices per update orthogonalized once each,
+    by one process or another, not once per process; every row trains as in one process, each process
+    adding its 2 micro-batches' gradients up before one reduce-scatter (fsdp_sync_once). Muon's
+    iteration runs in float32 in both (as on CPUs without bf16 units): in bf16, the 3 processes' other
+    order of summing gradients, rounded to bf16 and amplified by the iteration, moves the matrices by
+    up to 4e-3 from one process's (with the old, gathered orthogonalization as much)."""
     initial = []
-    train.main(fsdp_args(small_char_dataset, tmp_path / "one"),
+    common = dict(optimizer="muon", gradient_accumulation_steps=6, fsdp_sync_once="true")
+    monkeypatch.setattr(optim, "cpu_has_bf16_units", lambda: False)
+    train.main(fsdp_args(small_char_dataset, tmp_path / "one", **common),
                hook=lambda event, state, run: initial.append(run.model.transformer.wte.weight.detach().clone())
                if not initial else None)
-    run_torchrun("train.py", *fsdp_args(small_char_dataset, tmp_path / "fsdp3"), nproc=3)
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_ORTHOGONALIZED)
+    result = run_torchrun(script, *fsdp_args(small_char_dataset, tmp_path / "fsdp3", **common), nproc=3,
+                          env={"PYTHONPATH": str(REPO_ROOT), "ONEDNN_MAX_CPU_ISA": "AVX2"})  # (no bf16 units)
+    found = re.findall(r"^orthogonalized (\d+) matrices, reduce-scattered (\d+) times", result.stdout, re.MULTILINE)
+    counts = [int(n) for n, _ in found]
+    assert len(counts) == 3 and sum(counts) == 6 * 8, counts  # 6 updates of 2 blocks x 4 matrices, each once
+    assert max(counts) <= 6 * 3, counts  # shared out: at most 3 of the 8 per update on any one process
+    assert [int(n) for _, n in found] == [6 * 3] * 3, found  # once per update per unit (2 blocks, the root)
     one, three = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "fsdp3")
     assert_close_state(one, three)
     vocab = three["model_config"]["vocab_size"]
     moved = (three["model"]["transformer.wte.weight"][:vocab] - initial[0][:vocab]).abs().amax(dim=1)
     assert bool((moved > 1e-5).all()), f"rows that did not train: {(moved <= 1e-5).nonzero().flatten().tolist()}"
+
+
+COVERAGE = """
+import sys
+import torch
+from torch._dynamo.utils import counters
+from torch.profiler import ProfilerActivity, profile
+import train
+from smallgpt.device import autocast
+
+
+def eager_ops(prof) -> list[str]:
+    \"\"\"The forward's aten ops that ran outside compiled code and outside FSDP's hooks (on the forward's
+    thread: gloo's own threads copy the gathered shards).\"\"\"
+    events = prof.events()
+    thread = min(events, key=lambda e: e.time_range.start).thread
+
+    def covered(event):
+        while event is not None:
+            if event.name.startswith(("Torch-Compiled Region", "FSDP::")):
+                return True
+            event = event.cpu_parent
+        return False
+
+    return [e.name for e in events if e.thread == thread and e.name.startswith("aten::") and not covered(e)]
+
+
+def hook(event, state, run):  # after the first update (compiled by then): one more forward, profiled
+    if event == "update" and state.iter_num == 1:
+        x, y = run.batches.current[0]  # the next update's first micro-batch: the shapes compiled for
+        with profile(activities=[ProfilerActivity.CPU]) as prof, autocast(run.procs.device, run.procs.dtype):
+            _, loss = run.train_model(x, y)
+        loss.backward()  # (FSDP's units expect it) and no update: the training is unchanged
+        run.optimizer.zero_grad(set_to_none=True)
+        sys.stdout.write(f"rank {run.procs.rank}: graphs {counters['stats']['unique_graphs']}, breaks "
+                         f"{sum(counters['graph_break'].values())}, frames {counters['frames']['ok']}/"
+                         f"{counters['frames']['total']}, eager {eager_ops(prof)}\\n")  # one write: ranks' lines whole
+        sys.stdout.flush()
+
+
+train.main(sys.argv[1:], hook=hook)
+"""
+
+
+def test_fsdp_compiles_all_of_the_forward_as_one_process_does_and_equals_eager(small_char_dataset, tmp_path):
+    """compile=true under FSDP on 2 processes: every op of the training forward runs in a compiled graph
+    (the embeddings, each block, the head and the loss: GPT.compile_pieces) or inside FSDP's own hooks,
+    with no graph break and no frame left to eager, as in one process (where the whole model is one
+    graph); measured with the profiler, and dynamo's counters. The training equals one eager process
+    within compile's tolerance (test_compile's)."""
+    script = tmp_path / "coverage.py"
+    script.write_text(COVERAGE)
+    args = fsdp_args(small_char_dataset, tmp_path / "fsdp", compile="true")
+    lines = re.findall(r"^rank \d: .*$", run_torchrun(script, *args, env={"PYTHONPATH": str(REPO_ROOT)}).stdout,
+                       re.MULTILINE)
+    one = subprocess.run([sys.executable, str(script), *fsdp_args(small_char_dataset, tmp_path / "one", compile="true",
+                                                                  parallel="ddp")],
+                         cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    lines += re.findall(r"^rank \d: .*$", one.stdout, re.MULTILINE)
+    print("\n".join(lines))
+    assert len(lines) == 3, lines  # two FSDP ranks, one process
+    for line in lines:
+        graphs, breaks, ok, total, eager = re.match(r"rank \d: graphs (\d+), breaks (\d+), frames (\d+)/(\d+), "
+                                                    r"eager (.*)$", line).groups()
+        assert int(graphs) >= 1 and breaks == "0" and ok == total and eager == "[]", line
+    train.main(fsdp_args(small_char_dataset, tmp_path / "eager", compile="false"))
+    eager, compiled = load_checkpoint(tmp_path / "eager"), load_checkpoint(tmp_path / "fsdp")
+    for key, value in eager["model"].items():
+        torch.testing.assert_close(compiled["model"][key], value, rtol=1e-3, atol=2e-4)
+    for a, b in zip(read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "fsdp"), strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-4)
 
 
 def test_fsdp_split_run_resumes_bitwise(small_char_dataset, tmp_path):
@@ -343,51 +464,104 @@ def test_activation_checkpointing_gives_the_same_training_bitwise(small_char_dat
 PEAK_MEMORY = """
 import sys
 sys.modules["matplotlib"] = None  # no loss.png thread: its memory would mix with the training's
+import torch
 import train
+from smallgpt import fsdp
 
-def status(field):  # kB in /proc/self/status
+def status(field):  # bytes, from kB in /proc/self/status
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
 
-base = []
+def held(run):  # the bytes of the weights and optimizer state this process holds (its shards, under FSDP)
+    tensors = [fsdp.local(p) for p in run.model.parameters()]
+    tensors += [fsdp.local(v) for entry in run.optimizer.state.values() for v in entry.values() if torch.is_tensor(v)]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+start, dtypes = [], set()
 def hook(event, state, run):
-    if not base:  # the loop's first event: everything is built, nothing has run; the high-water mark starts here
+    if not dtypes:  # the precision of the blocks' weights as their matmuls see them
+        run.model.transformer.h[0].attn.c_attn.register_forward_pre_hook(lambda m, a: dtypes.add(m.weight.dtype))
+        dtypes.add(None)
+    if event == "update" and state.iter_num == 1:  # warm (optimizer state made, kernels loaded): the peak starts here
         open("/proc/self/clear_refs", "w").write("5")
-        base.append(status("VmRSS"))
-    if event == "update" and state.iter_num == 2:  # two updates: the optimizer's state exists in the second
-        print(f"peak above the start: {status('VmHWM') - base[0]}")
-        return True
+        start.extend([held(run), status("VmRSS")])
+    if event == "update" and state.iter_num == 3:  # updates 2 and 3: forwards, backwards and steps
+        sys.stdout.write(f"rank {run.procs.rank} peak {start[0] + status('VmHWM') - start[1]}, weights in matmuls "
+                         f"{sorted(str(d) for d in dtypes if d is not None)}\\n")  # one write: ranks' lines whole
+        sys.stdout.flush()
 
 train.main(sys.argv[1:], hook=hook)
 """
 
 
-def measured_and_planned(dataset, tmp_path, name, **overrides) -> tuple[float, float]:
-    """(bytes of peak memory above the loop's start, the plan's gradients + optimizer + activations) of
-    two updates of a model whose activations dominate (block 512, batch 8, 4 layers, 256 wide, one thread).
-    glibc is told to map every large allocation (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the
-    process and the peak is the tensors' own."""
+def measured_and_planned(dataset, tmp_path, name, nproc=1, **overrides) -> list[tuple[float, float, str]]:
+    """(measured peak bytes, the memory plan's total, the precision of the blocks' weights in their matmuls)
+    of each process of 3 updates, threads=1: the bytes of the weights and optimizer state held after the
+    first update, plus how far the process's resident memory rose above that in updates 2 and 3 (its
+    high-water mark). glibc is told to map every large allocation (MALLOC_MMAP_THRESHOLD_), so freed
+    tensors leave the process and the peak is the tensors' own."""
     script = tmp_path / "peak.py"
     script.write_text(PEAK_MEMORY)
-    args = tiny_args(dataset, tmp_path / name, n_layer=4, n_head=4, n_embd=256, block_size=512, batch_size=8,
-                     eval_iters=1, eval_interval=1000, max_iters=2, dropout=0.0, threads=1, **overrides)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MALLOC_MMAP_THRESHOLD_="131072")
-    result = subprocess.run([sys.executable, str(script), *args, "--eval_iters=1"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    measured = float(re.search(r"^peak above the start: (\d+)", result.stdout, re.MULTILINE).group(1))
-    line = re.search(r"^memory plan, cpu: weights .* gradients ([\d.]+) (GB|MB), optimizer ([\d.]+) (GB|MB), "
-                     r"activations ([\d.]+) (GB|MB)", result.stdout, re.MULTILINE)
-    planned = sum(float(line.group(i)) * (1e9 if line.group(i + 1) == "GB" else 1e6) for i in (1, 3, 5))
-    return measured, planned
+    args = tiny_args(dataset, tmp_path / name, **{"max_iters": 3, "eval_interval": 1000, "eval_iters": 1,
+                                                  "dropout": 0.0, "threads": 1, **overrides})
+    env = {"PYTHONPATH": str(REPO_ROOT), "MALLOC_MMAP_THRESHOLD_": "131072"}
+    if nproc == 1:
+        result = subprocess.run([sys.executable, str(script), *args], cwd=REPO_ROOT, env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        result = run_torchrun(script, *args, nproc=nproc, env=env)
+    plans = dict(re.findall(r"^memory plan, (?:rank (\d) \(cpu\)|cpu): .*\): ([\d.]+ [MG]B)$", result.stdout,
+                            re.MULTILINE))
+    peaks = re.findall(r"^rank (\d) peak (\d+), weights in matmuls (.*)$", result.stdout, re.MULTILINE)
+    assert len(peaks) == nproc, result.stdout[-2000:]
+
+    def planned(rank):  # one process prints "memory plan, cpu: ...", each of several "memory plan, rank N (cpu): ..."
+        number, unit = plans[rank if nproc > 1 else ""].split()
+        return float(number) * (1e9 if unit == "GB" else 1e6)
+
+    return [(float(peak), planned(rank), dtypes) for rank, peak, dtypes in peaks]
 
 
 def test_activation_checkpointing_uses_less_memory_and_the_plan_says_how_much(small_char_dataset, tmp_path):
-    plain = measured_and_planned(small_char_dataset, tmp_path, "plain")
-    checkpointed = measured_and_planned(small_char_dataset, tmp_path, "checkpointed", activation_checkpointing="true")
-    print(f"measured / planned bytes: plain {plain}, checkpointed {checkpointed}")
+    """A model whose activations dominate (block 512, batch 8, 4 layers, 256 wide)."""
+    shape = dict(n_layer=4, n_head=4, n_embd=256, block_size=512, batch_size=8)
+    [plain] = measured_and_planned(small_char_dataset, tmp_path, "plain", **shape)
+    [checkpointed] = measured_and_planned(small_char_dataset, tmp_path, "checkpointed", activation_checkpointing="true",
+                                          **shape)
+    print(f"measured / planned bytes: plain {plain[:2]}, checkpointed {checkpointed[:2]}")
     assert checkpointed[0] < 0.6 * plain[0]  # activations dominate: checkpointing keeps a fraction of them
-    for measured, planned in (plain, checkpointed):
+    for measured, planned, _ in (plain, checkpointed):
         assert 0.75 * planned <= measured <= 1.3 * planned, (measured, planned)
+
+
+def test_bf16_fsdp_equals_one_process_and_each_memory_plan_is_within_10_percent(small_char_dataset, tmp_path):
+    """bf16 (autocast) on a model whose weights dominate (4 layers, 256 wide, block 32), 4 micro-batches
+    per update: FSDP on 2 processes, each with 2 micro-batches reduce-scattered once (fsdp_sync_once),
+    gathers the blocks' weights in bf16 (MixedPrecisionPolicy) and trains as one process does: the
+    updates of 3 steps differ by under 3% of their size (bf16's rounding: the norms' gains are used in
+    bf16, gradients summed in another order; AdamW's step moves an element by about the learning rate
+    whatever its gradient's size, so elements whose gradient is noise, as the keys' biases, differ most;
+    a process that missed the other's gradients would differ by tens of percent). The memory plan of
+    each process (one process with AdamW: autocast's bf16 weight copies; with Muon: its stacks; FSDP:
+    the gathered units and the unsharded float32 gradients) is within 10% of the measured peak."""
+    shape = dict(n_layer=4, n_head=4, n_embd=256, block_size=32, batch_size=4, gradient_accumulation_steps=4,
+                 dtype="bfloat16")
+    runs = {"one": measured_and_planned(small_char_dataset, tmp_path, "one", **shape),
+            "fsdp": measured_and_planned(small_char_dataset, tmp_path, "fsdp", nproc=2, parallel="fsdp",
+                                         fsdp_sync_once="true", **shape),
+            "muon": measured_and_planned(small_char_dataset, tmp_path, "muon", optimizer="muon", **shape)}
+    print({name: [(round(m / 1e6, 1), round(p / 1e6, 1)) for m, p, _ in ranks] for name, ranks in runs.items()})
+    for name, ranks in runs.items():
+        for measured, planned, _ in ranks:
+            assert abs(measured - planned) <= 0.1 * measured, (name, measured, planned)
+    assert runs["one"][0][2] == "['torch.float32']" and runs["fsdp"][0][2] == "['torch.bfloat16']"
+    one, fsdp = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "fsdp")
+    torch.manual_seed(one["train_config"]["seed"])  # the first weights, as train.py makes them
+    first = train.GPT(train.GPTConfig(**one["model_config"])).state_dict()
+    moved = sum((one["model"][k] - first[k]).square().sum() for k in first)
+    apart = sum((fsdp["model"][k] - one["model"][k]).square().sum() for k in first)
+    assert (apart / moved).sqrt() < 0.03, float((apart / moved).sqrt())
+    assert fsdp["iter_num"] == one["iter_num"] == 3
 
 
 def fake_gpu(monkeypatch, free_bytes: float):

@@ -4,7 +4,8 @@
     a failed save keeps the old one; leftovers of killed saves are removed by the next save
   * SIGTERM (or a first Ctrl-C) stops training after the current step with a checkpoint, exit 0;
     a second Ctrl-C leaves at once
-  * a non-finite loss skips its update; several in a row stop the run, and nothing non-finite is saved
+  * a non-finite loss or gradient (float16's overflows too) skips its update; several in a row stop the
+    run, and nothing non-finite is saved
   * every bad input we could think of (prepare, train, sample) is one line "error: ...", a non-zero
     exit and no traceback, and a checkpoint carrying pickled code is refused without running it
 
@@ -17,8 +18,10 @@ scripts do); a few cases also run the real scripts as subprocesses.
 import errno
 import importlib.util
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -32,7 +35,7 @@ import torch
 
 import sample
 import train
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, records, run_script
 from smallgpt import checkpoint
 from smallgpt.checkpoint import load_checkpoint, save_checkpoint
 from smallgpt.cli import run_main
@@ -284,6 +287,38 @@ def test_nonfinite_loss_skips_updates_then_stops_keeping_the_checkpoint(trained_
     assert "not saving a checkpoint: the val loss is nan" in out  # the evaluation at iteration 10
     assert (run / "ckpt.pt").read_bytes() == before
     assert load_checkpoint(run)["iter_num"] == 5
+
+
+@pytest.mark.slow
+def test_float16_overflows_skip_updates_count_toward_the_limit_and_are_counted_in_the_log(small_char_dataset,
+                                                                                         tmp_path, capsys):
+    """float16 autocast on the CPU with a GradScaler whose first loss scale (2**40) overflows float16's
+    gradients: each overflow skips its update (as the scaler would), says so with the lowered scale, and
+    counts toward max_nonfinite_steps like a non-finite loss; the training lines average the updates
+    that were not skipped (finite gradient norms) and count the others."""
+    def scaler_that_overflows(event, state, run):
+        if not hasattr(scaler_that_overflows, "set"):  # the first event: no update has run yet
+            scaler_that_overflows.set = True
+            run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 40)
+
+    common = dict(dtype="float16", max_iters=40, eval_interval=40, log_interval=5)
+    with pytest.raises(UserError, match="not finite for 5 updates in a row"):
+        train.main(tiny_args(small_char_dataset, tmp_path / "stops", max_nonfinite_steps=5, **common),
+                   hook=scaler_that_overflows)
+    del scaler_that_overflows.set
+    capsys.readouterr()
+    train.main(tiny_args(small_char_dataset, tmp_path / "goes_on", max_nonfinite_steps=40, **common),
+               hook=scaler_that_overflows)
+    out = capsys.readouterr().out
+    skips = re.findall(r"^iter (\d+): the gradient is not finite \(float16's loss scale is now ([\d.e+]+)\); "
+                       r"skipped this update \((\d+) in a row", out, re.MULTILINE)
+    assert 10 <= len(skips) < 40 and [int(n) for _, _, n in skips] == list(range(1, len(skips) + 1)), skips
+    assert [float(scale) for _, scale, _ in skips[:2]] == pytest.approx([2.0 ** 39, 2.0 ** 38], rel=1e-5)
+    lines = records(tmp_path / "goes_on", "train")
+    assert all(math.isfinite(r["grad_norm"]) for r in lines if "grad_norm" in r) and lines[-1]["loss"] < 4.3
+    # the first update's window restarts (its time is compilation's, not training's): every later skip is counted
+    assert sum(r.get("skipped", 0) for r in lines) == len(skips) - 1
+    assert load_checkpoint(tmp_path / "goes_on")["scaler"]["scale"] == 2.0 ** 40 / 2 ** len(skips)
 
 
 def test_nonfinite_weights_are_never_saved(trained_run, small_char_dataset, tmp_path, capsys):
