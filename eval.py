@@ -39,6 +39,7 @@ progress bar is drawn on a terminal only (plain lines in a log, see progress.py)
 """
 
 import contextlib
+import glob
 import json
 import math
 import sys
@@ -221,6 +222,9 @@ NOTHING_TO_SCORE = "nothing to score: give --input=FILE_OR_FOLDER, or --dataset=
 def validate(cfg: EvalConfig) -> None:
     if cfg.conversations and (cfg.input or cfg.dataset):
         raise UserError("give --conversations alone, or --input / --dataset: they score different things")
+    if cfg.conversations and not (Path(cfg.conversations).exists() or glob.glob(cfg.conversations, recursive=True)):
+        raise UserError(f"--conversations={cfg.conversations}: no such file or folder, and no file matches it as a "
+                        f"glob; give a JSONL file (or folder, .gz) of conversations")
     if not cfg.input and not cfg.dataset and cfg.init_from and not cfg.conversations:  # (a run of ours names its dataset)
         raise UserError(f"{NOTHING_TO_SCORE} (--init_from's weights name no dataset)")
     if cfg.init_from in ("scratch", "resume"):

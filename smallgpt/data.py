@@ -237,8 +237,12 @@ def make_samplers(folder: Path, meta: dict, block_size: int, seed: int, device, 
     return splits
 
 
+BYTES_SAMPLE_WINDOWS = 4096  # windows an estimate of bytes per token reads at most (all of a usual evaluation's)
+
+
 def split_bytes_per_token(meta: dict, splits: dict, batches: int, batch_size: int) -> dict:
-    """{split: UTF-8 bytes per scored target in its evaluation windows}: what turns a mean loss in nats per
+    """{split: UTF-8 bytes per scored target in its evaluation windows (up to BYTES_SAMPLE_WINDOWS of them,
+    evenly spaced)}: what turns a mean loss in nats per
     token into bits per byte, the unit in which runs on different tokenizers compare. Each token counts
     the bytes of its text (the end-of-text separator and chat markers none: tokenizer.token_byte_lengths,
     as eval.py counts them). Empty when the tokenizer cannot be loaded here (GPT-2 BPE without tiktoken's
@@ -249,7 +253,7 @@ def split_bytes_per_token(meta: dict, splits: dict, batches: int, batch_size: in
         return {}
     ratios = {}
     for split, sampler in splits.items():
-        offsets = sampler.spaced_offsets(batches * batch_size)  # the windows evaluate() scores
+        offsets = sampler.spaced_offsets(min(batches * batch_size, BYTES_SAMPLE_WINDOWS))  # those evaluate() scores
         n_bytes = n_targets = 0
         for chunk in np.array_split(offsets, -(-len(offsets) // 256)):
             y = sampler.batch(chunk)[1].cpu().numpy()  # (B, block_size); -1 where nothing is scored

@@ -22,6 +22,7 @@ import dataclasses
 import importlib
 import importlib.util
 import io
+import json
 import sys
 
 import pytest
@@ -289,7 +290,10 @@ def test_every_value_the_parsing_layer_takes_runs_or_is_one_line(program, small_
 PREPARE_BASE = {"text": {"--input": "{text}", "--out_dir": "out", "--tokenizer": "char", "--quiet": None},
                 "shakespeare": {"--input": "{text}", "--out_dir": "out"},
                 "shakespeare_char": {"--input": "{text}", "--out_dir": "out"},
-                "python_stdlib": {"--tokenizer": "byte", "--out_dir": "out"}}
+                "python_stdlib": {"--tokenizer": "byte", "--out_dir": "out"},
+                "chat": {"--input": "{chats}", "--out_dir": "out", "--tokenizer": "byte"}}
+NO_QUICK_RUN = {"fineweb": "downloads its corpus (no network here)", "shared": "downloads its files (no network here)",
+                "python_stdlib_chat": "needs the quick start's dataset to take its tokenizer from"}
 
 
 @pytest.mark.slow
@@ -297,14 +301,17 @@ PREPARE_BASE = {"text": {"--input": "{text}", "--out_dir": "out", "--tokenizer":
 def test_every_flag_value_the_parser_takes_runs_or_is_one_line(name, shakespeare_text, tmp_path, capsys, monkeypatch):
     """As for the configs: each accepted value of a prepare script's flag, in a real run on 20 kB of text."""
     if name not in PREPARE_BASE:
-        pytest.skip(f"prepare/{name}.py downloads its corpus (no network here); its flags are checked in the fast test")
+        pytest.skip(f"prepare/{name}.py {NO_QUICK_RUN[name]}; its flags are checked in the fast test")
     monkeypatch.setattr(sys, "argv", [name])
     monkeypatch.delenv("GPT_DEBUG", raising=False)
-    text = tmp_path / "input.txt"
+    text, chats = tmp_path / "input.txt", tmp_path / "chats.jsonl"
     text.write_text(shakespeare_text[:20_000])
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": line},
+                                                      {"role": "assistant", "content": line[::-1]}]}) + "\n"
+                             for line in shakespeare_text[:20_000].splitlines() if line))
     main = prepare_module(name).main
     flags = [f for f in prepare_flags(name, monkeypatch) if f["store"]]
-    base = {k: v.format(text=text) if v is not None else v for k, v in PREPARE_BASE[name].items()}
+    base = {k: v.format(text=text, chats=chats) if v is not None else v for k, v in PREPARE_BASE[name].items()}
     cases = []
     with monkeypatch.context() as patch:  # what the parser takes, as for the configs
         patch.setattr(cli.ArgumentParser, "parse_args", parse_then_stop)

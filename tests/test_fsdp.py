@@ -196,9 +196,9 @@ def eager_ops(prof) -> list[str]:
 
 def hook(event, state, run):  # after the first update (compiled by then): one more forward, profiled
     if event == "update" and state.iter_num == 1:
-        x, y = run.batches.current[0]  # the next update's first micro-batch: the shapes compiled for
+        x, y, segments = run.batches.current[0]  # the next update's first micro-batch: the shapes compiled for
         with profile(activities=[ProfilerActivity.CPU]) as prof, autocast(run.procs.device, run.procs.dtype):
-            _, loss = run.train_model(x, y)
+            _, loss = run.train_model(x, y, segments=segments)
         loss.backward()  # (FSDP's units expect it) and no update: the training is unchanged
         run.optimizer.zero_grad(set_to_none=True)
         sys.stdout.write(f"rank {run.procs.rank}: graphs {counters['stats']['unique_graphs']}, breaks "
