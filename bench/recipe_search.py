@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 from smallgpt.cli import parse_variant, run_main
 from smallgpt.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PRESET = [
     ("base", []),
