@@ -100,22 +100,22 @@ class TrainConfig:
     # learning-rate schedule
     decay_lr: bool = option(True, "linear warmup then cosine decay; false keeps learning_rate constant")
     warmup_iters: int = option(100, "iterations of linear warmup", at_least=0)
-    lr_decay_iters: int = option(0, "iteration where the cosine reaches min_lr; 0 means max_iters", at_least=0)
+    lr_decay_iters: int = option(0, "iteration where the decay reaches min_lr; 0 means max_iters", at_least=0)
+    lr_decay_fraction: float = option(1.0, "1: a cosine from the peak to min_lr over the run after warmup; below 1: "
+                                      "the peak held, then a linear decay over this last share (warmup-stable-decay)",
+                                      above=0, at_most=1)
     min_lr: float = option(6e-5, "learning rate at the end of the decay", at_least=0)
     max_seconds: float = option(0.0, "time budget in seconds of the whole run, start-up included (0 = off): the LR "
-                                "schedule follows elapsed/max_seconds instead of iterations, the run stops in time for "
-                                "its last evaluation and checkpoint to end within it (or at max_iters, whichever comes "
-                                "first), and a new run's first evaluation scores a tenth of eval_iters", at_least=0)
+                                "schedule follows elapsed/max_seconds, not iterations, the run stops in time for its "
+                                "last evaluation (a new run's first scores a tenth of eval_iters)", at_least=0)
     # system
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs with bf16 tensor cores (else "
-                        "float16 with a gradient scaler), bfloat16 on CPUs with bf16 matrix units (AMX or "
-                        "AVX-512 BF16), float32 elsewhere", ["auto", "float32", "bfloat16", "float16"])
+    dtype: str = option("auto", "compute precision; auto: bfloat16 on GPUs and CPUs with bf16 units (older GPUs: "
+                        "float16 with a gradient scaler), else float32", ["auto", "float32", "bfloat16", "float16"])
     compile: str = option("auto", "torch.compile the model; auto: on GPUs; on CPUs off, and the CPU configs turn "
                           "it on, where it made steps faster (docs/cpu.md)", ["auto", "true", "false"])
-    threads: int = option(0, "CPU threads for torch; 0: one per core that other programs leave free, "
-                          "re-checked every few seconds (one process on a CPU; else torch's default); at most the "
-                          "usable cores", at_least=0)
+    threads: int = option(0, "CPU threads for torch, at most the usable cores; 0: one per core other programs leave "
+                          "free, re-checked every few seconds (one process on a CPU; else torch's default)", at_least=0)
     seed: int = option(1337, "random seed for weights, dropout and batches", at_least=0)
     parallel: str = option("ddp", "under torchrun: ddp keeps the whole model, its gradients and optimizer state on "
                            "every process; fsdp shards all three over the processes (fsdp.py)", ["ddp", "fsdp"])
@@ -282,9 +282,10 @@ def train_step(run: Run, state: LoopState, flags: list[bool]) -> tuple[dict, boo
 
 
 def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat.
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat; with
+    lr_decay_fraction below 1, the peak held and a linear decay over that last share of the way instead.
 
-    With a time budget (max_seconds > 0), after the warmup iterations the cosine follows the fraction
+    With a time budget (max_seconds > 0), after the warmup iterations the decay follows the fraction
     elapsed / max_seconds of the budget instead, reaching min_lr when the budget is spent.
     """
     if not cfg.decay_lr:
@@ -298,6 +299,8 @@ def learning_rate_at(it: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
         if it >= decay_iters:
             return cfg.min_lr
         ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    if cfg.lr_decay_fraction < 1:  # warmup-stable-decay: a straight line to min_lr over the last share
+        return cfg.learning_rate - max(0.0, (ratio - 1) / cfg.lr_decay_fraction + 1) * (cfg.learning_rate - cfg.min_lr)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 

@@ -78,6 +78,25 @@ def test_time_budget_schedule_follows_elapsed_fraction():
     assert math.isclose(learning_rate_at(60, iter_cfg, elapsed=1e6), 1e-4 + 0.5 * 9e-4)  # time ignored
 
 
+@pytest.mark.parametrize("budget", [False, True], ids=["iterations", "time budget"])
+def test_warmup_stable_decay_holds_the_peak_then_decays_linearly_where_the_cosine_decays_all_along(budget):
+    """lr_decay_fraction=1 is the cosine (the schedule before the key existed); 0.25 holds the peak for the
+    first three quarters after warmup, then a straight line to min_lr, which both reach at the end."""
+    common = dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10)
+    common.update(dict(max_seconds=100.0, max_iters=10**9) if budget else dict(max_iters=110))
+    cosine, wsd = TrainConfig(**common), TrainConfig(**common, lr_decay_fraction=0.25)
+    assert TrainConfig().lr_decay_fraction == 1.0  # the cosine stays the default
+    for share in (0.0, 0.3, 0.5, 0.75, 0.8, 0.9, 1.0, 1.5):  # of the way after warmup (or of the budget)
+        it, elapsed = (10**6, 100.0 * share) if budget else (10 + round(100 * share), 0.0)
+        decayed = min(1.0, share)
+        assert math.isclose(learning_rate_at(it, cosine, elapsed),
+                            1e-4 + 0.5 * (1 + math.cos(math.pi * decayed)) * 9e-4, abs_tol=1e-12)
+        expected = 1e-3 if share <= 0.75 else 1e-3 - (min(1.0, share) - 0.75) / 0.25 * 9e-4
+        assert math.isclose(learning_rate_at(it, wsd, elapsed), expected, abs_tol=1e-12), share
+    for schedule in (cosine, wsd):  # the warmup is the same
+        assert learning_rate_at(4, schedule, 0.0) == 1e-3 * 5 / 11
+
+
 @pytest.mark.slow
 def test_max_seconds_ends_with_evaluation_and_checkpoint(small_char_dataset, tmp_path):
     out = tmp_path / "run"
