@@ -13,11 +13,9 @@ attention, as no row holds two). Reported per layout: the median ms per update, 
 matters: both learn only from answers. Bench options: --iters (20), --warmup (3), --repeats (3).
 """
 
-import importlib.util
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -28,17 +26,9 @@ from smallgpt.errors import UserError
 from smallgpt.optim import set_learning_rate
 from smallgpt.preemption import StopRequest
 from smallgpt.runfolder import RunFolder
+from trainer import load_trainer  # bench/trainer.py
 
 OPTIONS = {"iters": 20, "warmup": 3, "repeats": 3}
-
-
-def load_trainer():
-    """train.py, the program at the checkout's root (a script, not an installed module)."""
-    spec = importlib.util.spec_from_file_location("train", Path(__file__).resolve().parents[1] / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module  # (its dataclasses look their module up by name)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str]) -> None:

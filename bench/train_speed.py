@@ -21,13 +21,11 @@ warm-up: device.measure_matmul_flops; 8192^3 on a GPU, 2048^3 on a CPU).
 Bench options: --iters (20), --warmup (3), --repeats (3), --variant (repeatable), --matrix, --no_peak.
 """
 
-import importlib.util
 import math
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -38,16 +36,7 @@ from smallgpt.errors import UserError
 from smallgpt.optim import set_learning_rate
 from smallgpt.preemption import StopRequest
 from smallgpt.runfolder import RunFolder
-
-
-def load_trainer():
-    """train.py, the program at the checkout's root: a script, not an installed module, so loaded from its file."""
-    spec = importlib.util.spec_from_file_location("train", Path(__file__).resolve().parents[1] / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module  # (its dataclasses look their module up by name)
-    spec.loader.exec_module(module)
-    return module
-
+from trainer import load_trainer  # bench/trainer.py
 
 train = load_trainer()
 build_run, load_config, train_step = train.build_run, train.load_config, train.train_step
