@@ -19,7 +19,6 @@ over, /quit (or Ctrl-D) to leave; Ctrl-C stops an answer; a line ending in a bac
 next line (one message of several lines).
 """
 
-import math
 import sys
 from dataclasses import dataclass
 
@@ -47,8 +46,8 @@ class ChatConfig:
     temperature: float = option(0.6, "softmax temperature; 0 means greedy (argmax)", at_least=0)
     top_k: int = option(50, "sample only among the k most likely tokens; 0 disables", at_least=0)
     top_p: float = option(1.0, "sample from the smallest set of likeliest tokens whose probability reaches p; "
-                          "1 disables")
-    seed: int = option(1337, "random seed: the same seed and messages give the same answers")
+                          "1 disables", above=0, at_most=1)
+    seed: int = option(1337, "random seed: the same seed and messages give the same answers", at_least=0)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
@@ -167,10 +166,6 @@ def main(argv: list[str]) -> None:
     argv = [f"{a}={argv[i + 1]}" if a in ("--prompt", "--system") and i + 1 < len(argv) else a
             for i, a in enumerate(argv) if i == 0 or argv[i - 1] not in ("--prompt", "--system")]
     cfg = parse_config(ChatConfig, argv, __doc__, log=lambda line: print(line, file=sys.stderr))
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"bad value for top_p: {cfg.top_p} (must be in (0, 1]; 1 disables it)")
-    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
-        raise UserError(f"bad value for temperature: {cfg.temperature} (must be a finite number >= 0; 0 means greedy)")
     model, tok = load_chat_model(cfg)
     conversation = Conversation(model, tok, cfg.system)
     generator = torch.Generator(device=conversation.cache.k.device).manual_seed(cfg.seed)
