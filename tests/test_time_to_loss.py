@@ -43,3 +43,10 @@ def test_a_race_runs_both_configs_in_turn_and_prints_medians(small_char_dataset,
     rows = {m.group(1): m for m in re.finditer(r"^\S+/(base|new)\.toml\s+4\s+([\d.]+)\s+[\d.]+\s+(\d) of 2$",
                                                 result.stdout, re.MULTILINE)}
     assert set(rows) == {"base", "new"} and rows["new"].group(3) == "2", result.stdout
+    # a run counts only when its process also ended within --within_seconds
+    too_slow = run_script("bench/time_to_loss.py", "--race", str(tmp_path / "new.toml"), "--baseline",
+                          str(tmp_path / "base.toml"), f"--dataset={small_char_dataset}", "--target=9.0", "--rounds=1",
+                          "--within_seconds=0.5")
+    assert too_slow.returncode == 0, too_slow.stderr
+    assert "reached 9.0 in a process of at most 0.5 s" in too_slow.stdout
+    assert re.search(r"^\S+/new\.toml\s+4\s+[\d.]+\s+[\d.]+\s+0 of 1$", too_slow.stdout, re.MULTILINE), too_slow.stdout
