@@ -203,7 +203,22 @@ def should_compile(choice: str, device: torch.device, log=print) -> bool:
         log("compile=true needs a C++ compiler on a CPU and none was found (set CXX or install g++); "
             "training without torch.compile")
         return False
+    if wanted and device.type == "cpu":
+        separate_compile_cache()
     return wanted
+
+
+def separate_compile_cache() -> None:
+    """Give a process whose ATEN_CPU_CAPABILITY narrows the CPU's vector instructions (avx2 on an
+    AVX-512 CPU: how an AVX2 laptop is emulated) a compile cache of its own. Inductor generates its
+    kernels for that capability but does not key its cache on it, so a kernel cached by one setting
+    and loaded by the other corrupts the heap (`malloc(): unaligned tcache chunk detected`)."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not capability or capability == "default" or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{capability}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -8,12 +8,17 @@ backend traces forward and backward (AOTAutograd) without generating code, so th
     python -m pytest tests/test_compile.py -q
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import model_switches, switch_id
 from test_resume import read_metrics, tiny_args
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 import train
-from conftest import model_switches, switch_id
 from model import CPU_MATMUL_ATTENTION_MAX_T, GPT, GPTConfig
 from smallgpt.checkpoint import load_checkpoint
 
@@ -114,3 +119,18 @@ def test_compiled_cpu_training_repeats_bitwise(small_char_dataset, tmp_path):
         train.main(tiny_args(small_char_dataset, tmp_path / name, **common))
     first, second = load_checkpoint(tmp_path / "first")["model"], load_checkpoint(tmp_path / "second")["model"]
     assert all(torch.equal(first[key], second[key]) for key in first), "compiled training differs between runs"
+
+
+@pytest.mark.parametrize("capability, cache_dir_set", [("avx2", None), ("", None), ("avx2", "/somewhere/else")])
+def test_an_emulated_cpu_capability_compiles_into_a_cache_of_its_own(capability, cache_dir_set, tmp_path):
+    """Inductor generates kernels for ATEN_CPU_CAPABILITY without keying its cache on it: AVX2 kernels
+    cached by an emulated run and loaded by a native one corrupt the heap. A process with the variable
+    set compiles into a cache named after it; one without it, or with its own cache named, is left alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "TORCHINDUCTOR_CACHE_DIR")}
+    env.update({"ATEN_CPU_CAPABILITY": capability} if capability else {})
+    env.update({"TORCHINDUCTOR_CACHE_DIR": cache_dir_set} if cache_dir_set else {})
+    code = ("import os, torch; from smallgpt.device import should_compile; "
+            "print(should_compile('true', torch.device('cpu')), os.environ.get('TORCHINDUCTOR_CACHE_DIR'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    expected = cache_dir_set or (f"{default_cache_dir()}_{capability}" if capability else "None")
+    assert out == ["True", expected]
