@@ -82,8 +82,8 @@ class EvalConfig:
                              at_most=10**15)
     block_size: int = option(0, "window length in tokens (0: the model's block_size)", at_least=0)
     context: int = option(0, "tokens of context each scored token sees at least (0: block_size // 2)", at_least=0)
-    batch_size: int = option(0, "windows per forward pass; 0: as many as hold ~8,192 tokens (8 of 1,024); lower it "
-                             "if memory runs short", at_least=0, at_most=1 << 16)
+    batch_size: int = option(8, "windows per forward pass (lower it if memory runs short)", at_least=1,
+                             at_most=1 << 16)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = option("auto", "auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16 or float16",
                         ["auto", "float32", "bfloat16", "float16"])
@@ -216,8 +216,6 @@ def dataset_tokens(folder: Path, meta: dict, split: str, max_tokens: int) -> np.
     return data[:max_tokens] if max_tokens else data
 
 
-TOKENS_PER_PASS = 8192  # the default batch: small models' passes cost their per-call overhead, not their FLOPs
-
 NOTHING_TO_SCORE = "nothing to score: give --input=FILE_OR_FOLDER, or --dataset=FOLDER (with --split)"
 
 
@@ -248,8 +246,7 @@ def conversations_main(cfg: EvalConfig, device) -> dict:
         add_chat_markers(model, meta, make_meta(tokenizer), str(name), log=note)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or free_cpu_threads(torch.get_num_threads(), STARTED))
-    result = score_conversations(model.to(device).eval(), tokenizer, conversations, cfg.max_new_tokens,
-                                  cfg.batch_size or 8)
+    result = score_conversations(model.to(device).eval(), tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
     result.update({"model": str(name), "conversations_file": cfg.conversations})
     if cfg.json:
         print(json.dumps(result))
@@ -311,8 +308,7 @@ def main(argv: list[str]) -> dict:
         torch.set_num_threads(usable_threads(cfg.threads, note) if cfg.threads
                               else free_cpu_threads(torch.get_num_threads(), STARTED))
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None)
-    batch_size = cfg.batch_size or max(1, TOKENS_PER_PASS // block_size)
-    result = evaluate(model, tokens, token_byte_lengths(tokenizer), block_size, context, batch_size,
+    result = evaluate(model, tokens, token_byte_lengths(tokenizer), block_size, context, cfg.batch_size,
                       autocast=autocast, show_progress=True)
     result.update({"model": str(model_name), "text": described, "block_size": block_size, "context": context})
     if cfg.json:

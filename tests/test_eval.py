@@ -234,7 +234,7 @@ def char_run(tmp_path):
     (["--input={root}/one.txt"], "nothing to score (the first token has no context)"),
     (["--input={root}/ok.txt", "--block_size=17"], "exceeds the model's 16 positions"),
     (["--input={root}/ok.txt", "--context=17"], "must be 1..block_size"),
-    (["--input={root}/ok.txt", "--batch_size=-1"], "batch_size"),
+    (["--input={root}/ok.txt", "--batch_size=0"], "batch_size"),
     (["--dataset={root}/other_ds"], "tokenized with the char tokenizer (vocab 10) but the model"),
     (["--dataset={root}/no_ds"], "dataset"),
     (["--input={root}/ok.txt", "--init_from=resume"], "has no meaning here"),
