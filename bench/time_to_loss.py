@@ -106,9 +106,9 @@ def race(args, extra: list[str]) -> dict:
             for i, config in enumerate(configs):
                 results[config].append(race_one(config, args, extra, Path(tmp) / f"{r}-{i}"))
     print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    summary, limit = {}, args.within_seconds or args.max_seconds
     print(f"{'config':44} {'updates':>8} {'whole split':>12} {'process s':>10}  reached {args.target}"
           + (f" in a process of at most {limit:g} s" if limit else ""))
-    summary, limit = {}, args.within_seconds or args.max_seconds
     for config, runs in results.items():
         whole = statistics.median(run["whole"] for run in runs)
         within = sum(run["whole"] <= args.target and (not limit or run["wall"] <= limit) for run in runs)
