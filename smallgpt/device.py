@@ -196,7 +196,9 @@ def mfu(flops_per_update: float, seconds_per_update: float, device: torch.device
 def should_compile(choice: str, device: torch.device, log=print) -> bool:
     """Whether compile=auto|true|false means torch.compile here. auto: on GPUs. On CPUs the configs ask
     for it where it measured faster (it costs compilation time up front); there torch.compile
-    needs a C++ compiler, and without one `log` gets a line and training goes on uncompiled."""
+    needs a C++ compiler, and without one `log` gets a line and training goes on uncompiled. A CPU
+    process that will compile also gets its cache set apart when it emulates another CPU capability
+    (separate_compile_cache): every torch.compile of the project passes through here first."""
     wanted = device.type == "cuda" if choice == "auto" else choice == "true"
     if wanted and device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",
                                                                                "clang++")):

@@ -112,8 +112,8 @@ def shipped_sequences(cfg) -> int:
 def shipped_config_overrides(path, small_char_dataset, tmp_path, request) -> list[str]:
     """What a CPU test must change in a shipped config: the dataset (any will do for a fresh model;
     GPT-2 BPE and a tiny local GPT-2 folder for the finetune), a tiny model, a block of 32 (and so the
-    tokens of an update: the same sequences per update, of 32 tokens), two updates, a checkpoint at the end. Everything else
-    stays: sequences per update, micro-batch, eval_iters, optimizer, compile, parallel."""
+    tokens of an update: the same sequences per update, of 32 tokens), two updates, a checkpoint at the
+    end. Everything else stays: sequences per update, micro-batch, eval_iters, optimizer, compile, parallel."""
     cfg = config_of(path)
     # (a checkpoint whatever the val loss did in two updates: configs that save only on improvement may not)
     args = ["--device=cpu", "--block_size=32", "--max_iters=2", "--eval_interval=2", "--always_save_checkpoint=true"]

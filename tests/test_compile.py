@@ -131,6 +131,7 @@ def test_an_emulated_cpu_capability_compiles_into_a_cache_of_its_own(capability,
     env.update({"TORCHINDUCTOR_CACHE_DIR": cache_dir_set} if cache_dir_set else {})
     code = ("import os, torch; from smallgpt.device import should_compile; "
             "print(should_compile('true', torch.device('cpu')), os.environ.get('TORCHINDUCTOR_CACHE_DIR'))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = out.stdout.split()
     expected = cache_dir_set or (f"{default_cache_dir()}_{capability}" if capability else "None")
     assert out == ["True", expected]
